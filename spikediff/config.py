@@ -1,0 +1,134 @@
+"""Model and training configuration: dataclasses, named presets, TOML files.
+
+A checkpoint stores `Config.to_dict()`, so every run can be rebuilt from its
+checkpoint alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SpikediffError
+
+
+class ConfigError(SpikediffError):
+    pass
+
+
+@dataclass
+class VQConfig:
+    T: int = 16
+    enc_channels: tuple[int, ...] = (32, 64)
+    code_dim: int = 16
+    codebook_size: int = 128
+    dec_channels: tuple[int, ...] = (64, 32)
+    commitment: float = 0.25
+    psp_decay: float = 0.8
+    # Re-seed codes unused for `restart_every` steps from current encoder
+    # features; the paper has none, and loses codebook capacity to dead codes.
+    restart_every: int = 0
+
+
+@dataclass
+class DenoiserConfig:
+    T: int = 16
+    channels: tuple[int, ...] = (64, 128, 256, 512, 256)
+    # "raw": the paper's input, token ids and t as two float channels.
+    # "embed": one-hot token grid and one-hot t through a learned 1x1 synapse.
+    token_input: str = "raw"
+    embed_dim: int = 64
+
+
+@dataclass
+class DiffusionConfig:
+    steps: int = 0  # 0: one step per latent token (49 on 28x28), as published
+    temperature: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    batch_size: int = 32
+    epochs_vq: int = 100
+    epochs_denoiser: int = 200
+    seed: int = 42
+    denoiser_batch_size: int = 0  # 0: same as batch_size
+    # The last `holdout` train images are never trained on: sampling settings
+    # (temperature) are chosen on them, never on the test split.
+    holdout: int = 2000
+
+
+@dataclass
+class Config:
+    preset: str = "paper"
+    vq: VQConfig = field(default_factory=VQConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        cfg = cls()
+        _update(cfg, d, "config")
+        return cfg
+
+
+def _update(obj, values: dict, where: str) -> None:
+    known = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown setting '{where}.{key}'; known: {', '.join(known)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{where}.{key}' must be a table of settings")
+            _update(current, value, f"{where}.{key}")
+        elif isinstance(current, tuple):
+            setattr(obj, key, tuple(value))
+        else:
+            setattr(obj, key, type(current)(value))
+
+
+PRESETS: dict[str, dict] = {
+    # SPEC section 1: the published architecture and recipe.
+    "paper": {},
+    # Picked by measurement for quality per CPU-minute (see README, benchmarks/).
+    "default": {
+        "vq": {"T": 4, "restart_every": 200},
+        "denoiser": {"T": 4, "channels": (128, 128, 128, 128), "token_input": "embed",
+                     "embed_dim": 64},
+        "diffusion": {"temperature": 0.9},
+        "train": {"batch_size": 128, "epochs_vq": 3, "epochs_denoiser": 8, "lr": 2e-3},
+    },
+    # For tests: seconds on a CPU.
+    "tiny": {
+        "vq": {"T": 2, "enc_channels": (8, 8), "code_dim": 4, "codebook_size": 16,
+               "dec_channels": (8, 8), "restart_every": 5},
+        "denoiser": {"T": 2, "channels": (8, 8), "token_input": "embed", "embed_dim": 8},
+        "train": {"batch_size": 16, "epochs_vq": 1, "epochs_denoiser": 1, "holdout": 0},
+    },
+}
+
+
+def load_config(preset: str = "default", file: str | Path | None = None) -> Config:
+    """A named preset, optionally overridden by a TOML file with the same sections."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+    cfg = Config.from_dict(PRESETS[preset])
+    cfg.preset = preset
+    if file is not None:
+        path = Path(file)
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        _update(cfg, values, "config")
+    return cfg

@@ -1,0 +1,74 @@
+"""Absorbing-state discrete diffusion (Bond-Taylor et al. 2022) over code grids.
+
+Forward process: at step t of N, each token is independently replaced by the
+mask token with probability t / N. Training minimises the ELBO-weighted
+cross-entropy on masked tokens. Sampling starts fully masked and, at each of S
+steps, reveals every still-masked token with probability 1 / (steps left).
+These are host-side steps: drawing random numbers, softmax and sampling.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (tokens, t) -> logits
+
+
+def mask_tokens(x0: torch.Tensor, t: torch.Tensor, n_steps: int, mask_id: int,
+                generator: torch.Generator | None = None):
+    """Returns (x_t, mask): each token masked with probability t / n_steps."""
+    u = torch.rand(x0.shape, generator=generator, device=x0.device)
+    mask = u < (t.float() / n_steps).view(-1, *([1] * (x0.dim() - 1)))
+    return torch.where(mask, torch.full_like(x0, mask_id), x0), mask
+
+
+def diffusion_loss(denoise: Denoise, x0: torch.Tensor, n_steps: int, mask_id: int) -> dict:
+    B = x0.shape[0]
+    t = torch.randint(1, n_steps + 1, (B,), device=x0.device)
+    xt, mask = mask_tokens(x0, t, n_steps, mask_id)
+    logits = denoise(xt, t)
+    ce = F.cross_entropy(logits, x0, reduction="none") * mask
+    n_tokens = x0[0].numel()
+    # ELBO term for step t: (1/t) * summed CE over masked tokens, per token.
+    elbo = (ce.flatten(1).sum(1) / t).mean() / n_tokens
+    masked_ce = ce.sum() / mask.sum().clamp(min=1)
+    return {"loss": elbo, "masked_ce": masked_ce.detach()}
+
+
+def sampling_schedule(n_steps: int, sample_steps: int) -> list[int]:
+    """The diffusion step t shown to the network at each sampling step."""
+    S = sample_steps
+    return [max(1, math.ceil(s * n_steps / S)) for s in range(S, 0, -1)]
+
+
+def draw(logits: torch.Tensor, temperature: float, generator: torch.Generator | None):
+    """One token per position from softmax(logits / temperature); argmax at 0."""
+    if temperature <= 0:
+        return logits.argmax(1)
+    probs = F.softmax(logits / temperature, dim=1)
+    flat = probs.permute(0, 2, 3, 1).reshape(-1, probs.shape[1])
+    idx = torch.multinomial(flat, 1, generator=generator)
+    return idx.view(logits.shape[0], logits.shape[2], logits.shape[3])
+
+
+@torch.no_grad()
+def sample_tokens(denoise: Denoise, n: int, grid: tuple[int, int], mask_id: int, n_steps: int,
+                  sample_steps: int | None = None, temperature: float = 1.0,
+                  generator: torch.Generator | None = None, device="cpu",
+                  on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Token grids [n, H, W] with no mask token left."""
+    schedule = sampling_schedule(n_steps, sample_steps or n_steps)
+    x = torch.full((n, *grid), mask_id, dtype=torch.long, device=device)
+    for i, t in enumerate(schedule):
+        steps_left = len(schedule) - i
+        masked = x == mask_id
+        logits = denoise(x, torch.full((n,), t, dtype=torch.long, device=device))
+        proposal = draw(logits.float().cpu(), temperature, generator).to(device)
+        u = torch.rand(x.shape, generator=generator).to(device)
+        x = torch.where(masked & (u < 1.0 / steps_left), proposal, x)
+        if on_step is not None:
+            on_step(i)
+    return x
