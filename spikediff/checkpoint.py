@@ -1,0 +1,85 @@
+"""Checkpoints: one file with weights, optimizer, progress, config and provenance.
+
+Writes go to a temporary file in the same folder and are renamed into place,
+so a kill mid-write never leaves a truncated checkpoint behind.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import Config
+from .errors import SpikediffError
+from .model import SpikingDiffusion, build_model
+
+FORMAT = "spikediff-checkpoint/1"
+SHIPPED = Path(__file__).parent / "weights" / "mnist-default.pt"
+
+
+class CheckpointError(SpikediffError):
+    pass
+
+
+def code_version() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    return f"{__version__}+{rev}" if rev else __version__
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve(path: str | Path | None) -> Path:
+    """The given checkpoint, or the shipped MNIST one when none is given."""
+    return Path(path) if path is not None else SHIPPED
+
+
+def load(path: str | Path | None) -> dict:
+    path = resolve(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: give the path to a .pt file written by "
+                              "`spikediff train` (or omit --checkpoint for the shipped one)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a damaged file
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}); it may be truncated or corrupt") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a spikediff checkpoint (expected format {FORMAT})")
+    return ckpt
+
+
+def model_from(ckpt: dict) -> SpikingDiffusion:
+    cfg = Config.from_dict(ckpt["config"])
+    data = ckpt["data"]
+    model = build_model(cfg, data["channels"], data["image_size"])
+    model.vq.load_state_dict(ckpt["vq"])
+    if ckpt.get("denoiser") is not None:
+        model.denoiser.load_state_dict(ckpt["denoiser"])
+    return model.eval()
+
+
+def load_model(path: str | Path | None, *, need_denoiser: bool = True) -> SpikingDiffusion:
+    ckpt = load(path)
+    if need_denoiser and ckpt.get("denoiser") is None:
+        raise CheckpointError(f"{resolve(path)} holds only a trained VQ-SVAE (stage 1); "
+                              "train the denoiser first: spikediff train --stage denoiser --resume")
+    return model_from(ckpt)

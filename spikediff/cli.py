@@ -1,0 +1,179 @@
+"""`spikediff`: train, sample and inspect Spiking-Diffusion models."""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+
+from .errors import SpikediffError
+
+
+def handle_errors(main):
+    """User errors become one clear line and exit code 2, not a traceback."""
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        try:
+            return main(argv) or 0
+        except SpikediffError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+    return wrapper
+
+
+def pick_device(name: str) -> str:
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SpikediffError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; "
+                             "use --device cpu")
+    return name
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    from .data import DATASETS
+    p.add_argument("--dataset", choices=[*DATASETS, "folder"], default="mnist")
+    p.add_argument("--data-root", help="folder holding the data set "
+                   "(default: $SPIKEDIFF_DATA_ROOT)")
+    p.add_argument("--folder", help="with --dataset folder: an image folder tree")
+    p.add_argument("--image-size", type=int, help="resize images (CIFAR-10: 28 matches the paper)")
+    p.add_argument("--grayscale", action="store_true", help="convert RGB data sets to grayscale")
+    p.add_argument("--download", action="store_true", help="download the standard files if missing")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="a .pt file from `spikediff train` "
+                   "(default: the shipped MNIST checkpoint)")
+    p.add_argument("--temperature", type=float, help="softmax temperature (default: the config's)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: one per latent token)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import PRESETS
+    parser = argparse.ArgumentParser(
+        prog="spikediff", description=__doc__,
+        epilog="Export, hardware and energy tools: spikediff-export, spikediff-run, "
+               "spikediff-energy.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train the VQ-SVAE, then the denoiser",
+                       description="Train stage 1 (VQ-SVAE) and stage 2 (spiking denoiser). "
+                       "RUN_DIR/checkpoint.pt is rewritten after every epoch; --resume "
+                       "continues a stopped run exactly.")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="run folder (checkpoint, PNGs)")
+    p.add_argument("--preset", default="default", choices=list(PRESETS))
+    p.add_argument("--config", help="TOML file overriding the preset (sections vq, denoiser, "
+                   "diffusion, train)")
+    p.add_argument("--stage", choices=["both", "vq", "denoiser"], default="both")
+    p.add_argument("--epochs-vq", type=int)
+    p.add_argument("--epochs-denoiser", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--limit", type=int, help="train on the first N images only (quick runs)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("sample", help="generate images from a checkpoint")
+    _add_sampling_args(p)
+    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--out", default="samples.png", help="PNG grid to write")
+    p.add_argument("--npz", help="also write the images (uint8) and token grids here")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("info", help="describe a checkpoint")
+    p.add_argument("--checkpoint")
+
+    try:
+        from .evaluate import add_eval_parser
+    except ImportError:
+        pass
+    else:
+        add_eval_parser(sub)
+    return parser
+
+
+def cmd_train(a) -> int:
+    from .config import load_config
+    from .train import train
+
+    cfg = None
+    if not a.resume:
+        cfg = load_config(a.preset, a.config)
+        for name, section, key in [("epochs_vq", "train", "epochs_vq"),
+                                   ("epochs_denoiser", "train", "epochs_denoiser"),
+                                   ("batch_size", "train", "batch_size"), ("seed", "train", "seed")]:
+            if getattr(a, name) is not None:
+                setattr(getattr(cfg, section), key, getattr(a, name))
+    stages = ("vq", "denoiser") if a.stage == "both" else (a.stage,)
+    path = train(cfg, a.dataset, a.data_root, a.out, stages=stages, device=pick_device(a.device),
+                 resume=a.resume, limit=a.limit, image_size=a.image_size,
+                 rgb=False if a.grayscale else None, download=a.download, folder=a.folder,
+                 progress=not a.no_progress)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def _refuse_overwrite(paths, force: bool) -> None:
+    from pathlib import Path
+    for p in paths:
+        if p is not None and Path(p).exists() and not force:
+            raise SpikediffError(f"{p} exists; pass --force to overwrite it")
+
+
+def cmd_sample(a) -> int:
+    import time
+
+    from . import checkpoint
+    from .sample import generate, write_outputs
+
+    _refuse_overwrite([a.out, a.npz], a.force)
+    if a.n < 1:
+        raise SpikediffError("--n must be at least 1")
+    model = checkpoint.load_model(a.checkpoint)
+    t0 = time.perf_counter()
+    images, tokens = generate(model, a.n, temperature=a.temperature, steps=a.steps, seed=a.seed,
+                              batch_size=a.batch_size, device=pick_device(a.device),
+                              progress=not a.no_progress)
+    dt = time.perf_counter() - t0
+    write_outputs(images, tokens, grid=a.out, npz=a.npz)
+    print(f"{a.n} images in {dt:.1f} s ({a.n / dt:.1f} img/s) -> {a.out}"
+          + (f", {a.npz}" if a.npz else ""))
+    return 0
+
+
+def cmd_info(a) -> int:
+    from . import checkpoint
+    ckpt = checkpoint.load(a.checkpoint)
+    d = ckpt["data"]
+    print(f"checkpoint: {checkpoint.resolve(a.checkpoint)}")
+    print(f"preset: {ckpt['config']['preset']}   stage: {ckpt['stage']}   step: {ckpt['step']}")
+    print(f"data: {d['name']} {d['channels']}x{d['image_size']}x{d['image_size']}, "
+          f"{d['n_train']} train images")
+    for stage, rows in ckpt["history"].items():
+        if rows:
+            last = rows[-1]
+            print(f"{stage}: {len(rows)} epochs, {ckpt['seconds'].get(stage, 0):.0f} s; last: "
+                  + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch"))
+    print(f"code version: {ckpt.get('code_version', '?')}")
+    return 0
+
+
+@handle_errors
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.command == "train":
+        return cmd_train(a)
+    if a.command == "sample":
+        return cmd_sample(a)
+    if a.command == "info":
+        return cmd_info(a)
+    return a.func(a)

@@ -1,0 +1,52 @@
+"""Generate images from a checkpoint and write them as a grid and/or arrays."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .model import SpikingDiffusion
+from .plots import save_grid
+
+
+def generate(model: SpikingDiffusion, n: int, *, temperature=None, steps=None, seed=0,
+             batch_size=64, device="cpu", progress=True):
+    """Images [n, C, H, W] in [0, 1] and token grids, drawn in batches from one seed."""
+    model.to(device).eval()
+    g = torch.Generator().manual_seed(seed)
+    n_steps = steps or model.diffusion_steps
+    images, tokens = [], []
+    bar = tqdm(total=n * n_steps, desc="sampling", unit="tok-step", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    for i in range(0, n, batch_size):
+        b = min(batch_size, n - i)
+        img, tok = model.generate(b, temperature=temperature, steps=steps, generator=g,
+                                  device=device, on_step=lambda _: bar.update(b))
+        images.append(img.cpu())
+        tokens.append(tok.cpu())
+    bar.close()
+    return torch.cat(images), torch.cat(tokens)
+
+
+def save_npz(path, **arrays) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(images: torch.Tensor, tokens: torch.Tensor, grid=None, npz=None) -> None:
+    if grid is not None:
+        save_grid(images, grid, nrow=max(1, int(len(images) ** 0.5)))
+    if npz is not None:
+        save_npz(npz, images=(images * 255).round().to(torch.uint8).numpy(), tokens=tokens.numpy())

@@ -1,0 +1,199 @@
+"""Two-stage training: VQ-SVAE (stage 1), then the denoiser on frozen codes.
+
+Everything needed to continue lives in RUN_DIR/checkpoint.pt, rewritten
+atomically after every epoch: weights, optimizer, RNG state, epoch counters,
+loss history, config and data provenance. Each epoch draws its shuffling from
+its own seeded generator, so a resumed run replays exactly what an
+uninterrupted one would have done.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import checkpoint
+from .config import Config
+from .data import load_images
+from .diffusion import diffusion_loss
+from .errors import SpikediffError
+from .model import SpikingDiffusion, build_model
+from .plots import save_grid, save_loss_plot
+
+STAGES = ("vq", "denoiser")
+
+
+def _epochs(cfg: Config, stage: str) -> int:
+    return cfg.train.epochs_vq if stage == "vq" else cfg.train.epochs_denoiser
+
+
+def _optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def _batches(n: int, batch_size: int, seed: int, stage: str, epoch: int):
+    g = torch.Generator().manual_seed(seed * 1_000_003 + STAGES.index(stage) * 10_007 + epoch)
+    order = torch.randperm(n, generator=g)
+    for i in range(0, n - batch_size + 1, batch_size):  # drop the ragged tail: BN needs it
+        yield order[i:i + batch_size]
+
+
+class Trainer:
+    def __init__(self, model: SpikingDiffusion, state: dict, images: torch.Tensor,
+                 out_dir: Path, device: str, progress: bool = True):
+        self.model, self.state, self.out_dir = model, state, out_dir
+        self.images, self.device, self.progress = images, device, progress
+        self.cfg = model.config
+        self.model.to(device)
+
+    def save(self, opt: torch.optim.Optimizer | None) -> None:
+        s = self.state
+        s["vq"] = self.model.vq.state_dict()
+        s["denoiser"] = self.model.denoiser.state_dict() if s["stage"] != "vq" else None
+        s["optimizer"] = opt.state_dict() if opt is not None else None
+        s["rng"] = torch.get_rng_state()
+        s["code_version"] = checkpoint.code_version()
+        checkpoint.atomic_save(s, self.out_dir / "checkpoint.pt")
+        save_loss_plot(s["history"], self.out_dir / "losses.png")
+
+    def run(self, stages: tuple[str, ...]) -> None:
+        for stage in STAGES:
+            if stage not in stages:
+                continue
+            if self.state["stage"] != stage:
+                if STAGES.index(self.state["stage"]) > STAGES.index(stage):
+                    continue  # this stage finished in an earlier run
+                self.state.update(stage=stage, epoch=0, optimizer=None)
+            self._run_stage(stage)
+
+    def _run_stage(self, stage: str) -> None:
+        cfg, model, dev = self.cfg, self.model, self.device
+        if stage == "vq":
+            net = model.vq
+            data = self.images
+            net.data_variance.fill_((data.float() / 127.5 - 1).var().item())
+            bs = cfg.train.batch_size
+        else:
+            net = model.denoiser
+            model.vq.eval()
+            data = self._tokens()
+            bs = cfg.train.denoiser_batch_size or cfg.train.batch_size
+        opt = _optimizer(cfg, net.parameters())
+        if self.state.get("optimizer"):
+            opt.load_state_dict(self.state["optimizer"])
+        if self.state.get("rng") is not None:
+            torch.set_rng_state(self.state["rng"])
+        total = _epochs(cfg, stage)
+        if len(data) < bs:
+            raise SpikediffError(f"{len(data)} training images is fewer than one batch ({bs})")
+        for epoch in range(self.state["epoch"], total):
+            net.train()
+            t0, seen, sums = time.perf_counter(), 0, {}
+            batches = list(_batches(len(data), bs, cfg.train.seed, stage, epoch))
+            bar = tqdm(batches, desc=f"{stage} epoch {epoch + 1}/{total}", disable=not self.progress,
+                       leave=False, dynamic_ncols=True)
+            for idx in bar:
+                batch = data[idx].to(dev)
+                out = self._step(stage, batch)
+                opt.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                opt.step()
+                self.state["step"] += 1
+                seen += len(idx)
+                for k, v in out.items():
+                    if v.dim() == 0:
+                        sums[k] = sums.get(k, 0.0) + v.item() * len(idx)
+                rate = seen / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{out['loss'].item():.4f}", img_s=f"{rate:.0f}")
+            wall = time.perf_counter() - t0
+            record = {k: v / seen for k, v in sums.items()} | {
+                "epoch": epoch + 1, "seconds": wall, "images_per_s": seen / wall}
+            self.state["history"][stage].append(record)
+            self.state["seconds"][stage] = self.state["seconds"].get(stage, 0.0) + wall
+            self.state["epoch"] = epoch + 1
+            tqdm.write(f"{stage} epoch {epoch + 1}/{total}: " + ", ".join(
+                    f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+            self._snapshot(stage, epoch + 1)
+            self.save(opt)
+        if stage == "denoiser":
+            self.state["stage"] = "done"
+            self.save(None)
+
+    def _step(self, stage: str, batch: torch.Tensor) -> dict:
+        if stage == "vq":
+            out = self.model.vq(batch.float() / 255)
+            every = self.cfg.vq.restart_every
+            if every and self.state["step"] % every == every - 1:
+                self.model.vq.codebook.restart_dead(out["features"])
+            return {k: v for k, v in out.items() if k not in ("images", "codes", "features")}
+        return diffusion_loss(self.model.denoiser, batch, self.model.diffusion_steps,
+                              self.model.denoiser.mask_id)
+
+    @torch.no_grad()
+    def _tokens(self) -> torch.Tensor:
+        vq = self.model.vq.eval()
+        chunks = []
+        for i in tqdm(range(0, len(self.images), 500), desc="encoding codes",
+                      disable=not self.progress, leave=False):
+            chunks.append(vq.encode(self.images[i:i + 500].to(self.device).float() / 255).cpu())
+        return torch.cat(chunks)
+
+    @torch.no_grad()
+    def _snapshot(self, stage: str, epoch: int) -> None:
+        """A PNG per epoch: reconstructions (stage 1) or fresh samples (stage 2)."""
+        if stage == "vq":
+            vq = self.model.vq.eval()
+            x = self.images[:32].to(self.device).float() / 255
+            recon = vq.decode(vq.encode(x))
+            grid = torch.cat([x.view(4, 8, *x.shape[1:]), recon.view(4, 8, *x.shape[1:])], 1)
+            save_grid(grid.flatten(0, 1), self.out_dir / f"recon_e{epoch:03d}.png", nrow=8)
+        else:
+            self.model.eval()
+            g = torch.Generator().manual_seed(self.cfg.train.seed)
+            images, _ = self.model.generate(64, generator=g, device=self.device)
+            save_grid(images, self.out_dir / f"samples_e{epoch:03d}.png", nrow=8)
+
+
+def new_state(cfg: Config, data_info: dict) -> dict:
+    return {"format": checkpoint.FORMAT, "config": cfg.to_dict(), "data": data_info,
+            "stage": "vq", "epoch": 0, "step": 0, "optimizer": None, "rng": None,
+            "history": {s: [] for s in STAGES}, "seconds": {}, "vq": None, "denoiser": None}
+
+
+def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES, device="cpu",
+          resume=False, limit: int | None = None, image_size=None, rgb=None, download=False,
+          folder=None, progress=True) -> Path:
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / "checkpoint.pt"
+    if resume:
+        state = checkpoint.load(ckpt_path)
+        cfg = Config.from_dict(state["config"])
+        d = state["data"]
+        dataset, limit = d["name"], d.get("limit")
+        image_size, rgb = d["image_size"], d["channels"] == 3
+    elif ckpt_path.exists():
+        raise SpikediffError(f"{ckpt_path} exists: pass --resume to continue that run, "
+                             "or choose another --out")
+    torch.manual_seed(cfg.train.seed)
+    imgs = load_images(dataset, data_root, "train", image_size=image_size, rgb=rgb,
+                       download=download, folder=folder)
+    images = imgs.images
+    holdout = cfg.train.holdout if len(images) > cfg.train.holdout * 2 else 0
+    images = images[:len(images) - holdout]
+    if limit:
+        images = images[:limit]
+    if not resume:
+        info = {"name": dataset, "channels": images.shape[1], "image_size": images.shape[-1],
+                "n_train": len(images), "holdout": holdout, "limit": limit,
+                "source_files": [str(p) for p in imgs.source_files]}
+        state = new_state(cfg, info)
+    model = build_model(cfg, images.shape[1], images.shape[-1])
+    if state.get("vq") is not None:
+        model.vq.load_state_dict(state["vq"])
+    if state.get("denoiser") is not None:
+        model.denoiser.load_state_dict(state["denoiser"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    Trainer(model, state, images, out_dir, device, progress).run(tuple(stages))
+    return ckpt_path

@@ -1,0 +1,46 @@
+import torch
+
+from spikediff.diffusion import diffusion_loss, mask_tokens, sample_tokens, sampling_schedule
+
+
+def test_mask_probability_follows_schedule():
+    x0 = torch.zeros(4000, 7, 7, dtype=torch.long)
+    for t in (1, 10, 30, 49):
+        xt, mask = mask_tokens(x0, torch.full((4000,), t), 49, mask_id=9)
+        assert torch.equal(xt == 9, mask)
+        assert abs(mask.float().mean().item() - t / 49) < 0.01
+    _, mask = mask_tokens(x0, torch.full((4000,), 49), 49, 9)
+    assert mask.all()
+
+
+def test_schedule_ends_at_one_and_spans_steps():
+    assert sampling_schedule(49, 49) == list(range(49, 0, -1))
+    s = sampling_schedule(49, 10)
+    assert len(s) == 10 and s[0] == 49 and s[-1] == 5
+    assert sampling_schedule(49, 60)[-1] == 1
+
+
+def test_sampler_reveals_every_token_and_argmax_at_low_temperature():
+    K = 6
+    target = torch.randint(0, K, (7, 7))
+
+    def denoise(x, t):
+        logits = torch.zeros(x.shape[0], K, 7, 7)
+        logits.scatter_(1, target.expand(x.shape[0], 7, 7).unsqueeze(1), 5.0)
+        return logits
+
+    g = torch.Generator().manual_seed(0)
+    for steps in (49, 7):
+        out = sample_tokens(denoise, 3, (7, 7), K, 49, steps, temperature=1e-6, generator=g)
+        assert (out != K).all()
+        assert torch.equal(out, target.expand(3, 7, 7))
+    hot = sample_tokens(denoise, 50, (7, 7), K, 49, 49, temperature=5.0, generator=g)
+    assert (hot != target).any()  # high temperature does sample
+
+
+def test_loss_counts_only_masked_tokens():
+    x0 = torch.randint(0, 4, (8, 3, 3))
+    perfect = lambda x, t: torch.nn.functional.one_hot(x0, 4).permute(0, 3, 1, 2).float() * 50
+    assert diffusion_loss(perfect, x0, 9, 4)["loss"] < 1e-6
+    uniform = lambda x, t: torch.zeros(x.shape[0], 4, 3, 3)
+    assert diffusion_loss(uniform, x0, 9, 4)["masked_ce"] > 1.3  # log 4 = 1.386

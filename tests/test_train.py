@@ -1,0 +1,108 @@
+"""Training, checkpoints, resume and the `spikediff` CLI on a tiny data set."""
+import torch
+
+from spikediff import checkpoint
+from spikediff.cli import main
+from spikediff.config import load_config
+from spikediff.train import train
+
+
+def tiny_cfg(**train):
+    cfg = load_config("tiny")
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def test_train_then_sample_cli(tiny_mnist, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "mnist", "--data-root", str(tiny_mnist), "--out", str(run),
+                 "--preset", "tiny", "--no-progress"]) == 0
+    for name in ("checkpoint.pt", "recon_e001.png", "samples_e001.png", "losses.png"):
+        assert (run / name).is_file()
+    ckpt = checkpoint.load(run / "checkpoint.pt")
+    assert ckpt["stage"] == "done" and ckpt["config"]["preset"] == "tiny"
+    assert ckpt["data"]["name"] == "mnist" and ckpt["data"]["n_train"] == 96
+    grid, npz = tmp_path / "g.png", tmp_path / "s.npz"
+    assert main(["sample", "--checkpoint", str(run / "checkpoint.pt"), "--n", "5", "--out",
+                 str(grid), "--npz", str(npz), "--steps", "4", "--no-progress"]) == 0
+    import numpy as np
+    arrays = np.load(npz)
+    assert arrays["images"].shape == (5, 1, 28, 28) and arrays["images"].dtype == np.uint8
+    assert arrays["tokens"].shape == (5, 7, 7) and arrays["tokens"].max() < 16
+    assert grid.stat().st_size > 100
+    # same seed, same images; another seed, others
+    again = tmp_path / "again.npz"
+    main(["sample", "--checkpoint", str(run / "checkpoint.pt"), "--n", "5", "--out",
+          str(tmp_path / "a.png"), "--npz", str(again), "--steps", "4", "--no-progress"])
+    assert (np.load(again)["tokens"] == arrays["tokens"]).all()
+
+
+def test_resume_replays_exactly(tiny_mnist, tmp_path):
+    cfg = tiny_cfg(epochs_vq=2, epochs_denoiser=2)
+    full = train(cfg, "mnist", tiny_mnist, tmp_path / "full", progress=False)
+    # the same run, stopped after one epoch of each stage, then resumed
+    part = tmp_path / "part"
+    train(tiny_cfg(epochs_vq=2, epochs_denoiser=2), "mnist", tiny_mnist, part, stages=("vq",),
+          progress=False)
+    state = checkpoint.load(part / "checkpoint.pt")
+    assert state["stage"] == "vq" and state["epoch"] == 2
+    train(None, None, tiny_mnist, part, resume=True, progress=False)
+    a, b = checkpoint.load(full), checkpoint.load(part / "checkpoint.pt")
+    for key in ("vq", "denoiser"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+
+
+def test_resume_mid_stage_identical(tiny_mnist, tmp_path):
+    full = train(tiny_cfg(epochs_vq=2, epochs_denoiser=0), "mnist", tiny_mnist, tmp_path / "f",
+                 stages=("vq",), progress=False)
+    half = tmp_path / "h"
+    train(tiny_cfg(epochs_vq=1, epochs_denoiser=0), "mnist", tiny_mnist, half, stages=("vq",),
+          progress=False)
+    state = checkpoint.load(half / "checkpoint.pt")
+    state["config"]["train"]["epochs_vq"] = 2  # as if the run had been killed after epoch 1
+    checkpoint.atomic_save(state, half / "checkpoint.pt")
+    train(None, None, tiny_mnist, half, stages=("vq",), resume=True, progress=False)
+    a, b = checkpoint.load(full)["vq"], checkpoint.load(half / "checkpoint.pt")["vq"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_errors_are_clear(tiny_mnist, tmp_path, capsys):
+    def run(*args):
+        code = main(list(args))
+        return code, capsys.readouterr().err
+
+    code, err = run("train", "--dataset", "mnist", "--data-root", str(tmp_path / "nope"),
+                    "--out", str(tmp_path / "r"), "--preset", "tiny", "--no-progress")
+    assert code == 2 and "error:" in err and "Traceback" not in err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    code, err = run("sample", "--checkpoint", str(bad), "--out", str(tmp_path / "x.png"))
+    assert code == 2 and "not a readable checkpoint" in err
+    code, err = run("sample", "--checkpoint", str(tmp_path / "missing.pt"),
+                    "--out", str(tmp_path / "x.png"))
+    assert code == 2 and "no checkpoint at" in err
+    existing = tmp_path / "exists.png"
+    existing.write_bytes(b"user's file")
+    code, err = run("sample", "--checkpoint", str(bad), "--out", str(existing))
+    assert code == 2 and "--force" in err and existing.read_bytes() == b"user's file"
+    if not torch.cuda.is_available():
+        code, err = run("sample", "--checkpoint", str(bad), "--out", str(tmp_path / "y.png"),
+                        "--device", "cuda")
+        assert code == 2
+    code, err = run("train", "--data-root", str(tiny_mnist), "--out", str(tmp_path / "r2"),
+                    "--preset", "tiny", "--config", str(tmp_path / "missing.toml"))
+    assert code == 2 and "does not exist" in err
+
+
+def test_config_file_overrides(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[denoiser]\nchannels = [4, 4, 4]\n[train]\nlr = 0.01\n')
+    cfg = load_config("tiny", f)
+    assert cfg.denoiser.channels == (4, 4, 4) and cfg.train.lr == 0.01
+    f.write_text('[train]\nlearning_rate = 1\n')
+    import pytest
+    from spikediff.config import ConfigError
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_config("tiny", f)
