@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--limit", type=int, help="train on the first N images only (quick runs)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt")
+    p.add_argument("--time-budget", type=float, metavar="MIN",
+                   help="end the denoiser stage after the epoch that finishes past MIN minutes "
+                   "of wall time (the checkpoint records where it stopped)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--no-progress", action="store_true")
 
@@ -117,7 +120,7 @@ def cmd_train(a) -> int:
     path = train(cfg, a.dataset, a.data_root, a.out, stages=stages, device=pick_device(a.device),
                  resume=a.resume, limit=a.limit, image_size=a.image_size,
                  rgb=False if a.grayscale else None, download=a.download, folder=a.folder,
-                 progress=not a.no_progress)
+                 progress=not a.no_progress, time_budget_min=a.time_budget)
     print(f"checkpoint: {path}")
     return 0
 

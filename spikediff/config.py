@@ -100,11 +100,10 @@ PRESETS: dict[str, dict] = {
     "paper": {},
     # Picked by measurement for quality per CPU-minute (see README, benchmarks/).
     "default": {
-        "vq": {"T": 4, "restart_every": 200},
-        "denoiser": {"T": 4, "channels": (128, 128, 128, 128), "token_input": "embed",
+        "vq": {"T": 4, "restart_every": 100},
+        "denoiser": {"T": 4, "channels": (96, 96, 96, 96), "token_input": "embed",
                      "embed_dim": 64},
-        "diffusion": {"temperature": 0.9},
-        "train": {"batch_size": 128, "epochs_vq": 3, "epochs_denoiser": 8, "lr": 2e-3},
+        "train": {"batch_size": 128, "epochs_vq": 1, "epochs_denoiser": 5, "lr": 2e-3},
     },
     # For tests: seconds on a CPU.
     "tiny": {

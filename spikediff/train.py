@@ -42,8 +42,9 @@ def _batches(n: int, batch_size: int, seed: int, stage: str, epoch: int):
 
 class Trainer:
     def __init__(self, model: SpikingDiffusion, state: dict, images: torch.Tensor,
-                 out_dir: Path, device: str, progress: bool = True):
+                 out_dir: Path, device: str, progress: bool = True, deadline: float | None = None):
         self.model, self.state, self.out_dir = model, state, out_dir
+        self.deadline = deadline  # time.monotonic() after which the denoiser stage stops
         self.images, self.device, self.progress = images, device, progress
         self.cfg = model.config
         self.model.to(device)
@@ -116,6 +117,14 @@ class Trainer:
             tqdm.write(f"{stage} epoch {epoch + 1}/{total}: " + ", ".join(
                     f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
             self._snapshot(stage, epoch + 1)
+            if stage == "denoiser" and self.deadline and time.monotonic() > self.deadline:
+                # A time budget ends the stage here; the checkpoint says so.
+                self.cfg.train.epochs_denoiser = epoch + 1
+                self.state["config"]["train"]["epochs_denoiser"] = epoch + 1
+                self.state["stopped_by_time_budget"] = {"after_epoch": epoch + 1, "of": total}
+                tqdm.write(f"time budget reached: denoiser stops after epoch {epoch + 1}/{total}")
+                self.save(opt)
+                break
             self.save(opt)
         if stage == "denoiser":
             self.state["stage"] = "done"
@@ -164,7 +173,8 @@ def new_state(cfg: Config, data_info: dict) -> dict:
 
 def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES, device="cpu",
           resume=False, limit: int | None = None, image_size=None, rgb=None, download=False,
-          folder=None, progress=True) -> Path:
+          folder=None, progress=True, time_budget_min: float | None = None) -> Path:
+    deadline = time.monotonic() + 60 * time_budget_min if time_budget_min else None
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
     if resume:
@@ -195,5 +205,5 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
     if state.get("denoiser") is not None:
         model.denoiser.load_state_dict(state["denoiser"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    Trainer(model, state, images, out_dir, device, progress).run(tuple(stages))
+    Trainer(model, state, images, out_dir, device, progress, deadline).run(tuple(stages))
     return ckpt_path

@@ -106,3 +106,12 @@ def test_config_file_overrides(tmp_path):
     from spikediff.config import ConfigError
     with pytest.raises(ConfigError, match="unknown setting"):
         load_config("tiny", f)
+
+
+def test_time_budget_ends_denoiser_stage_and_says_so(tiny_mnist, tmp_path):
+    path = train(tiny_cfg(epochs_denoiser=3), "mnist", tiny_mnist, tmp_path / "b", progress=False,
+                 time_budget_min=1e-6)
+    ckpt = checkpoint.load(path)
+    assert ckpt["stage"] == "done" and len(ckpt["history"]["denoiser"]) == 1
+    assert ckpt["stopped_by_time_budget"] == {"after_epoch": 1, "of": 3}
+    assert ckpt["config"]["train"]["epochs_denoiser"] == 1
