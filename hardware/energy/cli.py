@@ -1,0 +1,200 @@
+"""`spikediff-energy`: energy estimates from the spikes a model really fires.
+
+    spikediff-energy report --checkpoint CKPT --n 16 --json e.json --plot e.png
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from spikediff.cli import handle_errors
+from spikediff.errors import SpikediffError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from spikediff.config import PRESETS
+    parser = argparse.ArgumentParser(prog="spikediff-energy", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("report", help="count operations on real generation and price them",
+                       description="Generate --n images (denoiser at every sampling step, spike "
+                       "generator, decoder) and encode real test images, counting every "
+                       "synaptic operation from the recorded spikes; print per layer, per "
+                       "component and per image energy under the 45 nm and Loihi figures and "
+                       "against the same network as an ANN.")
+    p.add_argument("--checkpoint", help="a .pt file from `spikediff train` "
+                   "(default: the shipped MNIST checkpoint)")
+    p.add_argument("--random-weights", metavar="PRESET", choices=list(PRESETS),
+                   help="no checkpoint: a model of this preset with random (untrained) "
+                   "weights; its firing rates say nothing about a trained model")
+    p.add_argument("--n", type=int, default=16, help="images to generate (and real images to encode)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: one per latent token)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: the config's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--dataset", help="data set of the real images for the encoder "
+                   "(default: the checkpoint's)")
+    p.add_argument("--data-root", help="folder holding the data set (default: $SPIKEDIFF_DATA_ROOT)")
+    p.add_argument("--hardware", choices=["45nm", "loihi", "all"], default="all")
+    p.add_argument("--constants", help="TOML or JSON file of energy constants (pJ) to override")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=PJ",
+                   help="override one constant, e.g. --set ac_pj=0.03 (repeatable)")
+    p.add_argument("--backend", choices=["norse", "lava"], default="norse",
+                   help="where the spikes come from: the Norse model, or a Lava run")
+    p.add_argument("--verify", action="store_true",
+                   help="also count every spike-fed layer by brute force (all-ones "
+                   "convolutions) and fail on any disagreement")
+    p.add_argument("--json", help="write the full report as JSON here")
+    p.add_argument("--plot", help="write a bar chart (PNG) of energy per component here")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="print only the one-line summary")
+    return parser
+
+
+def _check_outputs(paths, force: bool) -> None:
+    for p in paths:
+        if p is None:
+            continue
+        p = Path(p)
+        if p.exists() and not force:
+            raise SpikediffError(f"{p} exists; pass --force to overwrite it")
+        if p.is_dir():
+            raise SpikediffError(f"{p} is a folder, not a file")
+        parent = p.parent if str(p.parent) else Path(".")
+        probe = parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK):
+            raise SpikediffError(f"cannot write {p}: {probe} is not a writable folder")
+
+
+def load_model_and_data(a):
+    """(model, meta, dataset name or None)."""
+    import torch
+
+    from spikediff import checkpoint
+    from spikediff.config import load_config
+    from spikediff.model import build_model
+
+    if a.random_weights:
+        if a.checkpoint:
+            raise SpikediffError("give either --checkpoint or --random-weights, not both")
+        torch.manual_seed(a.seed)
+        cfg = load_config(a.random_weights)
+        model = build_model(cfg, 1, 28).eval()
+        meta = {"model": f"preset '{a.random_weights}', 1x28x28",
+                "weights": "RANDOM (untrained): firing rates and energies are not those of a "
+                           "trained model", "preset": a.random_weights}
+        return model, meta, a.dataset or "mnist"
+    ck = checkpoint.load(a.checkpoint)
+    try:
+        model = checkpoint.model_from(ck)
+    except Exception as e:  # wrong keys/shapes in a file that claims our format
+        raise checkpoint.CheckpointError(
+            f"{checkpoint.resolve(a.checkpoint)} does not load into the model "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if ck.get("denoiser") is None:
+        raise checkpoint.CheckpointError(f"{checkpoint.resolve(a.checkpoint)} holds only a trained "
+                                         "VQ-SVAE (stage 1); the energy report needs the denoiser")
+    d = ck["data"]
+    meta = {"model": f"{checkpoint.resolve(a.checkpoint)} ({d['name']}, "
+                     f"{d['channels']}x{d['image_size']}x{d['image_size']})",
+            "weights": "trained", "preset": ck["config"].get("preset")}
+    return model, meta, a.dataset or d.get("name")
+
+
+def real_images(model, dataset, data_root, n):
+    """First n test images in [0, 1] shaped like the model's input, or (None, why)."""
+    from spikediff.data import load_images
+    if dataset in (None, "folder"):
+        return None, f"no standard data set to read real images from ({dataset})"
+    try:
+        ds = load_images(dataset, data_root, "test", image_size=model.image_size,
+                         rgb=model.channels == 3)
+    except (SpikediffError, OSError) as e:
+        return None, f"{dataset} test images unavailable ({str(e).splitlines()[0]})"
+    return ds.float01(slice(0, n)), None
+
+
+def _lava_tally(model, a, images):
+    """Counts recorded from a Lava run (hardware.lava), through the shared counting API."""
+    try:
+        from hardware.lava import client
+    except ImportError as e:
+        raise SpikediffError(f"--backend lava: hardware.lava.client is not importable ({e}); "
+                             "use --backend norse") from None
+    try:
+        client.find_lava_python()
+    except client.LavaUnavailableError as e:
+        raise SpikediffError("--backend lava: no Lava environment (" + str(e).splitlines()[0]
+                             + "); create it with `bash scripts/setup.sh` or use --backend norse") from None
+    try:
+        from hardware.lava.energy import record
+    except ImportError:
+        raise SpikediffError(
+            "--backend lava: this checkout has the Lava worker but no energy recorder "
+            "(hardware.lava.energy.record, which runs generation on Lava and fills a "
+            "hardware.energy.counting.Tally via count_recording); use --backend norse") from None
+    from .counting import Tally
+    tally = Tally()
+    info = record(model, n=a.n, steps=a.steps, seed=a.seed, temperature=a.temperature,
+                  real_images=images, tally=tally, progress=not a.no_progress)
+    return tally, dict(info or {})
+
+
+def cmd_report(a) -> int:
+    from .constants import load_constants
+    from .report import build_report, format_report, measure, save_plot, summary_line, write_json
+
+    if a.n < 1:
+        raise SpikediffError("--n must be at least 1")
+    if a.steps is not None and a.steps < 1:
+        raise SpikediffError("--steps must be at least 1")
+    if a.batch_size < 1:
+        raise SpikediffError("--batch-size must be at least 1")
+    constants = load_constants(a.constants, a.set)
+    _check_outputs([a.json, a.plot], a.force)
+    model, meta, dataset = load_model_and_data(a)
+    warnings = []
+    if meta["weights"] != "trained":
+        warnings.append("random weights: rates come from an untrained network")
+    images, why = real_images(model, dataset, a.data_root, a.n)
+    if images is None:
+        warnings.append(f"encoder counted on the generated images instead of real test images: {why}")
+    meta.update(backend=a.backend, time_steps={"vq": model.vq.cfg.T, "denoiser": model.denoiser.cfg.T})
+    if a.backend == "lava":
+        tally, info = _lava_tally(model, a, images)
+    else:
+        tally, info = measure(model, n=a.n, steps=a.steps, seed=a.seed, temperature=a.temperature,
+                              real_images=images, batch_size=a.batch_size,
+                              progress=not a.no_progress, verify=a.verify)
+    meta.update(info)
+    meta["warnings"] = warnings
+    rep = build_report(model, tally, constants, meta)
+    bf = rep.get("brute_force_check")
+    if a.json:
+        write_json(rep, a.json)
+    if a.plot:
+        save_plot(rep, a.plot, a.hardware,
+                  title=f"Energy per component ({meta.get('preset')}, "
+                        f"{'random weights' if meta['weights'] != 'trained' else 'trained'})")
+    print(summary_line(rep) if a.quiet else format_report(rep, a.hardware))
+    for p in (a.json, a.plot):
+        if p:
+            print(f"wrote {p}")
+    if bf and not bf["all_agree"]:
+        print("error: fan-out and brute-force counts disagree (see brute_force_agrees in the JSON)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+@handle_errors
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.command == "report":
+        return cmd_report(a)
+    return 2
