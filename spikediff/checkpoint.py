@@ -5,14 +5,13 @@ so a kill mid-write never leaves a truncated checkpoint behind.
 """
 from __future__ import annotations
 
-import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
 from . import __version__
+from .atomic import atomic_path
 from .config import Config
 from .errors import SpikediffError
 from .model import SpikingDiffusion, build_model
@@ -35,16 +34,8 @@ def code_version() -> str:
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def resolve(path: str | Path | None) -> Path:

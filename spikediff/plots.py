@@ -1,29 +1,15 @@
 """Image grids and loss curves, written atomically."""
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import torch
 from torchvision.utils import save_image
 
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from .atomic import atomic_path
 
 
 def save_grid(images01: torch.Tensor, path, nrow: int = 8) -> None:
-    _atomic(Path(path), lambda tmp: save_image(images01.clamp(0, 1), tmp, nrow=nrow,
-                                               padding=2, pad_value=0.5, format="png"))
+    with atomic_path(path) as tmp:
+        save_image(images01.clamp(0, 1), tmp, nrow=nrow, padding=2, pad_value=0.5, format="png")
 
 
 def save_loss_plot(history: dict, path) -> None:
@@ -43,5 +29,6 @@ def save_loss_plot(history: dict, path) -> None:
         ax.set(title=stage, xlabel="epoch", yscale="log")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    _atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)

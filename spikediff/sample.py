@@ -1,14 +1,11 @@
 """Generate images from a checkpoint and write them as a grid and/or arrays."""
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from .atomic import atomic_path
 from .model import SpikingDiffusion
 from .plots import save_grid
 
@@ -33,16 +30,8 @@ def generate(model: SpikingDiffusion, n: int, *, temperature=None, steps=None, s
 
 
 def save_npz(path, **arrays) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_outputs(images: torch.Tensor, tokens: torch.Tensor, grid=None, npz=None) -> None:

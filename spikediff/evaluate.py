@@ -1,0 +1,173 @@
+"""`spikediff eval`: standard FID, KID and reconstruction quality of a checkpoint.
+
+FID/KID use the standard TF-Inception FID network (metrics.py) with reference
+features over the full test split, cached per data set, split, resolution and
+data-file hashes. Samples' features are cached too, so a killed run resumes.
+The paper-protocol line repeats the paper's setting (1,280 samples against the
+first 1,280 test images) with the standard network and a real square root.
+The sampling temperature is either given or chosen on held-out *training*
+images (the checkpoint's holdout), never on the test split.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from . import checkpoint, metrics
+from .atomic import write_text
+from .data import load_images
+from .errors import SpikediffError
+from .sample import generate
+
+PAPER_N = 1280
+
+
+def _feats(net, images01, cache, key, progress):
+    return metrics.features_resumable(net, images01, cache, key, progress=progress)
+
+
+def reference_features(net, cache, dataset, data_root, split, image_size, rgb, progress,
+                       holdout_of: int | None = None):
+    """FID features of a data split (or of the last `holdout_of` train images)."""
+    data = load_images(dataset, data_root, split, image_size=image_size, rgb=rgb)
+    images = data.images
+    tag = split
+    if holdout_of:
+        images = images[len(images) - holdout_of:]
+        tag = f"{split}-holdout{holdout_of}"
+    key = metrics.reference_key(dataset, tag, tuple(images.shape[1:]), data.source_files, net)
+    return _feats(net, images.float() / 255, cache, key, progress), data
+
+
+def fid_of(feats_a, feats_b) -> float:
+    return metrics.frechet_distance(*metrics.feature_stats(feats_a), *metrics.feature_stats(feats_b))
+
+
+def sample_features(net, cache, model, n, temperature, steps, seed, batch_size, device, progress,
+                    ckpt_id: str):
+    images, _ = generate(model, n, temperature=temperature, steps=steps, seed=seed,
+                         batch_size=batch_size, device=device, progress=progress)
+    key = f"samples-{ckpt_id}-n{n}-T{temperature}-s{steps}-seed{seed}-net{net.sha256[:16]}"
+    return _feats(net, images, cache, key, progress), images
+
+
+@torch.no_grad()
+def reconstruction(model, images_u8: torch.Tensor, device, batch_size=500) -> dict:
+    vq = model.vq.to(device).eval()
+    mse, ssim_sum = 0.0, 0.0
+    for i in range(0, len(images_u8), batch_size):
+        x = images_u8[i:i + batch_size].to(device).float() / 255
+        r = vq.decode(vq.encode(x))
+        mse += torch.nn.functional.mse_loss(r, x, reduction="sum").item()
+        ssim_sum += metrics.ssim(r.cpu(), x.cpu()) * len(x)
+    n = len(images_u8)
+    return {"mse": mse / images_u8[0].numel() / n, "ssim": ssim_sum / n, "n": n}
+
+
+def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temperatures=None,
+             select_n=1000, steps=None, seed=0, batch_size=256, device="cpu", fid_weights=None,
+             paper_protocol=True, progress=True) -> dict:
+    ckpt = checkpoint.load(ckpt_path)
+    model = checkpoint.model_from(ckpt)
+    d = ckpt["data"]
+    if d["name"] != dataset:
+        raise SpikediffError(f"the checkpoint was trained on {d['name']}, not {dataset}; "
+                             f"pass --dataset {d['name']}")
+    size, rgb = d["image_size"], d["channels"] == 3
+    net = metrics.FIDNetwork(fid_weights, device=device)
+    cache = metrics.FeatureCache()
+    ckpt_id = metrics.file_sha256(checkpoint.resolve(ckpt_path))[:16]
+    t0 = time.perf_counter()
+    result = {"checkpoint": str(checkpoint.resolve(ckpt_path)), "dataset": dataset,
+              "network": net.name, "seed": seed, "steps": steps or model.diffusion_steps}
+
+    if temperature is None and temperatures:
+        if not d.get("holdout"):
+            raise SpikediffError("this checkpoint has no held-out training images to choose the "
+                                 "temperature on; pass --temperature")
+        held, _ = reference_features(net, cache, dataset, data_root, "train", size, rgb, progress,
+                                     holdout_of=d["holdout"])
+        scores = {}
+        for temp in temperatures:
+            f, _ = sample_features(net, cache, model, select_n, temp, steps, seed + 1, batch_size,
+                                   device, progress, ckpt_id)
+            scores[temp] = fid_of(f, held)
+        temperature = min(scores, key=scores.get)
+        result["temperature_selection"] = {
+            "on": f"last {d['holdout']} train images (never trained on)", "n": select_n,
+            "fid_by_temperature": {str(k): v for k, v in scores.items()}}
+    temperature = model.config.diffusion.temperature if temperature is None else temperature
+    result["temperature"] = temperature
+
+    ref, test = reference_features(net, cache, dataset, data_root, "test", size, rgb, progress)
+    feats, images = sample_features(net, cache, model, n, temperature, steps, seed, batch_size,
+                                    device, progress, ckpt_id)
+    result["fid"] = {"value": fid_of(feats, ref), "n_samples": n,
+                     "reference": f"{dataset} test split, all {len(ref)} images"}
+    kmean, kstd = metrics.kid(feats, ref)
+    result["kid"] = {"mean": kmean, "std": kstd, "n_samples": n, "subset_size": min(1000, n)}
+    if paper_protocol and n >= PAPER_N and len(ref) >= PAPER_N:
+        result["paper_protocol_fid"] = {
+            "value": fid_of(feats[:PAPER_N], ref[:PAPER_N]), "n_samples": PAPER_N,
+            "reference": f"first {PAPER_N} {dataset} test images"}
+    result["reconstruction"] = reconstruction(model, test.images, device)
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def format_result(r: dict) -> str:
+    lines = [f"checkpoint: {r['checkpoint']}", f"network: {r['network']}",
+             f"temperature: {r['temperature']}" + (
+                 f" (chosen on {r['temperature_selection']['on']})"
+                 if "temperature_selection" in r else ""),
+             f"FID {r['fid']['value']:.2f}  ({r['fid']['n_samples']} samples vs "
+             f"{r['fid']['reference']})",
+             f"KID {r['kid']['mean']:.5f} +- {r['kid']['std']:.5f}"]
+    if "paper_protocol_fid" in r:
+        p = r["paper_protocol_fid"]
+        lines.append(f"paper-protocol FID {p['value']:.2f}  ({p['n_samples']} samples vs "
+                     f"{p['reference']})")
+    rec = r["reconstruction"]
+    lines.append(f"reconstruction: MSE {rec['mse']:.5f}, SSIM {rec['ssim']:.4f} "
+                 f"({rec['n']} test images)")
+    return "\n".join(lines)
+
+
+def add_eval_parser(sub) -> None:
+    from .data import DATASETS
+    p = sub.add_parser("eval", help="standard FID, KID and reconstruction of a checkpoint",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", help="default: the shipped MNIST checkpoint")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument("--data-root")
+    p.add_argument("--n", type=int, default=10000, help="samples for FID/KID")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--temperatures", help="comma-separated candidates, chosen by FID on "
+                   "held-out training images (e.g. 0.8,0.9,1.0)")
+    p.add_argument("--select-n", type=int, default=1000, help="samples per candidate temperature")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--fid-weights", help="FID network file (default: search, see docs)")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(a) -> int:
+    from .cli import pick_device
+    temps = [float(t) for t in a.temperatures.split(",")] if a.temperatures else None
+    if a.n < 2:
+        raise SpikediffError("--n must be at least 2")
+    r = evaluate(a.checkpoint, a.dataset, a.data_root, a.n, temperature=a.temperature,
+                 temperatures=temps, select_n=a.select_n, steps=a.steps, seed=a.seed,
+                 batch_size=a.batch_size, device=pick_device(a.device),
+                 fid_weights=a.fid_weights, progress=not a.no_progress)
+    print(format_result(r))
+    if a.json:
+        write_text(a.json, json.dumps(r, indent=2))
+    return 0

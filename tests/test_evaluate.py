@@ -1,0 +1,50 @@
+"""`spikediff eval` end to end, with a tiny stand-in for the FID network."""
+import json
+
+import torch
+
+from spikediff.cli import main
+
+
+class TinyFeatures(torch.nn.Module):
+    """[N, 3, 299, 299] -> [N, 2048]: pooled random projections (not Inception)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 2048, 8, stride=8)
+
+    def forward(self, x):
+        return torch.relu(self.conv(torch.nn.functional.avg_pool2d(x, 4))).mean((2, 3))
+
+
+def test_eval_cli_writes_json(tiny_mnist, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SPIKEDIFF_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "tiny_fid.pt"
+    torch.jit.script(TinyFeatures()).save(str(weights))
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "mnist", "--data-root", str(tiny_mnist), "--out", str(run),
+                 "--preset", "tiny", "--no-progress"]) == 0
+    out = tmp_path / "r.json"
+    args = ["eval", "--checkpoint", str(run / "checkpoint.pt"), "--dataset", "mnist",
+            "--data-root", str(tiny_mnist), "--n", "20", "--steps", "3", "--fid-weights",
+            str(weights), "--json", str(out), "--no-progress"]
+    assert main(args) == 0
+    r = json.loads(out.read_text())
+    assert r["fid"]["n_samples"] == 20 and r["fid"]["value"] > 0
+    assert "all 32 images" in r["fid"]["reference"]
+    assert "TF-Inception" not in r["network"]  # the stand-in is not called the standard one
+    assert 0 <= r["reconstruction"]["ssim"] <= 1 and r["reconstruction"]["n"] == 32
+    assert "paper_protocol_fid" not in r  # fewer than 1,280 samples: no paper line
+    text = capsys.readouterr().out
+    assert "FID" in text and "20 samples" in text
+    # the second run reuses cached reference and sample features: same numbers
+    assert main(args[:-3] + ["--json", str(tmp_path / "r2.json"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "r2.json").read_text())["fid"] == r["fid"]
+
+
+def test_eval_errors(tiny_mnist, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SPIKEDIFF_FID_WEIGHTS", str(tmp_path / "missing.pt"))
+    code = main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--data-root",
+                 str(tiny_mnist)])
+    assert code == 2 and "no checkpoint" in capsys.readouterr().err
