@@ -1,0 +1,359 @@
+"""NIR -> torch: run exported subgraphs with the project's discrete per-step semantics.
+
+A small explicit executor rather than nirtorch's `nir_to_torch`: in nirtorch 2.6
+an Output node with several incoming edges is not summed (the encoder's
+feature is two readouts summing into its Output), a graph's intermediate
+spike trains cannot be observed (we compare every layer), and its default
+Affine mapping leaves the torch bias uninitialised (`module.weight.bias = ...`).
+
+Semantics (forward Euler with the graph's metadata `dt`, as Norse's lif_box):
+  LIF: v <- v + dt/tau * (r*I + v_leak - v); z = v > v_threshold; v <- (1-z) v + z v_reset
+  LI:  v <- v + dt/tau * (r*I + v_leak - v), output v
+  I:   v <- v + dt*r*I, output v
+  IF:  v <- v + dt*r*I; z = v > v_threshold; v <- (1-z) v + z v_reset
+  Conv2d, Affine, Linear, Scale, Flatten: applied at each step; edges into a node sum.
+The expression order of the LIF update is Norse's, so equal currents give
+bit-identical spikes. The graph must be feed-forward (no recurrent edges).
+All state starts at zero (v = 0), as the model's neurons do.
+
+Host steps (between subgraphs) live in `encode`, `decode`, `denoise_fn`, `generate`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import nir
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spikediff.errors import SpikediffError
+
+
+class ExecError(SpikediffError):
+    pass
+
+
+def _t(a, dtype):
+    return torch.as_tensor(np.asarray(a), dtype=dtype)
+
+
+def _pair(v) -> tuple[int, int]:
+    a = np.broadcast_to(np.atleast_1d(np.asarray(v)), (2,))
+    return int(a[0]), int(a[1])
+
+
+def _topo(graph: nir.NIRGraph) -> list[str]:
+    preds = {n: [a for a, b in graph.edges if b == n] for n in graph.nodes}
+    order, done, visiting = [], set(), set()
+
+    def visit(n):
+        if n in done:
+            return
+        if n in visiting:
+            raise ExecError(f"node '{n}' is on a cycle: recurrent NIR graphs are not supported "
+                            "by this executor")
+        visiting.add(n)
+        for p in preds[n]:
+            visit(p)
+        visiting.discard(n)
+        done.add(n)
+        order.append(n)
+
+    for n in graph.nodes:
+        visit(n)
+    return order
+
+
+class _Step:
+    """A node applied to a whole sequence [T, B, ...]."""
+
+    def __init__(self, node, dt: float, dtype):
+        self.node, self.dt, self.dtype = node, dt, dtype
+        n = node
+        if isinstance(n, nir.Conv2d):
+            self.w, self.b = _t(n.weight, dtype), _t(n.bias, dtype)
+            pad = n.padding if isinstance(n.padding, str) else _pair(n.padding)
+            self.kw = dict(stride=_pair(n.stride), padding=pad, dilation=_pair(n.dilation),
+                           groups=int(n.groups))
+        elif isinstance(n, (nir.Affine, nir.Linear)):
+            self.w = _t(n.weight, dtype)
+            self.b = _t(n.bias, dtype) if isinstance(n, nir.Affine) else None
+        elif isinstance(n, nir.Scale):
+            self.s = _t(n.scale, dtype)
+        elif isinstance(n, (nir.LIF, nir.LI)):
+            self.c = _t(dt / np.asarray(n.tau, dtype=np.float64), dtype)
+            self.r, self.vl = _t(n.r, dtype), _t(n.v_leak, dtype)
+            if isinstance(n, nir.LIF):
+                self.vth, self.vr = _t(n.v_threshold, dtype), _t(n.v_reset, dtype)
+        elif isinstance(n, nir.I):
+            self.g = _t(dt * np.asarray(n.r, dtype=np.float64), dtype)
+        elif isinstance(n, nir.IF):
+            self.g = _t(dt * np.asarray(n.r, dtype=np.float64), dtype)
+            self.vth, self.vr = _t(n.v_threshold, dtype), _t(n.v_reset, dtype)
+        elif isinstance(n, (nir.Flatten, nir.Input, nir.Output)):
+            pass
+        else:
+            raise ExecError(f"NIR node type {type(n).__name__} is not supported by this executor")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, T = self.node, x.shape[0]
+        if isinstance(n, nir.Conv2d):
+            y = F.conv2d(x.reshape(-1, *x.shape[2:]), self.w, self.b, **self.kw)
+            return y.reshape(T, -1, *y.shape[1:])
+        if isinstance(n, (nir.Affine, nir.Linear)):
+            return F.linear(x, self.w, self.b)
+        if isinstance(n, nir.Scale):
+            return x * self.s
+        if isinstance(n, nir.Flatten):
+            # NIR dims exclude batch (and we add time): shift by 2
+            end = n.end_dim if n.end_dim < 0 else n.end_dim + 2
+            return x.flatten(n.start_dim + 2, end)
+        if isinstance(n, (nir.Input, nir.Output)):
+            return x
+        v = torch.zeros_like(x[0])
+        out = []
+        for xt in x:
+            if isinstance(n, (nir.LIF, nir.LI)):
+                v = v + self.c * (self.r * xt + self.vl - v)
+            else:  # I, IF
+                v = v + self.g * xt
+            if isinstance(n, (nir.LIF, nir.IF)):
+                z = torch.gt(v - self.vth, 0).to(v.dtype)
+                v = (1 - z) * v + z * self.vr
+                out.append(z)
+            else:
+                out.append(v)
+        return torch.stack(out)
+
+
+class GraphRunner:
+    """Runs one (flat) NIRGraph on inputs [T, B, ...]; returns every node's output sequence."""
+
+    def __init__(self, graph: nir.NIRGraph, dt: float | None = None,
+                 dtype: torch.dtype = torch.float64):
+        if dt is None:
+            if "dt" not in graph.metadata:
+                raise ExecError("the graph has no 'dt' in its metadata; pass dt explicitly")
+            dt = float(graph.metadata["dt"])
+        self.graph, self.dt, self.dtype = graph, dt, dtype
+        for name, node in graph.nodes.items():
+            if isinstance(node, nir.NIRGraph):
+                raise ExecError(f"'{name}' is a nested graph: run subgraphs one at a time")
+        self.order = _topo(graph)
+        self.preds = {n: [a for a, b in graph.edges if b == n] for n in graph.nodes}
+        self.steps = {n: _Step(graph.nodes[n], dt, dtype) for n in self.order}
+        self.inputs = [n for n in self.order if isinstance(graph.nodes[n], nir.Input)]
+        self.outputs = [n for n in self.order if isinstance(graph.nodes[n], nir.Output)]
+
+    def run(self, x: torch.Tensor | dict) -> dict[str, torch.Tensor]:
+        if not isinstance(x, dict):
+            if len(self.inputs) != 1:
+                raise ExecError(f"graph has inputs {self.inputs}: pass a dict")
+            x = {self.inputs[0]: x}
+        vals: dict[str, torch.Tensor] = {}
+        for n in self.order:
+            if n in self.inputs:
+                vals[n] = x[n].to(self.dtype)
+                continue
+            ins = [vals[p] for p in self.preds[n]]
+            if not ins:
+                raise ExecError(f"node '{n}' has no input")
+            s = ins[0]
+            for other in ins[1:]:
+                s = s + other
+            vals[n] = self.steps[n](s)
+        return vals
+
+    def __call__(self, x) -> torch.Tensor:
+        vals = self.run(x)
+        return vals[self.outputs[0]]
+
+
+def repeat(x: torch.Tensor, T: int) -> torch.Tensor:
+    return x.unsqueeze(0).expand(T, *x.shape)
+
+
+# -- host steps ----------------------------------------------------------------
+@dataclass
+class Exported:
+    """The three subgraphs of an exported file with the host steps between them."""
+    graph: nir.NIRGraph
+    dtype: torch.dtype = torch.float64
+
+    def __post_init__(self):
+        for part in ("encoder", "decoder", "denoiser"):
+            if part not in self.graph.nodes:
+                raise ExecError(f"not a spikediff export: no '{part}' subgraph")
+        self.md = self.graph.metadata
+        self.enc = GraphRunner(self.graph.nodes["encoder"], dtype=self.dtype)
+        self.dec = GraphRunner(self.graph.nodes["decoder"], dtype=self.dtype)
+        self.den = GraphRunner(self.graph.nodes["denoiser"], dtype=self.dtype)
+        cb = self.graph.nodes["decoder"].nodes["codebook"].weight
+        self.codebook = _t(cb[:, :, 0, 0].T, self.dtype)  # K x D
+        dmd = self.graph.nodes["denoiser"].metadata
+        self.K, self.mask_id = int(dmd["codebook_size"]), int(dmd["mask_id"])
+        self.steps, self.token_input = int(dmd["diffusion_steps"]), str(dmd["token_input"])
+        self.T_vq = int(self.graph.nodes["encoder"].metadata["T"])
+        self.T_den = int(dmd["T"])
+        self.P = int(self.graph.nodes["decoder"].metadata["phase_factor"])
+        self.grid = tuple(int(g) for g in self.md["grid"])
+
+    @classmethod
+    def read(cls, path: str | Path, dtype=torch.float64) -> "Exported":
+        return cls(nir.read(str(path)), dtype)
+
+    # encoder
+    def encoder_run(self, images01: torch.Tensor) -> dict:
+        return self.enc.run(repeat(images01.to(self.dtype) - 0.5, self.T_vq))
+
+    def features(self, images01: torch.Tensor) -> torch.Tensor:
+        return self.enc(repeat(images01.to(self.dtype) - 0.5, self.T_vq))[-1]
+
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        e = self.codebook
+        d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)
+        return d.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
+
+    def encode(self, images01: torch.Tensor) -> torch.Tensor:
+        return self.nearest(self.features(images01))
+
+    # decoder
+    def decoder_input(self, codes: torch.Tensor) -> torch.Tensor:
+        oh = F.one_hot(codes, self.K).permute(0, 3, 1, 2).to(self.dtype)
+        return repeat(oh, self.T_vq)
+
+    def decoder_run(self, codes: torch.Tensor) -> dict:
+        return self.dec.run(self.decoder_input(codes))
+
+    def image_from_phases(self, phases: torch.Tensor) -> torch.Tensor:
+        """Output at the last step -> image in [0, 1]."""
+        return (torch.tanh(F.pixel_shuffle(phases, self.P)) + 1) / 2
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.image_from_phases(self.dec(self.decoder_input(codes))[-1])
+
+    # denoiser
+    def denoiser_input(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        B, H, W = tokens.shape
+        if self.token_input == "raw":
+            tt = t.to(self.dtype).view(-1, 1, 1).expand(B, H, W)
+            x = torch.stack([tokens.to(self.dtype), tt], 1)
+        else:
+            tok = F.one_hot(tokens, self.K + 1).permute(0, 3, 1, 2)
+            tim = F.one_hot(t, self.steps + 1).view(B, -1, 1, 1).expand(B, self.steps + 1, H, W)
+            x = torch.cat([tok, tim], 1).to(self.dtype)
+        return repeat(x, self.T_den)
+
+    def denoiser_run(self, tokens, t) -> dict:
+        return self.den.run(self.denoiser_input(tokens, t))
+
+    def denoise(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.den(self.denoiser_input(tokens, t))[-1]
+
+    @torch.no_grad()
+    def generate(self, n: int, *, temperature: float | None = None, steps: int | None = None,
+                 generator: torch.Generator | None = None):
+        """Images [n, C, H, W] in [0, 1] and token grids, entirely through the graph."""
+        from spikediff.diffusion import sample_tokens
+        temp = float(self.md["temperature"]) if temperature is None else temperature
+        tokens = sample_tokens(self.denoise, n, self.grid, self.mask_id, self.steps, steps,
+                               temp, generator)
+        return self.decode(tokens), tokens
+
+
+def host_steps(graph: nir.NIRGraph, part: str | None = None) -> list[str]:
+    md = graph.nodes[part].metadata if part else graph.metadata
+    return json.loads(md["host_steps"])
+
+
+# -- verification against the Norse model ------------------------------------------
+def _double(model):
+    import copy
+    m = copy.deepcopy(model)
+    m.vq.double().eval()
+    m.denoiser.double().eval()
+    return m
+
+
+@torch.no_grad()
+def verify(model, exported: "Exported", *, n: int = 4, seed: int = 0,
+           generate: int = 2) -> list[dict]:
+    """Per-layer agreement of the graph with the Norse model on random inputs.
+
+    Both run in the exported graph's dtype (float64 by default: BN folding and the
+    polyphase kernels change float rounding, so exact spike equality is only
+    meaningful at a precision where those differences are ~1e-16).
+    Returns rows {part, node, kind, n, mismatches, max_abs}.
+    """
+    m = _double(model) if exported.dtype == torch.float64 else model
+    g = torch.Generator().manual_seed(seed)
+    C, S = model.channels, model.image_size
+    rows = []
+
+    def spikes(part, node, ref, got):
+        ref, got = ref.to(torch.float64), got.to(torch.float64)
+        rows.append({"part": part, "node": node, "kind": "spikes", "n": ref.numel(),
+                     "mismatches": int((ref != got).sum()), "max_abs": float((ref - got).abs().max()),
+                     "spike_rate": float(ref.mean())})
+
+    def values(part, node, ref, got, kind="values"):
+        ref, got = ref.to(torch.float64), got.to(torch.float64)
+        rows.append({"part": part, "node": node, "kind": kind, "n": ref.numel(),
+                     "mismatches": int((ref != got).sum()) if kind == "codes" else 0,
+                     "max_abs": float((ref - got).abs().max())})
+
+    # encoder
+    images = torch.rand(n, C, S, S, generator=g, dtype=torch.float64).to(exported.dtype)
+    ref = m.vq.encode_spikes(images)
+    got = exported.encoder_run(images)
+    for i, r in enumerate(ref):
+        spikes("encoder", f"encoder.{i}.lif", r, got[f"encoder.{i}.lif"])
+    values("encoder", "output (feature)", m.vq.features(ref[-1]), got["output"][-1])
+    codes_ref = m.vq.codebook.nearest(m.vq.features(ref[-1]))
+    values("encoder", "nearest code (host)", codes_ref,
+           exported.nearest(got["output"][-1]), "codes")
+    # decoder
+    K = model.vq.cfg.codebook_size
+    codes = torch.randint(0, K, (n, *model.grid), generator=g)
+    asg = m.vq.generate_spikes(m.vq.codebook.lookup(codes))
+    dec = m.vq.decode_spikes(asg)
+    got = exported.decoder_run(codes)
+    spikes("decoder", "spike_generator.lif", asg, got["spike_generator.lif"])
+    p = 1
+    for i, r in enumerate(dec):
+        p *= 2
+        spikes("decoder", f"decoder.{i}.lif", F.pixel_unshuffle(r.flatten(0, 1), p).view(
+            r.shape[0], r.shape[1], -1, *model.grid), got[f"decoder.{i}.lif"])
+    values("decoder", "image", m.vq.decode(codes), exported.image_from_phases(got["output"][-1]))
+    # denoiser
+    den = m.denoiser
+    tokens = torch.randint(0, K + 1, (n, *model.grid), generator=g)
+    t = torch.randint(1, den.diffusion_steps + 1, (n,), generator=g)
+    ref = den.spikes(tokens, t)
+    got = exported.denoiser_run(tokens, t)
+    for i, r in enumerate(ref):
+        spikes("denoiser", f"layers.{i}.lif", r, got[f"layers.{i}.lif"])
+    values("denoiser", "logits", den.readout(ref), got["output"][-1])
+    # generation through the graph vs the model, same seed
+    if generate:
+        a, ta = m.generate(generate, generator=torch.Generator().manual_seed(seed))
+        b, tb = exported.generate(generate, generator=torch.Generator().manual_seed(seed))
+        values("generate", "tokens", ta, tb, "codes")
+        values("generate", "images", a, b)
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [f"{'part':9s} {'node':26s} {'kind':7s} {'compared':>9s} {'agree':>9s} {'max |diff|':>11s}"]
+    for r in rows:
+        if r["kind"] in ("spikes", "codes"):
+            agree = f"{100 * (1 - r['mismatches'] / r['n']):.4f}%"
+        else:
+            agree = "-"
+        lines.append(f"{r['part']:9s} {r['node']:26s} {r['kind']:7s} {r['n']:9d} {agree:>9s} "
+                     f"{r['max_abs']:11.2e}")
+    return "\n".join(lines)
