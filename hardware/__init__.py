@@ -1,0 +1,1 @@
+"""Hardware back ends for spikediff (see hardware/lava for the Lava/Loihi worker)."""
