@@ -8,6 +8,7 @@ uninterrupted one would have done.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class Trainer:
         s["optimizer"] = opt.state_dict() if opt is not None else None
         s["rng"] = torch.get_rng_state()
         s["code_version"] = checkpoint.code_version()
+        s["hardware"] = describe_hardware(self.device)
         checkpoint.atomic_save(s, self.out_dir / "checkpoint.pt")
         save_loss_plot(s["history"], self.out_dir / "losses.png")
 
@@ -87,6 +89,7 @@ class Trainer:
         if self.state.get("rng") is not None:
             torch.set_rng_state(self.state["rng"])
         total = _epochs(cfg, stage)
+        data = data.to(dev)  # the data sets are small: keep them beside the model
         if len(data) < bs:
             raise SpikediffError(f"{len(data)} training images is fewer than one batch ({bs})")
         for epoch in range(self.state["epoch"], total):
@@ -163,6 +166,12 @@ class Trainer:
             g = torch.Generator().manual_seed(self.cfg.train.seed)
             images, _ = self.model.generate(64, generator=g, device=self.device)
             save_grid(images, self.out_dir / f"samples_e{epoch:03d}.png", nrow=8)
+
+
+def describe_hardware(device: str) -> str:
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def new_state(cfg: Config, data_info: dict) -> dict:

@@ -1,0 +1,95 @@
+"""The README's quality table: standard FID, KID, reconstruction per data set.
+
+For each data set, evaluates the project's checkpoint (given as
+DATASET=PATH, trained with the command in the README) with `spikediff eval`'s
+machinery: temperature chosen on held-out training images, FID/KID of N
+samples against the full test split, the paper-protocol FID (1,280 vs the
+first 1,280 test images). Results go to benchmarks/results/quality_<ds>.json;
+a data set whose JSON exists is skipped (resumable; --force recomputes), and
+feature caches make a killed evaluation continue where it stopped.
+
+    python benchmarks/quality.py --data-root ../shared/datasets \
+        mnist=spikediff/weights/mnist-default.pt fashion-mnist=runs/fashion/checkpoint.pt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from spikediff import checkpoint
+from spikediff.atomic import write_text
+from spikediff.evaluate import evaluate
+
+RESULTS = Path(__file__).parent / "results"
+PAPER_FID = {"mnist": 37.50, "fashion-mnist": 91.98, "kmnist": 59.23, "emnist-letters": 67.41,
+             "cifar10": 120.5}
+ORDER = ["mnist", "fashion-mnist", "kmnist", "emnist-letters", "cifar10"]
+NOTES = {"kmnist": "trained on the 7,011 train images available here",
+         "cifar10": "quality-75 JPEG copy of CIFAR-10: not strictly comparable",
+         "emnist-letters": "no data here (EMNIST is not in ../shared/datasets)"}
+
+
+def table(rows: dict) -> str:
+    head = ("| data set | FID (N vs full test) | paper-protocol FID | paper's FID | KID x1e3 | "
+            "recon MSE | T | temp. | training | hardware | note |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for ds in ORDER:
+        r = rows.get(ds)
+        note = NOTES.get(ds, "")
+        if r is None:
+            lines.append(f"| {ds} | not measured | | {PAPER_FID[ds]} | | | | | | | {note} |")
+            continue
+        pp = r.get("paper_protocol_fid", {}).get("value")
+        lines.append(
+            f"| {ds} | {r['fid']['value']:.2f} (N={r['fid']['n_samples']}) | "
+            f"{pp:.2f} | {PAPER_FID[ds]} | {1e3 * r['kid']['mean']:.2f} | "
+            f"{r['reconstruction']['mse']:.4f} | {r['T']} | {r['temperature']} | "
+            f"{r['training']} | {r['hardware']} | {note} |")
+    return "\n".join(lines)
+
+
+def training_summary(path) -> tuple[str, int, str]:
+    ck = checkpoint.load(path)
+    h = ck["history"]
+    minutes = sum(ck["seconds"].values()) / 60
+    T = ck["config"]["denoiser"]["T"]
+    return (f"{len(h['vq'])}+{len(h['denoiser'])} epochs, {minutes:.1f} min", T,
+            ck.get("hardware", "see model card"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", help="DATASET=CHECKPOINT pairs")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--n", type=int, default=10000)
+    p.add_argument("--temperatures", default="0.8,0.9,1.0")
+    p.add_argument("--select-n", type=int, default=1000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--fid-weights")
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--force", action="store_true")
+    a = p.parse_args()
+    out = Path(a.results)
+    for pair in a.runs:
+        ds, ckpt = pair.split("=", 1)
+        dest = out / f"quality_{ds}.json"
+        if dest.exists() and not a.force:
+            print(f"{ds}: {dest} exists, skipped")
+            continue
+        r = evaluate(ckpt, ds, a.data_root, a.n,
+                     temperatures=[float(t) for t in a.temperatures.split(",")],
+                     select_n=a.select_n, device=a.device, fid_weights=a.fid_weights)
+        r["training"], r["T"], r["hardware"] = training_summary(ckpt)
+        write_text(dest, json.dumps(r, indent=2))
+        print(f"{ds}: FID {r['fid']['value']:.2f} (N={a.n}) -> {dest}")
+    rows = {f.stem.removeprefix("quality_"): json.loads(f.read_text())
+            for f in sorted(out.glob("quality_*.json"))}
+    md = table(rows)
+    write_text(out / "quality.md", md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
