@@ -1,0 +1,181 @@
+"""`spikediff-export`: write a trained model as NIR (or ONNX) and check it by re-running it.
+
+  spikediff-export --to nir  [--checkpoint CKPT] [--out model.nir] [--verify] [--force]
+  spikediff-export --to onnx [--checkpoint CKPT] [--out DIR] [--verify] [--force]
+  spikediff-export --list
+
+Without --checkpoint the shipped MNIST checkpoint is used. Outputs are written
+to a temporary file beside the target and renamed into place; an existing
+output is only replaced with --force.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+
+from spikediff.cli import handle_errors
+from spikediff.errors import SpikediffError
+
+FORMATS = {
+    "nir": "one NIR file (nir.write): subgraphs encoder, decoder, denoiser; "
+           "verified by re-running it with the project's executor",
+    "onnx": "encoder.onnx, decoder.onnx, denoiser.onnx in a folder, unrolled over T "
+            "(onnxruntime)",
+    "netx": "Lava-dl netx (hdf5) via hardware.lava.netx_export, where installed",
+}
+DEFAULT_OUT = {"nir": "model.nir", "onnx": "model-onnx", "netx": "model-netx"}
+
+
+def netx_module():
+    """The optional netx exporter (another component), or None."""
+    name = "hardware.lava.netx_export"
+    try:
+        if importlib.util.find_spec(name) is None:
+            return None
+    except ModuleNotFoundError:
+        return None
+    return importlib.import_module(name)
+
+
+def available() -> dict[str, bool]:
+    return {"nir": True, "onnx": True, "netx": netx_module() is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spikediff-export", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="formats: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
+    p.add_argument("--to", choices=list(FORMATS), default="nir", help="output format (default nir)")
+    p.add_argument("--checkpoint", help="a .pt file from `spikediff train` "
+                   "(default: the shipped MNIST checkpoint)")
+    p.add_argument("--out", help="output file (nir) or folder (onnx); default "
+                   + ", ".join(f"{k}: {v}" for k, v in DEFAULT_OUT.items()))
+    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    p.add_argument("--list", action="store_true", help="list the export formats and exit")
+    p.add_argument("--verify", action="store_true",
+                   help="re-import the written export and compare it with the Norse model "
+                   "on a few random inputs, layer by layer")
+    p.add_argument("--float32", action="store_true",
+                   help="nir: store parameters as float32 (default float64, which keeps "
+                   "BN folding exact enough for spike-exact re-runs)")
+    p.add_argument("--n", type=int, default=2, help="--verify: inputs per part (default 2)")
+    return p
+
+
+def _atomic_write(target: Path, write) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _refuse(paths, force):
+    for p in paths:
+        if Path(p).exists() and not force:
+            raise SpikediffError(f"{p} exists; pass --force to overwrite it")
+
+
+def _print_counts(counts: dict) -> None:
+    total: dict[str, int] = {}
+    for part, c in counts.items():
+        print(f"  {part:9s} " + ", ".join(f"{k} {v}" for k, v in c.items()))
+        for k, v in c.items():
+            total[k] = total.get(k, 0) + v
+    print("  total     " + ", ".join(f"{k} {v}" for k, v in sorted(total.items())))
+
+
+def cmd_nir(model, out: Path, a) -> int:
+    import nir
+    import numpy as np
+
+    from .nir_exec import Exported, format_rows, verify
+    from .nir_graph import build_graph, node_counts
+
+    _refuse([out], a.force)
+    graph = build_graph(model, np.float32 if a.float32 else np.float64)
+    _atomic_write(out, lambda tmp: nir.write(tmp, graph))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB), NIR nodes by type:")
+    _print_counts(node_counts(graph))
+    if a.verify:
+        ex = Exported.read(out)  # re-import: nir.read with its type check
+        rows = verify(model, ex, n=a.n)
+        print("verification (graph re-read from the file vs the Norse model, float64):")
+        print(format_rows(rows))
+        bad = [r for r in rows if r["mismatches"]
+               or (r["kind"] == "values" and r["max_abs"] > 1e-5)]
+        if bad:
+            print(f"MISMATCH in {len(bad)} rows")
+            return 1
+        print("all spike trains identical; values within 1e-5")
+    return 0
+
+
+def cmd_onnx(model, out: Path, a) -> int:
+    from .onnx_export import NAMES, check_onnx, export_onnx
+
+    targets = [out / f"{part}.onnx" for part in NAMES]
+    _refuse(targets, a.force)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".onnx-", dir=out) as tmp:
+        written = export_onnx(model, tmp)
+        for part, p in written.items():
+            os.replace(p, out / p.name)
+    paths = {part: out / f"{part}.onnx" for part in NAMES}
+    for part, p in paths.items():
+        print(f"wrote {p} ({p.stat().st_size / 1e6:.2f} MB)")
+    if a.verify:
+        res = check_onnx(model, paths, n=a.n)
+        print("onnxruntime vs PyTorch:")
+        for k, v in res.items():
+            print(f"  {k:32s} {v:.3g}")
+        bad = [k for k, v in res.items() if (v > 0 if "mismatch" in k else v > 1e-4)]
+        if bad:
+            print("MISMATCH: " + ", ".join(bad))
+            return 1
+        print("all outputs within 1e-4, codes identical")
+    return 0
+
+
+def cmd_netx(model, out: Path, a) -> int:
+    mod = netx_module()
+    if mod is None:
+        raise SpikediffError("the netx format is not available: hardware.lava.netx_export is "
+                             "not installed in this checkout (formats here: nir, onnx)")
+    if not hasattr(mod, "export"):
+        raise SpikediffError("hardware.lava.netx_export has no export(model, out, force=...) "
+                             "function")
+    _refuse([out], a.force)
+    result = mod.export(model, out, force=a.force)
+    print(f"wrote {out}" if result is None else str(result))
+    return 0
+
+
+@handle_errors
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.list:
+        av = available()
+        for k, v in FORMATS.items():
+            print(f"{k:5s} {'' if av[k] else '(not available) '}{v}")
+        return 0
+    if a.to == "netx" and netx_module() is None:
+        return cmd_netx(None, Path(a.out or DEFAULT_OUT["netx"]), a)
+    if a.n < 1:
+        raise SpikediffError("--n must be at least 1")
+    from spikediff import checkpoint
+    out = Path(a.out or DEFAULT_OUT[a.to])
+    if a.to == "nir":
+        _refuse([out], a.force)  # before the (slow) load
+    model = checkpoint.load_model(a.checkpoint)
+    print(f"checkpoint: {checkpoint.resolve(a.checkpoint)} (preset {model.config.preset})")
+    return {"nir": cmd_nir, "onnx": cmd_onnx, "netx": cmd_netx}[a.to](model, out, a)
