@@ -11,7 +11,7 @@ from torch import nn
 
 from hardware.energy.cli import main
 from hardware.energy.constants import ConstantsError, EnergyConstants, load_constants
-from hardware.energy.counting import (LayerCounts, Recorder, brute_force_dense_macs,
+from hardware.energy.counting import (LayerCounts, Recorder, Tally, brute_force_dense_macs,
                                       brute_force_synops, count_layer, count_recording,
                                       dense_macs, fanout_map, model_layers, padded_macs, spec_of)
 from hardware.energy.report import _energies, build_report
@@ -174,6 +174,14 @@ def test_recorder_on_full_model_matches_brute_force_and_pieces():
                              {f"encoder.{i}": e for i, e in enumerate(enc)}, T=T)
     for name, c in direct.items():
         assert t.counts[name] == c, name
+    # the entry point for other back ends gives the same totals
+    other = Tally()
+    other.add_recording(model_layers(m), {"encoder.0": imgs - 0.5, "encoder.1": enc[0],
+                                          "encoder.2": enc[1]},
+                        {f"encoder.{i}": e for i, e in enumerate(enc)}, T=T, verify=True)
+    for name in direct:
+        assert other.counts[name] == t.counts[name], name
+    assert other.brute["encoder.1"] == t.brute["encoder.1"]
     # and the report carries the agreement through
     rep = build_report(m, t, EnergyConstants(), {"n_generated": 2, "sampling_steps": 3})
     assert rep["brute_force_check"]["all_agree"]

@@ -133,11 +133,14 @@ def _lava_tally(model, a, images):
                              + "); create it with `bash scripts/setup.sh` or use --backend norse") from None
     try:
         from hardware.lava.energy import record
-    except ImportError:
+    except ImportError as e:
+        if getattr(e, "name", None) != "hardware.lava.energy":  # it exists but is broken
+            raise SpikediffError(f"--backend lava: hardware.lava.energy failed to import ({e})") from None
         raise SpikediffError(
             "--backend lava: this checkout has the Lava worker but no energy recorder "
-            "(hardware.lava.energy.record, which runs generation on Lava and fills a "
-            "hardware.energy.counting.Tally via count_recording); use --backend norse") from None
+            "(hardware.lava.energy.record(model, n=, steps=, seed=, temperature=, real_images=, "
+            "tally=, progress=), which runs generation on Lava and fills the "
+            "hardware.energy.counting.Tally via Tally.add_recording); use --backend norse") from None
     from .counting import Tally
     tally = Tally()
     info = record(model, n=a.n, steps=a.steps, seed=a.seed, temperature=a.temperature,

@@ -377,6 +377,25 @@ class Tally:
     def add(self, name: str, c: LayerCounts) -> None:
         self.counts[name] = self.counts.get(name, LayerCounts()) + c
 
+    def add_recording(self, specs, inputs: dict, outputs: dict | None = None, *,
+                      T: int | dict | None = None, verify: bool = False) -> dict:
+        """count_recording(...) of one recorded batch/call, added to the running totals.
+
+        For other back ends (e.g. Lava): call once per denoiser call, per spike
+        generator + decoder pass and per encoder batch, with spikes aligned to
+        the reference time steps ([T, B, ...], the synapse delay removed).
+        """
+        specs = specs if isinstance(specs, dict) else {s.name: s for s in specs}
+        res = count_recording(specs, inputs, outputs, T=T)
+        for name, c in res.items():
+            self.add(name, c)
+            if verify and name in inputs and not specs[name].analog:
+                self.brute[name] = (self.brute.get(name, 0)
+                                    + brute_force_synops(specs[name], torch.as_tensor(inputs[name])))
+        for comp in {specs[n].component for n in inputs}:
+            self.calls[comp] = self.calls.get(comp, 0) + 1
+        return res
+
 
 class Recorder:
     """Forward hooks on a SpikingDiffusion's real layers; counts as the model runs.

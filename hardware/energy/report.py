@@ -374,10 +374,18 @@ def save_plot(rep: dict, path, hardware: str = "all", title: str | None = None) 
     x = np.arange(len(labels))
     wd = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
+    allv = [d[key] * 1e-6 for _, key, _ in series for d in data]   # pJ -> uJ
+    pos = [v for v in allv if v > 0]
+    floor = min(pos) / 5 if pos else 1e-6
     for i, (lbl, key, col) in enumerate(series):
-        vals = [max(d[key], 1e-3) * 1e-6 for d in data]   # pJ -> uJ
-        ax.bar(x + (i - (len(series) - 1) / 2) * wd, vals, wd, label=lbl, color=col)
+        xs = x + (i - (len(series) - 1) / 2) * wd
+        vals = [d[key] * 1e-6 for d in data]
+        ax.bar(xs, [v if v > 0 else float("nan") for v in vals], wd, label=lbl, color=col)
+        for xi, v in zip(xs, vals):
+            if v <= 0:  # nothing to draw on a log axis: say it
+                ax.text(xi, floor * 1.3, "0", ha="center", va="bottom", fontsize=8, color=col)
     ax.set_yscale("log")
+    ax.set_ylim(bottom=floor)
     ax.set_xticks(x, labels)
     ax.set_ylabel("energy per image (uJ, log scale)")
     ax.set_title(title or "Energy per component")
@@ -389,13 +397,20 @@ def save_plot(rep: dict, path, hardware: str = "all", title: str | None = None) 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".png", dir=path.parent)
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=120, format="png")
+        os.chmod(tmp, _umask_mode())  # mkstemp makes it private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     finally:
         plt.close(fig)
+
+
+def _umask_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_json(rep: dict, path) -> None:
@@ -407,6 +422,7 @@ def write_json(rep: dict, path) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(rep, f, indent=1, default=_jsonable, allow_nan=False)
             f.write("\n")
+        os.chmod(tmp, _umask_mode())  # mkstemp makes it private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
