@@ -38,6 +38,9 @@ A synapse bias b (Affine / Conv2d) becomes ``g * b`` added to the target's bias
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -45,6 +48,15 @@ import numpy as np
 import scipy.sparse as sp
 
 import nir
+
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort, PyRefPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.process.ports.ports import InPort, OutPort, RefPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 NEURON_KINDS = ("LIF", "IF", "LI", "CubaLIF")
 LINEAR_KINDS = ("Conv2d", "Affine", "Linear", "Flatten", "Scale")
@@ -478,16 +490,22 @@ def _fixed_params(plan: Plan, input_range: dict):
 # Lava process graph
 
 class LavaNet:
-    """Lava processes for a plan, batch B, T input steps; reusable across runs."""
+    """Lava processes for a plan, batch B, T input steps; reusable across runs.
+
+    Every call runs N = T + max_lag steps.  Reuse without Var.set: neurons are
+    LIFReset processes that zero u and v at in-call step lag+1, the first step
+    at which their (lagged) input is valid, so whatever was left in neurons and
+    synaptic buffers by the previous call (or by the junk steps before the
+    window) is wiped; inputs and recordings go through .npy files (FileSource,
+    FileSink, VarProbe) because Var.get/.set of large arrays is very slow.
+    """
 
     def __init__(self, plan: Plan, batch: int, T: int, mode: str = "floating_pt",
                  record=None, input_range=None):
         if mode not in ("floating_pt", "fixed_pt"):
             raise MappingError(f"mode must be floating_pt or fixed_pt, got {mode!r}")
-        from lava.proc.lif.process import LIF
+        from lava.proc.lif.process import LIFReset
         from lava.proc.sparse.process import Sparse
-        from lava.proc.io.source import RingBuffer as Source
-        from lava.proc.io.sink import RingBuffer as Sink, Read
 
         t0 = time.perf_counter()
         self.plan, self.B, self.T, self.mode = plan, int(batch), int(T), mode
@@ -504,9 +522,9 @@ class LavaNet:
         eyeB = sp.identity(B, format="csr")
         if self.fixed:
             self.scales, qlinks = _fixed_params(plan, self.input_range)
+        self.dir = tempfile.mkdtemp(prefix="spikediff-lavanet-")
         self.procs, self.sources, self.neurons, self.synapses = [], {}, {}, []
-        self.recorders = {}
-        self.clocks = {}
+        self.recorders, self.paths, self.clocks = {}, {}, {}
 
         def mk_sparse(M, graded, e=0):
             W = sp.kron(eyeB, M, format="csr")
@@ -518,29 +536,30 @@ class LavaNet:
             self.procs.append(s)
             return s
 
-        for name, p in plan.pops.items():
+        for i, (name, p) in enumerate(plan.pops.items()):
             n = p.size * B
             if p.kind == "Input":
-                dtype = np.int32 if self.fixed else np.float64
-                data = np.zeros((n, N), dtype=dtype)
+                path = os.path.join(self.dir, f"in{i}.npy")
+                self.paths[name] = path
                 if p.clock:
+                    data = np.zeros((n, N), dtype=np.int32 if self.fixed else np.float64)
                     data[:, p.clock - 1:] = self.scales[name] if self.fixed else 1.0
-                    self.clocks[name] = data
-                src = Source(data=data)
+                    np.save(path, data)
+                    self.clocks[name] = path
+                src = FileSource(shape=(n,), steps=N, path=path)
                 self.sources[name] = src
                 self.procs.append(src)
                 continue
-            bias = np.tile(p.bias, B)
             if self.fixed:
                 S = self.scales[name]
                 vth = 2 ** 17 - 1 if not p.spiking else int(round(p.vth * S))
                 kw = dict(du=int(np.clip(round(p.du * 4096) - 1, 0, 4095)),
                           dv=int(np.clip(round(p.dv * 4096), 0, 4095)), vth=vth,
-                          bias_mant=np.clip(np.round(bias * S), -4095, 4095).astype(np.int32),
+                          bias_mant=np.clip(np.round(np.tile(p.bias, B) * S), -4095, 4095).astype(np.int32),
                           bias_exp=6)
             else:
-                kw = dict(du=p.du, dv=p.dv, vth=p.vth, bias_mant=bias)
-            lif = LIF(shape=(n,), name=name, **kw)
+                kw = dict(du=p.du, dv=p.dv, vth=p.vth, bias_mant=np.tile(p.bias, B))
+            lif = LIFReset(shape=(n,), name=name, reset_interval=N, reset_offset=(p.lag + 1) % N, **kw)
             self.neurons[name] = lif
             self.procs.append(lif)
 
@@ -548,30 +567,26 @@ class LavaNet:
             src = plan.pops[lk.source]
             out = self.sources[lk.source].s_out if src.kind == "Input" else self.neurons[lk.source].s_out
             graded = src.kind == "Input"
-            n_s = src.size
             for _ in range(lk.relays):  # identity delay stages
-                relay = mk_sparse(sp.identity(n_s, format="csr"), graded, 0)
+                relay = mk_sparse(sp.identity(src.size, format="csr"), graded, 0)
                 out.connect(relay.s_in)
                 out, graded = relay.a_out, True
-            if self.fixed:
-                M, e = qlinks[i]
-            else:
-                M, e = lk.matrix, 0
+            M, e = qlinks[i] if self.fixed else (lk.matrix, 0)
             syn = mk_sparse(M, graded, e)
             out.connect(syn.s_in)
             syn.a_out.connect(self.neurons[lk.target].a_in)
 
-        for r in self.record:
+        for i, r in enumerate(self.record):
             base = plan.alias.get(r, r)
             p = plan.pops[base]
             lif = self.neurons[base]
+            path = os.path.join(self.dir, f"rec{i}.npy")
             if p.spiking:
-                rec = Sink(shape=(p.size * B,), buffer=N)
+                rec = FileSink(shape=(p.size * B,), steps=N, path=path)
                 lif.s_out.connect(rec.a_in)
             else:
-                rec = Read(buffer=N)
-                rec.connect_var(lif.v)
-            self.recorders[r] = rec
+                rec = VarProbe(var=lif.v, steps=N, path=path)
+            self.recorders[r] = (rec, path)
             self.procs.append(rec)
 
         self.anchor = next(iter(self.neurons.values()))
@@ -579,7 +594,6 @@ class LavaNet:
         self.started = False
         self.timing = {"build_s": time.perf_counter() - t0}
 
-    # ---------------------------------------------------------------
     def _quant_input(self, name, x):
         if not self.fixed:
             return x.astype(np.float64)
@@ -596,45 +610,39 @@ class LavaNet:
         missing = set(self.sources) - set(self.clocks) - set(inputs)
         if missing:
             raise MappingError(f"no input data for input node(s) {sorted(missing)}")
-        datas = {}
-        for name, src in self.sources.items():
+        for name in self.sources:
             if name in self.clocks:
                 continue
             x = np.asarray(inputs[name], dtype=np.float64)
             p = self.plan.pops[name]
-            if x.shape[0] != T or x.shape[1] != B or int(np.prod(x.shape[2:])) != p.size:
+            if x.ndim < 2 or x.shape[0] != T or x.shape[1] != B or int(np.prod(x.shape[2:])) != p.size:
                 raise MappingError(
                     f"input {name!r}: expected [T={T}, B={B}, *{p.shape}], got {list(x.shape)}")
             d = np.zeros((B * p.size, N))
             d[:, :T] = x.reshape(T, B * p.size).T
-            datas[name] = self._quant_input(name, d)
-        if self.runs == 0:
-            for name, d in datas.items():
-                self.sources[name].data.init = d
-        else:
-            for name, d in datas.items():
-                self.sources[name].data.set(d)
-            for name, lif in self.neurons.items():
-                z = np.zeros(lif.v.shape, dtype=np.int32 if self.fixed else np.float64)
-                lif.u.set(z)
-                lif.v.set(z)
-            for s in self.synapses:
-                s.a_buff.set(np.zeros(s.a_buff.shape, dtype=np.int32 if self.fixed else np.float64))
+            _save_atomic(self.paths[name], self._quant_input(name, d))
+        for _, path in self.recorders.values():
+            if os.path.exists(path):
+                os.unlink(path)
         t1 = time.perf_counter()
+        self.started = True
         self.anchor.run(condition=RunSteps(num_steps=N),
                         run_cfg=Loihi2SimCfg(select_tag=self.mode))
-        self.started = True
         t2 = time.perf_counter()
         out = {}
-        for r, rec in self.recorders.items():
+        for r, (rec, path) in self.recorders.items():
             base = self.plan.alias.get(r, r)
             p = self.plan.pops[base]
-            d = np.asarray(rec.data.get(), dtype=np.float64).reshape(B * p.size, N)
+            for _ in range(200):  # the sink writes at its last step; normally already there
+                if os.path.exists(path):
+                    break
+                time.sleep(0.01)
+            d = np.load(path).reshape(B * p.size, N)
             a = d.T.reshape(N, B, *p.shape)
-            if not p.spiking:
-                if self.fixed:
-                    a = a / (self.scales[base] * 64.0)
-            out[r] = a if not p.spiking else (a != 0).astype(np.uint8)
+            if p.spiking:
+                out[r] = (a != 0).astype(np.uint8)
+            else:
+                out[r] = a / (self.scales[base] * 64.0) if self.fixed else a
         t3 = time.perf_counter()
         key = "first_run_s" if self.runs == 0 else "run_s"
         self.timing.update({"set_s": t1 - t0, key: t2 - t1, "get_s": t3 - t2, "steps": N})
@@ -645,10 +653,128 @@ class LavaNet:
         return {r: self.plan.lag_of(r) for r in self.record}
 
     def stop(self):
-        if self.started:
-            t0 = time.perf_counter()
-            try:
-                self.anchor.stop()
-            finally:
-                self.started = False
-                self.timing["stop_s"] = time.perf_counter() - t0
+        try:
+            if self.started:
+                t0 = time.perf_counter()
+                try:
+                    self.anchor.stop()
+                finally:
+                    self.started = False
+                    self.timing["stop_s"] = time.perf_counter() - t0
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# Host I/O processes.  Lava's Var.get/.set move large arrays element by element
+# (measured: ~10 s for 3 x 88k values), so inputs and recordings go through
+# .npy files that the process models read/write themselves, once per call of
+# `steps` time steps (the runtime returns from run() after the last step).
+
+def _save_atomic(path, arr):
+    tmp = path + ".tmp.npy"
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+class FileSource(AbstractProcess):
+    """Sends column k of the [n, steps] array in `path` at step k of each call."""
+
+    def __init__(self, *, shape, steps, path):
+        super().__init__(shape=shape, steps=steps, path=path)
+        self.s_out = OutPort(shape=shape)
+
+
+class FileSink(AbstractProcess):
+    """Records its input each step; writes [n, steps] to `path` at the last step of a call."""
+
+    def __init__(self, *, shape, steps, path):
+        super().__init__(shape=shape, steps=steps, path=path)
+        self.a_in = InPort(shape=shape)
+
+
+class VarProbe(AbstractProcess):
+    """Reads a Var (a neuron's v) after every step; writes [n, steps] to `path` per call."""
+
+    def __init__(self, *, var, steps, path):
+        super().__init__(shape=var.shape, steps=steps, path=path)
+        self.ref = RefPort(var.shape)
+        self.ref.connect_var(var)
+
+
+class _SourceModel(PyLoihiProcessModel):
+    def run_spk(self):
+        steps = self.proc_params["steps"]
+        k = (self.time_step - 1) % steps
+        if k == 0 or getattr(self, "_data", None) is None:
+            self._data = np.load(self.proc_params["path"])
+        self.s_out.send(self._data[:, k])
+
+
+@implements(proc=FileSource, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyFileSourceFloat(_SourceModel):
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+
+
+@implements(proc=FileSource, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyFileSourceFixed(_SourceModel):
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+
+
+class _SinkModel(PyLoihiProcessModel):
+    def run_spk(self):
+        steps = self.proc_params["steps"]
+        k = (self.time_step - 1) % steps
+        x = self.a_in.recv()
+        if k == 0 or getattr(self, "_buf", None) is None:
+            self._buf = np.zeros((x.shape[0], steps), dtype=np.float64)
+        self._buf[:, k] = x
+        if k == steps - 1:
+            _save_atomic(self.proc_params["path"], self._buf)
+
+
+@implements(proc=FileSink, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyFileSinkFloat(_SinkModel):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+
+
+@implements(proc=FileSink, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyFileSinkFixed(_SinkModel):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+
+
+class _ProbeModel(PyLoihiProcessModel):
+    def post_guard(self):
+        return True
+
+    def run_post_mgmt(self):
+        steps = self.proc_params["steps"]
+        k = (self.time_step - 1) % steps
+        x = np.asarray(self.ref.read(), dtype=np.float64).reshape(-1)
+        if k == 0 or getattr(self, "_buf", None) is None:
+            self._buf = np.zeros((x.shape[0], steps), dtype=np.float64)
+        self._buf[:, k] = x
+        if k == steps - 1:
+            _save_atomic(self.proc_params["path"], self._buf)
+
+
+@implements(proc=VarProbe, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyVarProbeFloat(_ProbeModel):
+    ref: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, float)
+
+
+@implements(proc=VarProbe, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyVarProbeFixed(_ProbeModel):
+    ref: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, np.int32, precision=24)
