@@ -276,6 +276,9 @@ def _double(model):
     m = copy.deepcopy(model)
     m.vq.double().eval()
     m.denoiser.double().eval()
+    # the "raw" input current is built as float32 in the model; promote it
+    orig = m.denoiser.input_current
+    m.denoiser.input_current = lambda tokens, t: orig(tokens, t).double()
     return m
 
 
@@ -357,3 +360,60 @@ def format_rows(rows: list[dict]) -> str:
         lines.append(f"{r['part']:9s} {r['node']:26s} {r['kind']:7s} {r['n']:9d} {agree:>9s} "
                      f"{r['max_abs']:11.2e}")
     return "\n".join(lines)
+
+
+# -- views for other NIR consumers ----------------------------------------------------
+def spiking_view(sub: nir.NIRGraph, last: str | None = None, dt: float | None = None) -> nir.NIRGraph:
+    """A copy of a subgraph cut after node `last` (default: the last LIF), readouts removed.
+
+    With `dt`, every time constant is rescaled by dt / graph dt (and I/IF gains by the
+    inverse), which is the same discrete system for an importer that assumes its own dt
+    (snnTorch 1.0's import_from_nir assumes dt = 1e-4 whatever the metadata says).
+    """
+    import copy
+    order = _topo(sub)
+    if last is None:
+        last = [n for n in order if isinstance(sub.nodes[n], nir.LIF)][-1]
+    keep = set()
+
+    def up(n):
+        if n in keep:
+            return
+        keep.add(n)
+        for a, b in sub.edges:
+            if b == n:
+                up(a)
+    up(last)
+    nodes = {n: copy.deepcopy(sub.nodes[n]) for n in order if n in keep}
+    edges = [(a, b) for a, b in sub.edges if a in keep and b in keep]
+    out_shape = nodes[last].output_type["output"]
+    nodes["output"] = nir.Output(output_type=np.array(out_shape))
+    edges.append((last, "output"))
+    md = dict(sub.metadata)
+    if dt is not None:
+        k = dt / float(sub.metadata["dt"])
+        for node in nodes.values():
+            if isinstance(node, (nir.LIF, nir.LI)):
+                node.tau = np.asarray(node.tau) * k
+            elif isinstance(node, (nir.I, nir.IF)):
+                node.r = np.asarray(node.r) / k
+        md["dt"] = float(dt)
+    md["view"] = f"spikes of '{last}' (readouts removed)"
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=md)
+
+
+@torch.no_grad()
+def run_snntorch(sub: nir.NIRGraph, x: torch.Tensor) -> torch.Tensor:
+    """Run a flat spiking graph with snnTorch's import_from_nir on x [T, B, ...] (float32)."""
+    import contextlib
+    import io
+    import warnings
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        from snntorch.import_nir import import_from_nir
+        net = import_from_nir(sub)
+        out = []
+        for xt in x.float():
+            y = net(xt)
+            out.append(y[0] if isinstance(y, tuple) else y)
+    return torch.stack(out)

@@ -101,14 +101,14 @@ def phase_kernel(op, cin: int, p_in: int, p_out: int, probe: int = 5) -> torch.T
     return core.permute(1, 0, 2, 3).contiguous()  # [cout*p_out^2, q, 3, 3]
 
 
-def convT_phase(convT: nn.ConvTranspose2d, p_in: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+def convT_phase(convT: nn.ConvTranspose2d, p_in: int, name: str = "ConvTranspose2d") -> tuple[torch.Tensor, torch.Tensor, int]:
     """Phase-stacked 3x3 conv equal to `convT` (stride 1 or 2, k3, p1): (weight, bias, p_out)."""
     k, s, p = convT.kernel_size, convT.stride, convT.padding
     op_pad = convT.output_padding
     ok = (k == (3, 3) and p == (1, 1) and convT.groups == 1 and convT.dilation == (1, 1)
           and ((s == (2, 2) and op_pad == (1, 1)) or (s == (1, 1) and op_pad == (0, 0))))
     if not ok:
-        raise ExportError(f"ConvTranspose2d(kernel={k}, stride={s}, padding={p}, "
+        raise ExportError(f"layer '{name}': ConvTranspose2d(kernel={k}, stride={s}, padding={p}, "
                           f"output_padding={op_pad}) has no exact polyphase 3x3 form here "
                           "(supported: k3 p1 with stride 2 + output_padding 1, or stride 1)")
     w = convT.weight.detach().double()
@@ -118,7 +118,10 @@ def convT_phase(convT: nn.ConvTranspose2d, p_in: int) -> tuple[torch.Tensor, tor
     def op(x):
         return F.conv_transpose2d(x, w, stride=stride, padding=1, output_padding=stride - 1)
 
-    W = phase_kernel(op, convT.in_channels, p_in, p_out)
+    try:
+        W = phase_kernel(op, convT.in_channels, p_in, p_out)
+    except ExportError as e:
+        raise ExportError(f"layer '{name}': {e}") from None
     b = convT.bias.detach().double() if convT.bias is not None else torch.zeros(convT.out_channels,
                                                                              dtype=torch.float64)
     return W, b.repeat_interleave(p_out * p_out), p_out
@@ -259,7 +262,7 @@ def decoder_graph(model, dtype=np.float64) -> nir.NIRGraph:
         if not isinstance(layer.synapse, nn.ConvTranspose2d):
             raise ExportError(f"layer '{name}': expected ConvTranspose2d, got "
                               f"{type(layer.synapse).__name__}")
-        W, b, p_out = convT_phase(layer.synapse, p)
+        W, b, p_out = convT_phase(layer.synapse, p, name)
         scale, shift = bn_fold(layer.bn)
         scale, shift = scale.repeat_interleave(p_out ** 2), shift.repeat_interleave(p_out ** 2)
         node = conv_node(W * scale.view(-1, 1, 1, 1), b * scale + shift, (h, w), 1, 1, dtype)
@@ -270,7 +273,7 @@ def decoder_graph(model, dtype=np.float64) -> nir.NIRGraph:
     if not isinstance(vq.readout, nn.ConvTranspose2d):
         raise ExportError(f"layer 'vq.readout': expected ConvTranspose2d, got "
                           f"{type(vq.readout).__name__}")
-    W, b, p_out = convT_phase(vq.readout, p)
+    W, b, p_out = convT_phase(vq.readout, p, "vq.readout")
     nodes["readout.synapse"] = conv_node(W, b, (h, w), 1, 1, dtype)
     shape = nodes["readout.synapse"].output_type["output"]
     nodes["readout.psp"] = li_node(shape, vq.cfg.psp_decay, 1.0)
