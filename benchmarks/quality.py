@@ -35,16 +35,17 @@ def table(rows: dict) -> str:
             "recon MSE | T | temp. | training | hardware | note |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
-    for ds in ORDER:
+    for ds in ORDER + sorted(set(rows) - set(ORDER)):
         r = rows.get(ds)
         note = NOTES.get(ds, "")
         if r is None:
             lines.append(f"| {ds} | not measured | | {PAPER_FID[ds]} | | | | | | | {note} |")
             continue
         pp = r.get("paper_protocol_fid", {}).get("value")
+        pp = f"{pp:.2f}" if pp is not None else "n/a"
         lines.append(
             f"| {ds} | {r['fid']['value']:.2f} (N={r['fid']['n_samples']}) | "
-            f"{pp:.2f} | {PAPER_FID[ds]} | {1e3 * r['kid']['mean']:.2f} | "
+            f"{pp} | {PAPER_FID[r['dataset']]} | {1e3 * r['kid']['mean']:.2f} | "
             f"{r['reconstruction']['mse']:.4f} | {r['T']} | {r['temperature']} | "
             f"{r['training']} | {r['hardware']} | {note} |")
     return "\n".join(lines)
@@ -61,7 +62,8 @@ def training_summary(path) -> tuple[str, int, str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="*", help="DATASET=CHECKPOINT pairs")
+    p.add_argument("runs", nargs="*", help="DATASET[:LABEL]=CHECKPOINT pairs (LABEL names the "
+                   "row and result file when one data set has several checkpoints)")
     p.add_argument("--data-root", required=True)
     p.add_argument("--n", type=int, default=10000)
     p.add_argument("--temperatures", default="0.8,0.9,1.0")
@@ -73,8 +75,9 @@ def main() -> None:
     a = p.parse_args()
     out = Path(a.results)
     for pair in a.runs:
-        ds, ckpt = pair.split("=", 1)
-        dest = out / f"quality_{ds}.json"
+        name, ckpt = pair.split("=", 1)
+        ds, _, label = name.partition(":")
+        dest = out / f"quality_{label or ds}.json"
         if dest.exists() and not a.force:
             print(f"{ds}: {dest} exists, skipped")
             continue
@@ -83,7 +86,7 @@ def main() -> None:
                      select_n=a.select_n, device=a.device, fid_weights=a.fid_weights)
         r["training"], r["T"], r["hardware"] = training_summary(ckpt)
         write_text(dest, json.dumps(r, indent=2))
-        print(f"{ds}: FID {r['fid']['value']:.2f} (N={a.n}) -> {dest}")
+        print(f"{label or ds}: FID {r['fid']['value']:.2f} (N={a.n}) -> {dest}")
     rows = {f.stem.removeprefix("quality_"): json.loads(f.read_text())
             for f in sorted(out.glob("quality_*.json"))}
     md = table(rows)

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import SpikediffError
+
 DATASETS = ("mnist", "fashion-mnist", "kmnist", "emnist-letters", "cifar10")
 ENV_DATA_ROOT = "SPIKEDIFF_DATA_ROOT"
 SPLITS = ("train", "test")
@@ -44,13 +46,7 @@ _SOURCES = {
 }
 
 
-try:  # the CLIs print SpikediffError as a message, without a stack trace
-    from .errors import SpikediffError as _UserError
-except ImportError:  # errors.py is another module's; keep this one usable alone
-    _UserError = Exception
-
-
-class DatasetError(_UserError):
+class DatasetError(SpikediffError):
     """A data set is missing, malformed or unknown; the message is for the user."""
 
 

