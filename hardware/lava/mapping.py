@@ -28,6 +28,7 @@ NIR node    du     dv          incoming weight scale g           bias
 LIF         1      dt/tau      r dt/tau                          v_leak dt/tau
 IF          1      0           r                                 0
 LI          1      dt/tau      r dt/tau   (vth = +huge, read v)  v_leak dt/tau
+I           1      0           r dt       (vth = +huge, read v)  0
 CubaLIF     dt/ts  dt/tm       r dt/tm * w_in * dt/ts            v_leak dt/tm
 ==========  =====  ==========  ================================  ==============
 
@@ -58,7 +59,7 @@ from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-NEURON_KINDS = ("LIF", "IF", "LI", "CubaLIF")
+NEURON_KINDS = ("LIF", "IF", "LI", "I", "CubaLIF")
 LINEAR_KINDS = ("Conv2d", "Affine", "Linear", "Flatten", "Scale")
 GRADED_BITS = 24          # payload of graded (analog) messages into Sparse
 FIXED_INPUT_BITS = 16     # fixed_pt: analog inputs quantised to this many bits
@@ -359,7 +360,7 @@ def plan_graph(graph: "nir.NIRGraph", dt: float = 1e-3) -> Plan:
                     shapes[name] = shapes[s_]
                     continue
         for s_ in terms:
-            if plan.pops[s_].kind in ("LI", "Output"):
+            if plan.pops[s_].kind in ("LI", "I", "Output"):
                 raise MappingError(
                     f"node {name!r} is driven by {plan.pops[s_].kind} node {s_!r}: LI is only supported as a read-out "
                     f"(its output is a voltage, Lava neurons send spikes)")
@@ -429,6 +430,9 @@ def _neuron_population(name, kind, node, shp, n, dt):
         a = dt / u("tau")
         return Population(name, kind, shp, du=1.0, dv=a, vth=FLOAT_NEVER_SPIKE, gain=r * a,
                           bias=_per_neuron(node.v_leak, n) * a)
+    if kind == "I":  # integrator read-out: v <- v + dt r I, never spikes
+        return Population(name, kind, shp, du=1.0, dv=0.0, vth=FLOAT_NEVER_SPIKE, gain=r * dt,
+                          bias=np.zeros(n))
     if kind == "CubaLIF":
         a_s, a_m = dt / u("tau_syn"), dt / u("tau_mem")
         w_in = _per_neuron(node.w_in, n)

@@ -1,0 +1,396 @@
+"""Generation back ends behind one interface: norse (PyTorch), nir (re-imported graph), lava.
+
+Every back end provides
+
+* ``denoise(tokens, t) -> logits``  for :func:`spikediff.diffusion.sample_tokens`
+  (the host keeps the random draws, softmax and reveal schedule);
+* ``decode(codes) -> images`` in [0, 1] (spike generator + decoder; the host does
+  only the one-hot input and the final ``tanh(pixel_shuffle(.))`` readout);
+* ``denoise_record`` / ``decode_record``: the same plus per-layer spike trains
+  ``{node: [T, B, *shape]}`` aligned to the reference time steps, keyed by the
+  NIR node names of the exported graph (``layers.0.lif`` ... for the denoiser,
+  ``spike_generator.lif``, ``decoder.0.lif`` ... for the decoder, the decoder
+  maps in the export's phase-stacked layout), so back ends compare entry by entry.
+
+The Lava back end runs every spiking layer as Lava processes through the NIR file
+(``hardware.lava.client.LavaWorker``, Python 3.10 process); the worker caches the
+built process graphs, so the denoiser graph is built once and reused at every
+diffusion step.
+
+The Norse back end runs in float64 by default (``dtype``): the export folds batch
+norm and re-arranges the transposed convolutions, which only give bit-identical
+currents at float64; ``dtype=torch.float32`` runs the model as trained.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from spikediff.errors import SpikediffError
+
+
+class BackendError(SpikediffError):
+    pass
+
+
+BACKENDS = ("norse", "nir", "lava")
+LAVA_MODES = ("floating_pt", "fixed_pt")
+
+
+def _to_phases(x: torch.Tensor, p: int) -> torch.Tensor:
+    """[T, B, C, p*h, p*w] -> [T, B, C*p*p, h, w] (the export's pixel_unshuffle order)."""
+    if p == 1:
+        return x
+    y = F.pixel_unshuffle(x.flatten(0, 1), p)
+    return y.view(x.shape[0], x.shape[1], *y.shape[1:])
+
+
+def _from_phases(x: torch.Tensor, p: int) -> torch.Tensor:
+    if p == 1:
+        return x
+    y = F.pixel_shuffle(x.flatten(0, 1), p)
+    return y.view(x.shape[0], x.shape[1], *y.shape[1:])
+
+
+def active_random_model(preset: str = "tiny", seed: int = 0, channels: int = 1,
+                        image_size: int = 28):
+    """Random weights with batch-norm statistics from one random batch (every layer fires)."""
+    from spikediff.config import load_config
+    from spikediff.model import build_model
+    torch.manual_seed(seed)
+    m = build_model(load_config(preset), channels, image_size)
+    with torch.no_grad():
+        for bn in [x for x in [*m.vq.modules(), *m.denoiser.modules()]
+                   if isinstance(x, torch.nn.BatchNorm2d)]:
+            bn.momentum = None
+            bn.reset_running_stats()
+            bn.weight.uniform_(1.0, 2.0)
+            bn.bias.uniform_(0.5, 1.5)
+        m.vq.train()
+        m.denoiser.train()
+        m.vq(torch.rand(8, channels, image_size, image_size))
+        m.denoiser(torch.randint(0, m.denoiser.mask_id + 1, (8, *m.grid)),
+                   torch.randint(1, m.diffusion_steps + 1, (8,)))
+    return m.eval()
+
+
+class Backend:
+    name = "?"
+    dtype = torch.float64
+
+    def __init__(self):
+        self.timing = {"denoise_s": 0.0, "denoise_calls": 0, "decode_s": 0.0, "decode_calls": 0,
+                       "time_steps": 0}
+
+    # subclasses: _denoise(tokens, t, record) -> (logits, spikes|None)
+    #             _decode(codes, record) -> (images, spikes|None)
+    def denoise(self, tokens, t):
+        return self.denoise_record(tokens, t, record=False)[0]
+
+    def decode(self, codes):
+        return self.decode_record(codes, record=False)[0]
+
+    def denoise_record(self, tokens, t, record=True):
+        t0 = time.perf_counter()
+        out = self._denoise(tokens, t, record)
+        self.timing["denoise_s"] += time.perf_counter() - t0
+        self.timing["denoise_calls"] += 1
+        return out
+
+    def decode_record(self, codes, record=True):
+        t0 = time.perf_counter()
+        out = self._decode(codes, record)
+        self.timing["decode_s"] += time.perf_counter() - t0
+        self.timing["decode_calls"] += 1
+        return out
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class NorseBackend(Backend):
+    """The PyTorch/Norse model itself."""
+    name = "norse"
+
+    def __init__(self, model, dtype=torch.float64):
+        super().__init__()
+        from export.nir_exec import _double
+        self.dtype = dtype
+        self.model = _double(model) if dtype == torch.float64 else copy.deepcopy(model).eval()
+        self.T_den, self.T_vq = model.denoiser.cfg.T, model.vq.cfg.T
+
+    @torch.no_grad()
+    def _denoise(self, tokens, t, record):
+        den = self.model.denoiser
+        spikes = den.spikes(tokens, t)
+        logits = den.readout(spikes)
+        self.timing["time_steps"] += self.T_den
+        rec = {f"layers.{i}.lif": s for i, s in enumerate(spikes)} if record else None
+        return logits.to(torch.float64), rec
+
+    @torch.no_grad()
+    def _decode(self, codes, record):
+        vq = self.model.vq
+        asg = vq.generate_spikes(vq.codebook.lookup(codes))
+        dec = vq.decode_spikes(asg)
+        img = (vq.readout_image(dec[-1]) + 1) / 2
+        self.timing["time_steps"] += self.T_vq
+        rec = None
+        if record:
+            rec = {"spike_generator.lif": asg}
+            for i, s in enumerate(dec):
+                rec[f"decoder.{i}.lif"] = _to_phases(s, 2 ** (i + 1))
+        return img.to(torch.float64), rec
+
+
+class NirBackend(Backend):
+    """The re-imported NIR graph, run by export.nir_exec (torch, float64)."""
+    name = "nir"
+
+    def __init__(self, nir_path):
+        super().__init__()
+        from export.nir_exec import Exported
+        self.ex = Exported.read(nir_path)
+
+    @torch.no_grad()
+    def _denoise(self, tokens, t, record):
+        vals = self.ex.denoiser_run(tokens, t)
+        self.timing["time_steps"] += self.ex.T_den
+        rec = ({k: v for k, v in vals.items() if k.endswith(".lif")} if record else None)
+        return vals["output"][-1], rec
+
+    @torch.no_grad()
+    def _decode(self, codes, record):
+        vals = self.ex.decoder_run(codes)
+        self.timing["time_steps"] += self.ex.T_vq
+        rec = ({k: v for k, v in vals.items() if k.endswith(".lif")} if record else None)
+        return self.ex.image_from_phases(vals["output"][-1]), rec
+
+
+class LavaBackend(Backend):
+    """Every spiking layer as Lava processes (via the NIR file, in the Lava worker)."""
+    name = "lava"
+
+    def __init__(self, nir_path, mode="floating_pt", *, record_layers=True, worker=None,
+                 python=None, timeout=600.0):
+        super().__init__()
+        from export.nir_exec import Exported
+        from hardware.lava import client
+        if mode not in LAVA_MODES:
+            raise BackendError(f"--lava-mode must be one of {', '.join(LAVA_MODES)}, got {mode!r}")
+        self.path, self.mode = str(Path(nir_path).resolve()), mode
+        self.ex = Exported.read(self.path)
+        den, dec = self.ex.graph.nodes["denoiser"], self.ex.graph.nodes["decoder"]
+        self.den_lifs = [n for n, v in den.nodes.items() if type(v).__name__ == "LIF"]
+        self.dec_lifs = [n for n, v in dec.nodes.items() if type(v).__name__ == "LIF"]
+        self.record_layers = record_layers
+        self.own = worker is None
+        try:
+            # three graphs (encoder, decoder, denoiser) stay built in the worker
+            self.worker = worker or client.LavaWorker(
+                python=python, timeout=timeout, env={"SPIKEDIFF_LAVA_CACHE": "4"}).start()
+        except client.LavaUnavailableError as e:
+            raise BackendError(str(e)) from None
+        except client.LavaWorkerError as e:
+            raise BackendError(str(e)) from None
+        self.lava_s = 0.0
+        self.last_timing = {}
+        self.lags = {}      # "subgraph/node" -> Lava steps of delay (synapse layers)
+
+    def run(self, subgraph, x, record):
+        from hardware.lava import client
+        try:
+            res = self.worker.run(self.path, subgraph, {"input": x.numpy()}, self.mode, record)
+        except client.LavaWorkerError as e:
+            raise BackendError(f"Lava ({subgraph}): {e}") from None
+        self.last_timing = dict(res.timing)
+        self.lags.update({f"{subgraph}/{k}": int(v) for k, v in res.lags.items()})
+        self.lava_s += float(res.timing.get("run_s", res.timing.get("first_run_s", 0.0)))
+        self.timing["time_steps"] += int(res.steps)
+        return res
+
+    @torch.no_grad()
+    def _denoise(self, tokens, t, record):
+        x = self.ex.denoiser_input(tokens, t)
+        names = self.den_lifs if self.record_layers else []
+        res = self.run("denoiser", x, names + ["output"])
+        logits = torch.from_numpy(res.aligned("output")[-1].astype("float64"))
+        rec = ({n: torch.from_numpy(res.aligned(n).astype("float64")) for n in names}
+               if record else None)
+        if record and not names:
+            raise BackendError("LavaBackend(record_layers=False) cannot return layer spikes")
+        return logits, rec
+
+    @torch.no_grad()
+    def _decode(self, codes, record):
+        x = self.ex.decoder_input(codes)
+        names = self.dec_lifs if self.record_layers else []
+        res = self.run("decoder", x, names + ["output"])
+        phases = torch.from_numpy(res.aligned("output")[-1].astype("float64"))
+        rec = ({n: torch.from_numpy(res.aligned(n).astype("float64")) for n in names}
+               if record else None)
+        return self.ex.image_from_phases(phases), rec
+
+    def encode_record(self, images01):
+        """Encoder on Lava: (feature at the last step, {encoder.i.lif: spikes})."""
+        x = (images01.to(torch.float64) - 0.5).unsqueeze(0).expand(self.ex.T_vq, *images01.shape)
+        enc = self.ex.graph.nodes["encoder"]
+        names = [n for n, v in enc.nodes.items() if type(v).__name__ == "LIF"]
+        res = self.run("encoder", x.contiguous(), names + ["output"])
+        return (torch.from_numpy(res.aligned("output")[-1].astype("float64")),
+                {n: torch.from_numpy(res.aligned(n).astype("float64")) for n in names})
+
+    def close(self):
+        if self.own and getattr(self, "worker", None) is not None:
+            self.worker.close()
+            self.worker = None
+
+
+# -- building ----------------------------------------------------------------------
+def export_to(model, path) -> str:
+    """Write the model's NIR file (float64 parameters) to path; returns path."""
+    import nir
+    import numpy as np
+    from export.nir_graph import build_graph
+    nir.write(str(path), build_graph(model, np.float64))
+    return str(path)
+
+
+class TempNir:
+    """A temporary NIR export of a model (removed on close)."""
+
+    def __init__(self, model):
+        self.dir = tempfile.mkdtemp(prefix="spikediff-run-")
+        self.path = export_to(model, os.path.join(self.dir, "model.nir"))
+
+    def close(self):
+        import shutil
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def make_backend(name, model=None, nir_path=None, *, mode="floating_pt", dtype=torch.float64,
+                 record_layers=True, worker=None):
+    if name == "norse":
+        if model is None:
+            raise BackendError("the norse back end needs a checkpoint (--checkpoint)")
+        return NorseBackend(model, dtype)
+    if name == "nir":
+        return NirBackend(nir_path)
+    if name == "lava":
+        return LavaBackend(nir_path, mode, record_layers=record_layers, worker=worker)
+    raise BackendError(f"unknown back end {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+# -- generation and parity -------------------------------------------------------------
+@torch.no_grad()
+def generate(backend: Backend, n: int, *, grid, mask_id: int, diffusion_steps: int,
+             steps=None, temperature=1.0, seed=0, progress=False, reference: Backend | None = None):
+    """Images and tokens through `backend`; with `reference`, a parity report as well.
+
+    With a reference back end both see the same x_t at every diffusion step (the
+    primary's), and the same host draws: before each draw the generator state is
+    cloned to also draw from the reference's logits, to count differing proposals.
+    """
+    from tqdm import tqdm
+
+    from spikediff.diffusion import draw, sample_tokens
+
+    g = torch.Generator().manual_seed(seed)
+    S = steps or diffusion_steps
+    par = Parity() if reference is not None else None
+    bar = tqdm(total=S, desc=f"diffusion steps ({backend.name})", unit="step",
+               disable=not progress, leave=False, dynamic_ncols=True)
+
+    def denoise(tokens, t):
+        if par is None:
+            return backend.denoise(tokens, t)
+        logits, rec = backend.denoise_record(tokens, t)
+        rlogits, rrec = reference.denoise_record(tokens, t)
+        par.add_spikes("denoiser", rec, rrec)
+        par.add_values("logits", logits, rlogits)
+        if temperature > 0:
+            state = g.get_state()
+            ga, gb = torch.Generator(), torch.Generator()
+            ga.set_state(state)
+            gb.set_state(state)
+            a = draw(logits.float(), temperature, ga)
+            b = draw(rlogits.float(), temperature, gb)
+        else:
+            a, b = logits.argmax(1), rlogits.argmax(1)
+        par.proposals += int((a != b).sum())
+        par.proposal_total += a.numel()
+        return logits
+
+    tokens = sample_tokens(denoise, n, grid, mask_id, diffusion_steps, steps, temperature, g,
+                           on_step=lambda _: bar.update(1))
+    bar.close()
+    if par is None:
+        return backend.decode(tokens), tokens, None
+    images, rec = backend.decode_record(tokens)
+    rimages, rrec = reference.decode_record(tokens)
+    par.add_spikes("decoder", rec, rrec)
+    par.add_values("image", images, rimages)
+    return images, tokens, par
+
+
+class Parity:
+    """Per-layer spike agreement (aligned at each layer's lag) and value errors."""
+
+    def __init__(self):
+        self.layers = {}    # "part/node" -> {"n", "differ", "spikes_ref", "spikes"}
+        self.values = {}    # name -> max abs diff
+        self.proposals = 0
+        self.proposal_total = 0
+
+    def add_spikes(self, part, got, ref):
+        for k in ref:
+            a, b = got[k].to(torch.float64), ref[k].to(torch.float64)
+            if a.shape != b.shape:
+                raise BackendError(f"{part}/{k}: recorded shape {tuple(a.shape)} != "
+                                   f"reference {tuple(b.shape)}")
+            row = self.layers.setdefault(f"{part}/{k}", {"n": 0, "differ": 0, "spikes_ref": 0,
+                                                         "spikes": 0})
+            row["n"] += a.numel()
+            row["differ"] += int((a != b).sum())
+            row["spikes_ref"] += int(b.sum())
+            row["spikes"] += int(a.sum())
+
+    def add_values(self, name, got, ref):
+        d = float((got.to(torch.float64) - ref.to(torch.float64)).abs().max())
+        self.values[name] = max(self.values.get(name, 0.0), d)
+
+    def to_dict(self):
+        layers = [{"layer": k, "compared": v["n"], "differing": v["differ"],
+                   "agreement": 1 - v["differ"] / max(v["n"], 1),
+                   "spikes": v["spikes"], "spikes_reference": v["spikes_ref"]}
+                  for k, v in self.layers.items()]
+        return {"layers": layers,
+                "max_abs_logit_diff": self.values.get("logits"),
+                "max_abs_image_diff": self.values.get("image"),
+                "differing_proposals": self.proposals, "proposals": self.proposal_total,
+                "all_spikes_identical": all(v["differ"] == 0 for v in self.layers.values())}
+
+    def format(self, lags=None):
+        d = self.to_dict()
+        lines = [f"  {'layer':30s} {'lag':>3s} {'compared':>10s} {'agree':>10s} {'differing':>9s} "
+                 f"{'spikes':>9s}"]
+        for r in d["layers"]:
+            lag = "" if not lags else str(lags.get(r["layer"], ""))
+            lines.append(f"  {r['layer']:30s} {lag:>3s} {r['compared']:10d} "
+                         f"{100 * r['agreement']:9.4f}% {r['differing']:9d} {r['spikes']:9d}")
+        lines.append(f"  max |logit diff| {d['max_abs_logit_diff']:.3g}   "
+                     f"max |image diff| {d['max_abs_image_diff']:.3g}   "
+                     f"differing draws {d['differing_proposals']}/{d['proposals']}")
+        return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""`spikediff-run`: generate images with the spiking layers on a chosen back end.
+
+  spikediff-run --backend lava --checkpoint CKPT --n 4 --out grid.png
+  spikediff-run --backend lava --steps 8 --compare --json parity.json
+  spikediff-run --backend nir --nir model.nir --n 4 --out grid.png
+
+Back ends: norse (the PyTorch model), nir (the exported NIR graph re-imported and
+run by export.nir_exec), lava (every spiking layer - the denoiser at each
+diffusion step, the spike generator and the decoder - as Lava processes in the
+Python 3.10 Lava environment, built from the NIR file). The host does only what
+the NIR metadata lists as host-side: one-hot inputs, softmax sampling and the
+reveal schedule between denoiser calls, and the final tanh(pixel_shuffle(.)).
+
+--compare runs the Norse model alongside on the same host-side draws (at each
+diffusion step both get the same x_t) and prints per-layer spike agreement at
+each layer's Lava lag, the largest logit difference, the number of differing
+token draws and the largest image difference.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from spikediff.cli import handle_errors
+from spikediff.errors import SpikediffError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from spikediff.config import PRESETS
+
+    from .backends import BACKENDS, LAVA_MODES
+    p = argparse.ArgumentParser(prog="spikediff-run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", choices=BACKENDS, default="lava")
+    p.add_argument("--checkpoint", help="a .pt file from `spikediff train` "
+                   "(default: the shipped MNIST checkpoint)")
+    p.add_argument("--random-weights", metavar="PRESET", choices=list(PRESETS),
+                   help="no checkpoint: a model of this preset with random weights (batch-norm "
+                   "statistics from one random batch so every layer fires); for tests and timing")
+    p.add_argument("--nir", help="an exported NIR file to run (default: export the checkpoint "
+                   "to a temporary file)")
+    p.add_argument("--n", type=int, default=4, help="images to generate (one batch)")
+    p.add_argument("--out", help="write the images as a PNG grid here")
+    p.add_argument("--steps", type=int, help="diffusion sampling steps (default: one per token)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, help="softmax temperature (default: the config's)")
+    p.add_argument("--lava-mode", choices=LAVA_MODES, default="floating_pt",
+                   help="floating_pt (exact arithmetic) or fixed_pt (Loihi-like integers)")
+    p.add_argument("--norse-dtype", choices=["float64", "float32"], default="float64",
+                   help="precision of the Norse model (default float64, what the float64 NIR "
+                   "file and Lava floating_pt compute; float32 is the model as trained)")
+    p.add_argument("--compare", action="store_true",
+                   help="run Norse alongside on the same draws and print a parity report")
+    p.add_argument("--json", help="write the run report (timings, parity) as JSON here")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _check_out(paths, force):
+    for p in paths:
+        if p and Path(p).exists() and not force:
+            raise SpikediffError(f"{p} exists; pass --force to overwrite it")
+
+
+def load_model(a):
+    from spikediff import checkpoint
+
+    from .backends import active_random_model
+    if a.random_weights:
+        if a.checkpoint:
+            raise SpikediffError("give either --checkpoint or --random-weights, not both")
+        return active_random_model(a.random_weights, a.seed), f"random weights ({a.random_weights})"
+    model = checkpoint.load_model(a.checkpoint)
+    return model, str(checkpoint.resolve(a.checkpoint))
+
+
+def _nir_info(path):
+    """(grid, mask_id, diffusion_steps, temperature) from the NIR metadata."""
+    import nir
+    try:
+        g = nir.read(str(path))
+    except FileNotFoundError:
+        raise SpikediffError(f"no NIR file at {path}") from None
+    except Exception as e:
+        raise SpikediffError(f"cannot read NIR file {path} ({type(e).__name__}: {e})") from None
+    if "denoiser" not in g.nodes:
+        raise SpikediffError(f"{path} is not a spikediff export (no 'denoiser' subgraph)")
+    md, dmd = g.metadata, g.nodes["denoiser"].metadata
+    return (tuple(int(x) for x in md["grid"]), int(dmd["mask_id"]), int(dmd["diffusion_steps"]),
+            float(md["temperature"]))
+
+
+@handle_errors
+def main(argv=None) -> int:
+    import torch
+
+    from . import backends as B
+
+    a = build_parser().parse_args(argv)
+    if a.n < 1:
+        raise SpikediffError("--n must be at least 1")
+    if a.steps is not None and a.steps < 1:
+        raise SpikediffError("--steps must be at least 1")
+    _check_out([a.out, a.json], a.force)
+    need_model = a.backend == "norse" or a.compare or not a.nir
+    model, source = load_model(a) if need_model else (None, None)
+    tmp = None
+    primary = ref = None
+    t_start = time.perf_counter()
+    try:
+        nir_path = a.nir
+        if a.backend in ("nir", "lava") and not nir_path:
+            tmp = B.TempNir(model)
+            nir_path = tmp.path
+        if nir_path:
+            grid, mask_id, N, temp0 = _nir_info(nir_path)
+        else:
+            grid, mask_id, N = model.grid, model.denoiser.mask_id, model.diffusion_steps
+            temp0 = model.config.diffusion.temperature
+        temperature = temp0 if a.temperature is None else a.temperature
+        dtype = torch.float64 if a.norse_dtype == "float64" else torch.float32
+        t0 = time.perf_counter()
+        primary = B.make_backend(a.backend, model, nir_path, mode=a.lava_mode, dtype=dtype,
+                                 record_layers=a.compare)
+        if a.compare:
+            ref = B.NorseBackend(model, dtype) if a.backend != "norse" else B.NorseBackend(model, dtype)
+        setup_s = time.perf_counter() - t0
+        label = a.backend + (f" ({a.lava_mode})" if a.backend == "lava" else "")
+        print(f"model: {source or nir_path}; back end: {label}; n={a.n}, "
+              f"steps={a.steps or N}, seed={a.seed}, temperature={temperature:g}", file=sys.stderr)
+        t0 = time.perf_counter()
+        images, tokens, par = B.generate(primary, a.n, grid=grid, mask_id=mask_id,
+                                         diffusion_steps=N, steps=a.steps,
+                                         temperature=temperature, seed=a.seed,
+                                         progress=not a.no_progress, reference=ref)
+        gen_s = time.perf_counter() - t0
+        report = {"backend": a.backend, "lava_mode": a.lava_mode if a.backend == "lava" else None,
+                  "model": source or nir_path, "n": a.n, "steps": a.steps or N, "seed": a.seed,
+                  "temperature": temperature, "setup_s": setup_s, "generate_s": gen_s,
+                  "seconds_per_image": gen_s / a.n, "timing": dict(primary.timing),
+                  "tokens": tokens.tolist()}
+        if isinstance(primary, B.LavaBackend):
+            report["lava_run_s"] = primary.lava_s
+            report["lags"] = primary.lags
+        print(f"generated {a.n} image(s) in {gen_s:.1f} s ({gen_s / a.n:.2f} s per image; "
+              f"set-up {setup_s:.1f} s)")
+        if par is not None:
+            report["parity"] = par.to_dict()
+            report["parity"]["reference"] = f"norse ({a.norse_dtype})"
+            print(f"parity vs Norse ({a.norse_dtype}), same x_t and draws at every step:")
+            print(par.format(getattr(primary, "lags", None)))
+            d = report["parity"]
+            verdict = ("identical spike trains on every layer" if d["all_spikes_identical"]
+                       else "spike trains differ (see table)")
+            print(f"  -> {verdict}")
+        if a.out:
+            from spikediff.plots import save_grid
+            save_grid(images.float(), a.out, nrow=max(1, int(len(images) ** 0.5)))
+            print(f"wrote {a.out}")
+        if a.json:
+            from spikediff.atomic import atomic_path
+            with atomic_path(a.json) as p:
+                Path(p).write_text(json.dumps(report, indent=2))
+            print(f"wrote {a.json}")
+    finally:
+        for b in (primary, ref):
+            if b is not None:
+                b.close()
+        if tmp is not None:
+            tmp.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

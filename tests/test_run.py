@@ -1,0 +1,148 @@
+"""spikediff-run: norse / nir / lava back ends agree, --compare report, error paths.
+
+Tiny preset, random weights with batch-norm statistics from a random batch (every
+layer fires), n = 2 images, 3 diffusion steps. The Lava tests need the Python 3.10
+Lava env (bash scripts/setup.sh) and are skipped with that reason without it.
+"""
+import json
+
+import pytest
+import torch
+
+from hardware import backends as B
+from hardware.lava.client import LavaUnavailableError, find_lava_python
+from hardware.run import main
+from spikediff.checkpoint import FORMAT, atomic_save
+
+try:
+    find_lava_python()
+    HAVE_LAVA = True
+except LavaUnavailableError:
+    HAVE_LAVA = False
+needs_lava = pytest.mark.skipif(not HAVE_LAVA, reason="Lava env not found (bash scripts/setup.sh "
+                                "builds it; or set SPIKEDIFF_LAVA_PY)")
+
+N, STEPS = 2, 3
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return B.active_random_model("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def nir_file(tiny, tmp_path_factory):
+    return B.export_to(tiny, tmp_path_factory.mktemp("run") / "tiny.nir")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ck") / "tiny.pt"
+    atomic_save({"format": FORMAT, "config": tiny.config.to_dict(),
+                 "data": {"channels": 1, "image_size": 28, "name": "mnist", "n_train": 0},
+                 "vq": tiny.vq.state_dict(), "denoiser": tiny.denoiser.state_dict(),
+                 "stage": "denoiser", "step": 0, "history": {}, "seconds": {}}, path)
+    return path
+
+
+def _gen(backend, model, reference=None):
+    return B.generate(backend, N, grid=model.grid, mask_id=model.denoiser.mask_id,
+                      diffusion_steps=model.diffusion_steps, steps=STEPS, temperature=1.0,
+                      seed=3, reference=reference)
+
+
+def test_norse_and_nir_identical(tiny, nir_file):
+    a_img, a_tok, _ = _gen(B.NorseBackend(tiny), tiny)
+    b_img, b_tok, par = _gen(B.NirBackend(nir_file), tiny, reference=B.NorseBackend(tiny))
+    assert torch.equal(a_tok, b_tok)
+    assert float((a_img - b_img).abs().max()) < 1e-9
+    d = par.to_dict()
+    assert d["all_spikes_identical"] and d["differing_proposals"] == 0
+    # also the model's own generate (float32) gives the same tokens on this tiny model
+    img32, tok32 = tiny.generate(N, steps=STEPS, temperature=1.0,
+                                 generator=torch.Generator().manual_seed(3))
+    assert torch.equal(tok32, a_tok)
+
+
+@needs_lava
+def test_lava_floating_identical_to_norse(tiny, nir_file):
+    ref_img, ref_tok, _ = _gen(B.NorseBackend(tiny), tiny)
+    with B.LavaBackend(nir_file, "floating_pt") as lava:
+        img, tok, par = _gen(lava, tiny, reference=B.NorseBackend(tiny))
+        lags = dict(lava.lags)
+    assert torch.equal(tok, ref_tok)
+    assert float((img - ref_img).abs().max()) < 1e-9
+    d = par.to_dict()
+    names = {r["layer"] for r in d["layers"]}
+    assert {"denoiser/layers.0.lif", "denoiser/layers.1.lif", "decoder/spike_generator.lif",
+            "decoder/decoder.0.lif", "decoder/decoder.1.lif"} <= names
+    assert all(r["differing"] == 0 and r["spikes"] > 0 for r in d["layers"]), d["layers"]
+    assert d["max_abs_logit_diff"] < 1e-9 and d["differing_proposals"] == 0
+    # one step of delay per synapse layer
+    assert lags["denoiser/layers.0.lif"] == 1 and lags["denoiser/layers.1.lif"] == 2
+    assert lags["decoder/decoder.1.lif"] == 3
+
+
+@needs_lava
+def test_cli_compare_report(ckpt, tmp_path, capsys):
+    out, js = tmp_path / "grid.png", tmp_path / "r.json"
+    rc = main(["--backend", "lava", "--checkpoint", str(ckpt), "--n", str(N), "--steps",
+               str(STEPS), "--compare", "--no-progress", "--out", str(out), "--json", str(js)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert out.stat().st_size > 0
+    assert "parity vs Norse" in text and "denoiser/layers.1.lif" in text
+    assert "identical spike trains on every layer" in text
+    rep = json.loads(js.read_text())
+    assert rep["backend"] == "lava" and rep["lava_mode"] == "floating_pt"
+    p = rep["parity"]
+    assert p["all_spikes_identical"] and p["max_abs_image_diff"] < 1e-9
+    assert {"layer", "compared", "differing", "agreement"} <= set(p["layers"][0])
+    # the norse back end writes the same tokens
+    js2 = tmp_path / "n.json"
+    assert main(["--backend", "norse", "--checkpoint", str(ckpt), "--n", str(N), "--steps",
+                 str(STEPS), "--no-progress", "--json", str(js2)]) == 0
+    assert json.loads(js2.read_text())["tokens"] == rep["tokens"]
+
+
+@needs_lava
+def test_cli_fixed_pt_reports_agreement(nir_file, ckpt, capsys):
+    rc = main(["--backend", "lava", "--lava-mode", "fixed_pt", "--checkpoint", str(ckpt),
+               "--nir", str(nir_file), "--n", str(N), "--steps", "2", "--compare",
+               "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "decoder/decoder.1.lif" in text and "max |image diff|" in text
+
+
+def test_missing_lava_env(ckpt, capsys, monkeypatch):
+    monkeypatch.setenv("SPIKEDIFF_LAVA_PY", "/nonexistent/python")
+    rc = main(["--backend", "lava", "--checkpoint", str(ckpt), "--n", "1", "--steps", "1",
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    line = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert line and "/nonexistent/python" in line[0]
+    assert "bash scripts/setup.sh" in err and "SPIKEDIFF_LAVA_PY" in err
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["--backend", "norse", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert main(["--backend", "nir", "--nir", str(tmp_path / "nope.nir"), "--n", "1"]) == 2
+    assert "no NIR file" in capsys.readouterr().err
+    assert main(["--backend", "norse", "--random-weights", "tiny", "--n", "0"]) == 2
+
+
+@needs_lava
+def test_worker_crash_is_one_clear_error(nir_file, monkeypatch, capsys):
+    from hardware.lava.client import LavaWorker
+
+    class Crashing(LavaWorker):
+        def run(self, *a, **k):
+            self.request("exit", code=7)
+    lava = B.LavaBackend(nir_file, "floating_pt", worker=Crashing().start())
+    with pytest.raises(B.BackendError) as e:
+        lava.denoise(torch.zeros(1, 7, 7, dtype=torch.long), torch.ones(1, dtype=torch.long))
+    msg = str(e.value)
+    assert "Lava (denoiser)" in msg and "exit code 7" in msg and "exiting on request" in msg
