@@ -244,15 +244,39 @@ class LavaBackend(Backend):
         return self.ex.image_from_phases(phases), rec
 
     def encode_record(self, images01):
-        """Encoder on Lava: (feature at the last step, {encoder.i.lif: spikes})."""
+        """Encoder spike layers on Lava: {encoder.i.lif: [T, B, C, H, W]} (aligned).
+
+        The encoder's feature read-out (an LI and an I read-out summing into one
+        Output) is not a Lava neuron output, so the encoder runs as its spiking
+        view (export.nir_exec.spiking_view: cut after the last LIF), written once
+        beside the NIR file; the feature and nearest-code search stay host-side.
+        """
+        import nir
+
+        from export.nir_exec import spiking_view
+        if getattr(self, "_enc_path", None) is None:
+            d = tempfile.mkdtemp(prefix="spikediff-enc-")
+            self._enc_path = os.path.join(d, "encoder_spikes.nir")
+            view = spiking_view(self.ex.graph.nodes["encoder"])
+            view.metadata["T"] = int(self.ex.T_vq)
+            nir.write(self._enc_path, view)
+            self._enc_names = [k for k, v in view.nodes.items() if type(v).__name__ == "LIF"]
         x = (images01.to(torch.float64) - 0.5).unsqueeze(0).expand(self.ex.T_vq, *images01.shape)
-        enc = self.ex.graph.nodes["encoder"]
-        names = [n for n, v in enc.nodes.items() if type(v).__name__ == "LIF"]
-        res = self.run("encoder", x.contiguous(), names + ["output"])
-        return (torch.from_numpy(res.aligned("output")[-1].astype("float64")),
-                {n: torch.from_numpy(res.aligned(n).astype("float64")) for n in names})
+        from hardware.lava import client
+        try:
+            res = self.worker.run(self._enc_path, None, {"input": x.contiguous().numpy()},
+                                  self.mode, self._enc_names)
+        except client.LavaWorkerError as e:
+            raise BackendError(f"Lava (encoder): {e}") from None
+        self.lava_s += float(res.timing.get("run_s", res.timing.get("first_run_s", 0.0)))
+        self.lags.update({f"encoder/{k}": int(v) for k, v in res.lags.items()})
+        return {n: torch.from_numpy(res.aligned(n).astype("float64")) for n in self._enc_names}
 
     def close(self):
+        if getattr(self, "_enc_path", None):
+            import shutil
+            shutil.rmtree(os.path.dirname(self._enc_path), ignore_errors=True)
+            self._enc_path = None
         if self.own and getattr(self, "worker", None) is not None:
             self.worker.close()
             self.worker = None

@@ -146,3 +146,21 @@ def test_worker_crash_is_one_clear_error(nir_file, monkeypatch, capsys):
         lava.denoise(torch.zeros(1, 7, 7, dtype=torch.long), torch.ones(1, dtype=torch.long))
     msg = str(e.value)
     assert "Lava (denoiser)" in msg and "exit code 7" in msg and "exiting on request" in msg
+
+
+@needs_lava
+def test_lava_energy_counts_equal_norse(tiny):
+    from hardware.energy.counting import Tally
+    from hardware.energy.report import measure
+    from hardware.lava.energy import record
+    real = torch.rand(N, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    ref, _ = measure(tiny, n=N, steps=2, seed=0, temperature=1.0, real_images=real,
+                     progress=False)
+    tally = Tally()
+    info = record(tiny, n=N, steps=2, seed=0, temperature=1.0, real_images=real, tally=tally,
+                  progress=False)
+    assert info["n_encoded"] == N and info["sampling_steps"] == 2
+    assert set(tally.counts) == set(ref.counts)
+    for name, c in ref.counts.items():
+        assert tally.counts[name].to_dict() == c.to_dict(), name
+    assert tally.calls == ref.calls
