@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from spikediff.model import active_random_model  # noqa: E402
 from hardware import backends as B  # noqa: E402
 
 
@@ -64,7 +65,7 @@ def main(argv=None):
         model = checkpoint.load_model(a.checkpoint)
         source = str(checkpoint.resolve(a.checkpoint))
     else:
-        model = B.active_random_model(a.preset, 0)
+        model = active_random_model(a.preset, 0)
         source = f"preset {a.preset}, RANDOM weights (no shipped checkpoint yet)"
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     N = model.diffusion_steps

@@ -66,7 +66,8 @@ def main() -> None:
                    "row and result file when one data set has several checkpoints)")
     p.add_argument("--data-root", required=True)
     p.add_argument("--n", type=int, default=10000)
-    p.add_argument("--temperatures", default="0.8,0.9,1.0")
+    p.add_argument("--temperatures", default="0.8,0.9,1.0",
+                   help="candidates chosen by FID on held-out train images; one value: use it")
     p.add_argument("--select-n", type=int, default=1000)
     p.add_argument("--device", default="cpu")
     p.add_argument("--fid-weights")
@@ -81,8 +82,10 @@ def main() -> None:
         if dest.exists() and not a.force:
             print(f"{ds}: {dest} exists, skipped")
             continue
+        temps = [float(t) for t in a.temperatures.split(",")]
         r = evaluate(ckpt, ds, a.data_root, a.n,
-                     temperatures=[float(t) for t in a.temperatures.split(",")],
+                     temperature=temps[0] if len(temps) == 1 else None,
+                     temperatures=temps if len(temps) > 1 else None,
                      select_n=a.select_n, device=a.device, fid_weights=a.fid_weights)
         r["training"], r["T"], r["hardware"] = training_summary(ckpt)
         write_text(dest, json.dumps(r, indent=2))

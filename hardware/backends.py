@@ -58,28 +58,6 @@ def _from_phases(x: torch.Tensor, p: int) -> torch.Tensor:
     return y.view(x.shape[0], x.shape[1], *y.shape[1:])
 
 
-def active_random_model(preset: str = "tiny", seed: int = 0, channels: int = 1,
-                        image_size: int = 28):
-    """Random weights with batch-norm statistics from one random batch (every layer fires)."""
-    from spikediff.config import load_config
-    from spikediff.model import build_model
-    torch.manual_seed(seed)
-    m = build_model(load_config(preset), channels, image_size)
-    with torch.no_grad():
-        for bn in [x for x in [*m.vq.modules(), *m.denoiser.modules()]
-                   if isinstance(x, torch.nn.BatchNorm2d)]:
-            bn.momentum = None
-            bn.reset_running_stats()
-            bn.weight.uniform_(1.0, 2.0)
-            bn.bias.uniform_(0.5, 1.5)
-        m.vq.train()
-        m.denoiser.train()
-        m.vq(torch.rand(8, channels, image_size, image_size))
-        m.denoiser(torch.randint(0, m.denoiser.mask_id + 1, (8, *m.grid)),
-                   torch.randint(1, m.diffusion_steps + 1, (8,)))
-    return m.eval()
-
-
 class Backend:
     name = "?"
     dtype = torch.float64

@@ -70,7 +70,7 @@ def _check_out(paths, force):
 def load_model(a):
     from spikediff import checkpoint
 
-    from .backends import active_random_model
+    from spikediff.model import active_random_model
     if a.random_weights:
         if a.checkpoint:
             raise SpikediffError("give either --checkpoint or --random-weights, not both")

@@ -56,3 +56,28 @@ def build_model(cfg: Config, channels: int, image_size: int) -> SpikingDiffusion
     steps = cfg.diffusion.steps or side * side
     den = SpikingDenoiser(cfg.denoiser, cfg.vq.codebook_size, steps)
     return SpikingDiffusion(cfg, vq, den, channels, image_size)
+
+
+def active_random_model(preset: str = "tiny", seed: int = 0, channels: int = 1,
+                        image_size: int = 28, token_input: str | None = None) -> SpikingDiffusion:
+    """Random weights, batch-norm statistics from one random batch so that every
+    layer fires (~30 %): for tests and timings of export and hardware back ends."""
+    from .config import load_config
+    torch.manual_seed(seed)
+    cfg = load_config(preset)
+    if token_input:
+        cfg.denoiser.token_input = token_input
+    m = build_model(cfg, channels, image_size)
+    with torch.no_grad():
+        for bn in [x for x in [*m.vq.modules(), *m.denoiser.modules()]
+                   if isinstance(x, torch.nn.BatchNorm2d)]:
+            bn.momentum = None
+            bn.reset_running_stats()
+            bn.weight.uniform_(1.0, 2.0)
+            bn.bias.uniform_(0.5, 1.5)
+        m.vq.train()
+        m.denoiser.train()
+        m.vq(torch.rand(8, channels, image_size, image_size))
+        m.denoiser(torch.randint(0, m.denoiser.mask_id + 1, (8, *m.grid)),
+                   torch.randint(1, m.diffusion_steps + 1, (8,)))
+    return m.eval()

@@ -13,32 +13,12 @@ from export.nir_exec import (Exported, GraphRunner, repeat, run_snntorch, spikin
 from export.nir_graph import (ExportError, build_graph, convT_phase, li_node, lif_node,
                               integrator_node, node_counts)
 from spikediff.checkpoint import FORMAT, SHIPPED, atomic_save
-from spikediff.config import load_config
-from spikediff.model import build_model
+from spikediff.model import active_random_model
 from spikediff.neuron import DT, lif_parameters, lif_sequence, psp
 
 
 def active_model(preset="tiny", seed=0, token_input=None):
-    """Random weights; BN statistics taken from a batch so that every layer spikes (~30%)."""
-    torch.manual_seed(seed)
-    cfg = load_config(preset)
-    if token_input:
-        cfg.denoiser.token_input = token_input
-    m = build_model(cfg, 1, 28)
-    bns = [x for x in [*m.vq.modules(), *m.denoiser.modules()]
-           if isinstance(x, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        for bn in bns:
-            bn.momentum = None
-            bn.reset_running_stats()
-            bn.weight.uniform_(1.0, 2.0)
-            bn.bias.uniform_(0.5, 1.5)
-        m.vq.train()
-        m.denoiser.train()
-        m.vq(torch.rand(8, 1, 28, 28))
-        m.denoiser(torch.randint(0, m.denoiser.mask_id + 1, (8, *m.grid)),
-                   torch.randint(1, m.diffusion_steps + 1, (8,)))
-    return m.eval()
+    return active_random_model(preset, seed, token_input=token_input)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from spikediff.model import active_random_model
 from hardware import backends as B
 from hardware.lava.client import LavaUnavailableError, LavaWorker, find_lava_python
 from hardware.lava.netx_export import NetxExportError, export, export_netx
@@ -28,7 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def tiny_nir(tmp_path_factory):
-    m = B.active_random_model("tiny", 0)
+    m = active_random_model("tiny", 0)
     return B.export_to(m, tmp_path_factory.mktemp("netx") / "tiny.nir")
 
 

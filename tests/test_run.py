@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from spikediff.model import active_random_model
 from hardware import backends as B
 from hardware.lava.client import LavaUnavailableError, find_lava_python
 from hardware.run import main
@@ -27,7 +28,7 @@ N, STEPS = 2, 3
 
 @pytest.fixture(scope="module")
 def tiny():
-    return B.active_random_model("tiny", seed=0)
+    return active_random_model("tiny", seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,91 @@
+"""Training and sampling throughput of the `paper` and `default` presets.
+
+Each measurement runs in its own process so that its peak memory (max RSS)
+is its own. Training: images/s of forward + backward + AdamW step on random
+28x28 images (stage 1) or random code grids (stage 2), median of --repeats
+timed steps after one warm-up step. Sampling: images/s of full generation
+(all diffusion steps, then decoding).
+
+    python benchmarks/throughput.py            # CPU, both presets
+    python benchmarks/throughput.py --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def measure(preset: str, what: str, device: str, repeats: int) -> dict:
+    from spikediff.config import load_config
+    from spikediff.diffusion import diffusion_loss
+    from spikediff.model import build_model
+
+    torch.manual_seed(0)
+    cfg = load_config(preset)
+    model = build_model(cfg, 1, 28).to(device)
+    bs = cfg.train.batch_size
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    if what == "sample":
+        model.eval()
+        n, step = 64, lambda: model.generate(64, generator=torch.Generator().manual_seed(0),
+                                             device=device)
+    else:
+        net = model.vq if what == "vq" else model.denoiser
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr)
+        x = torch.rand(bs, 1, 28, 28, device=device)
+        tokens = torch.randint(0, cfg.vq.codebook_size, (bs, 7, 7), device=device)
+
+        def step():
+            out = model.vq(x) if what == "vq" else diffusion_loss(
+                model.denoiser, tokens, model.diffusion_steps, model.denoiser.mask_id)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+        n = bs
+    step()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"preset": preset, "what": what, "batch": n, "images_per_s": n / med,
+            "runs": repeats, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "threads": torch.get_num_threads(), "device": device}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--presets", default="default,paper")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--one", nargs=2, metavar=("PRESET", "WHAT"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one:
+        print(json.dumps(measure(*a.one, a.device, a.repeats)))
+        return
+    rows = []
+    for preset in a.presets.split(","):
+        for what in ("vq", "denoiser", "sample"):
+            reps = a.repeats if not (preset == "paper" and what == "sample") else 1
+            out = subprocess.run([sys.executable, __file__, "--one", preset, what, "--device",
+                                  a.device, "--repeats", str(reps)],
+                                 capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(f"{preset:8s} {what:9s} batch {r['batch']:4d}  {r['images_per_s']:9.1f} img/s "
+                  f"(median of {r['runs']})  peak RSS {r['peak_rss_mb']:7.0f} MB", flush=True)
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
