@@ -76,3 +76,27 @@ PY
     for ds in fashion-mnist kmnist cifar10; do cp $W/runs/$ds/checkpoint.pt $OUT/$ds.pt 2>/dev/null; done
     ls -la $OUT ;;
 esac
+
+# Evaluation only, when the trainings above are done (two more uploads):
+#   feval-a DIR  wheels + FID parts 0-1 + MNIST test split
+#   feval-b DIR  FID part 2 + other test splits + checkpoints; evaluates all four
+case "$stage" in
+  feval-a)
+    cp "$src"/fid.part* $W/fid/ ;;
+  feval-b)
+    cat $W/fid/fid.part0 $W/fid/fid.part1 $W/fid/fid.part2 > $W/fid/default_1.pt
+    echo "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34  $W/fid/default_1.pt" \
+        | sha256sum -c || exit 1
+    cd "$repo"
+    for pair in "mnist=spikediff/weights/mnist-default.pt" "fashion-mnist=$src/ckpt/fashion-mnist.pt" \
+                "kmnist=$src/ckpt/kmnist.pt" "cifar10=$src/ckpt/cifar10.pt"; do
+        python3 benchmarks/quality.py --data-root $W/data --device $DEVICE --n $N --temperatures 1.0 \
+            --batch-size 1000 --fid-weights $W/fid/default_1.pt --results $W/results "$pair" \
+            > $W/${pair%%=*}.eval.log 2>&1 &
+    done
+    # Copy each result as soon as it exists: a call that runs past its time
+    # limit still returns what is under $OUT (the first try returned nothing).
+    while [ -n "$(jobs -r)" ]; do cp $W/results/quality_*.json $OUT/ 2>/dev/null; sleep 5; done
+    for f in $W/*.eval.log; do tr '\r' '\n' < $f | grep -v "it/s\|img/s\|tok-step" | tail -n 3; done
+    cp $W/results/quality_*.json $OUT/ 2>/dev/null; ls $OUT ;;
+esac

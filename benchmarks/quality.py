@@ -70,6 +70,7 @@ def main() -> None:
                    help="candidates chosen by FID on held-out train images; one value: use it")
     p.add_argument("--select-n", type=int, default=1000)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=256, help="sampling batch size")
     p.add_argument("--fid-weights")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--force", action="store_true")
@@ -86,7 +87,8 @@ def main() -> None:
         r = evaluate(ckpt, ds, a.data_root, a.n,
                      temperature=temps[0] if len(temps) == 1 else None,
                      temperatures=temps if len(temps) > 1 else None,
-                     select_n=a.select_n, device=a.device, fid_weights=a.fid_weights)
+                     select_n=a.select_n, device=a.device, fid_weights=a.fid_weights,
+                     batch_size=a.batch_size)
         r["training"], r["T"], r["hardware"] = training_summary(ckpt)
         write_text(dest, json.dumps(r, indent=2))
         print(f"{label or ds}: FID {r['fid']['value']:.2f} (N={a.n}) -> {dest}")

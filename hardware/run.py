@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -111,7 +110,6 @@ def main(argv=None) -> int:
     model, source = load_model(a) if need_model else (None, None)
     tmp = None
     primary = ref = None
-    t_start = time.perf_counter()
     try:
         nir_path = a.nir
         if a.backend in ("nir", "lava") and not nir_path:

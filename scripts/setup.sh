@@ -8,6 +8,8 @@
 # is renamed into place when complete, so a killed build is never reused.
 # Source this file: it exports SPIKEDIFF_PY (main) and SPIKEDIFF_LAVA_PY.
 # Set SPIKEDIFF_SKIP_LAVA=1 to skip the Lava environment.
+# This file is sourced: remember the caller's -e/-u/pipefail to restore them.
+_saved_flags="$-"; _saved_pipefail="$(shopt -qo pipefail && echo -o || echo +o)"
 set -euo pipefail
 _repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _cache="${SPIKEDIFF_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spikediff}"
@@ -64,4 +66,6 @@ if [ "${SPIKEDIFF_SKIP_LAVA:-0}" != 1 ]; then
 fi
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # see spikediff/__init__.py
 export PYTHONPATH="$_repo${PYTHONPATH:+:$PYTHONPATH}"
-set +euo pipefail
+set +eu; set $_saved_pipefail pipefail
+case "$_saved_flags" in *e*) set -e ;; esac
+case "$_saved_flags" in *u*) set -u ;; esac

@@ -6,8 +6,6 @@ steps, so every float sum is exact in any order and floating_pt Lava must
 match spike for spike after the per-layer lag.
 """
 
-import os
-import subprocess
 import sys
 import time
 

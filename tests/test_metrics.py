@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from scipy import linalg, ndimage
+from scipy import ndimage
 
 from spikediff import metrics
 from spikediff.metrics import (FeatureCache, MetricsError, feature_stats, features_resumable,

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .constants import EnergyConstants
-from .counting import (COMPONENTS, LayerCounts, Recorder, Tally, dense_macs, model_layers,
+from .counting import (COMPONENTS, Recorder, Tally, dense_macs, model_layers,
                        padded_macs)
 
 LOIHI_MAC_CHOICE = ("analog-fed layers (first encoder conv, spike generator, denoiser input "
@@ -319,7 +319,7 @@ def format_report(rep: dict, hardware: str = "all") -> str:
     if ratios:
         out.append("Energy ratio: " + ", ".join(ratios))
     if "encoder" in rep["components"]:
-        out.append(f"Encoding one real image (not part of generation): "
+        out.append("Encoding one real image (not part of generation): "
                    + ", ".join(([f"SNN 45nm {fmt_energy(rep['components']['encoder']['snn_45nm_pj'])}"]
                                 if show45 else [])
                                + ([f"Loihi {fmt_energy(rep['components']['encoder']['loihi_pj'])}"]

@@ -101,7 +101,6 @@ class Worker:
             net.stop()
             raise
         self.nets[nkey] = net
-        t2 = time.perf_counter()
         np.savez(req["output"], **out)
         timing = dict(net.timing)
         timing.update({"load_s": t1 - t0, "total_s": time.perf_counter() - t0, "built": built})
