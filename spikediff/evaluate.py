@@ -47,9 +47,17 @@ def fid_of(feats_a, feats_b) -> float:
 
 def sample_features(net, cache, model, n, temperature, steps, seed, batch_size, device, progress,
                     ckpt_id: str):
-    images, _ = generate(model, n, temperature=temperature, steps=steps, seed=seed,
-                         batch_size=batch_size, device=device, progress=progress)
-    key = f"samples-{ckpt_id}-n{n}-T{temperature}-s{steps}-seed{seed}-net{net.sha256[:16]}"
+    """FID features of n generated images; the images are cached too, since
+    drawing them costs as much CPU time as their features."""
+    key = (f"samples-{ckpt_id}-n{n}-T{temperature}-s{steps}-seed{seed}-b{batch_size}"
+           f"-net{net.sha256[:16]}")
+    hit = cache.get(key + "/images")
+    if hit is not None:
+        images = torch.from_numpy(hit["images"])
+    else:
+        images, _ = generate(model, n, temperature=temperature, steps=steps, seed=seed,
+                             batch_size=batch_size, device=device, progress=progress)
+        cache.put(key + "/images", images=images.numpy())
     return _feats(net, images, cache, key, progress), images
 
 
