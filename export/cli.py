@@ -17,6 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from spikediff.atomic import atomic_path
 from spikediff.cli import handle_errors
 from spikediff.errors import SpikediffError
 
@@ -68,15 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _atomic_write(target: Path, write) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(target) as tmp:
         write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _refuse(paths, force):

@@ -1,7 +1,8 @@
 """Write files so that a kill mid-write never leaves a half-written file behind.
 
-Everything the toolkit writes (checkpoints, grids, arrays, JSON, NIR files)
-goes to a temporary file in the destination folder and is renamed into place.
+Everything the toolkit writes (checkpoints, grids, arrays, JSON, NIR files,
+caches) goes to a temporary file in the destination folder and is renamed
+into place in one step.
 """
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+
+
+def _umask_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -20,6 +27,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, _umask_mode())  # mkstemp makes files private; the user's umask decides
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import re
-import tempfile
 import warnings
 import zipfile
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from scipy import linalg
 from tqdm import tqdm
 
+from .atomic import atomic_path
 from .errors import SpikediffError
 
 FID_ENV = "SPIKEDIFF_FID_WEIGHTS"
@@ -134,22 +134,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _atomic_write(dest: pathlib.Path, write) -> None:
-    # Readers (and a run killed half-way) only ever see a complete file:
-    # write beside the target, then rename over it in one step.
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix="." + dest.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Readers (and a run killed half-way) only ever see a complete file."""
+    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 # ---------------------------------------------------------------- network ---

@@ -9,11 +9,10 @@ plain dict (the JSON), `format_report()` into the terminal table and
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from pathlib import Path
 
 import torch
+
+from spikediff.atomic import atomic_path
 
 from .constants import EnergyConstants
 from .counting import (COMPONENTS, Recorder, Tally, dense_macs, model_layers,
@@ -392,41 +391,18 @@ def save_plot(rep: dict, path, hardware: str = "all", title: str | None = None) 
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3, which="both")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, format="png")
-        os.chmod(tmp, _umask_mode())  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
     finally:
         plt.close(fig)
 
 
-def _umask_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def write_json(rep: dict, path) -> None:
     import json
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(rep, f, indent=1, default=_jsonable, allow_nan=False)
-            f.write("\n")
-        os.chmod(tmp, _umask_mode())  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(rep, f, indent=1, default=_jsonable, allow_nan=False)
+        f.write("\n")
 
 
 def _jsonable(o):
