@@ -729,16 +729,22 @@ class PyFileSourceFixed(_SourceModel):
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
 
 
-class _SinkModel(PyLoihiProcessModel):
-    def run_spk(self):
+class _StepBuffer:
+    """Collects one vector per time step and saves the [n, steps] block once per call."""
+
+    def _record(self, x):
         steps = self.proc_params["steps"]
         k = (self.time_step - 1) % steps
-        x = self.a_in.recv()
         if k == 0 or getattr(self, "_buf", None) is None:
             self._buf = np.zeros((x.shape[0], steps), dtype=np.float64)
         self._buf[:, k] = x
         if k == steps - 1:
             _save_atomic(self.proc_params["path"], self._buf)
+
+
+class _SinkModel(_StepBuffer, PyLoihiProcessModel):
+    def run_spk(self):
+        self._record(self.a_in.recv())
 
 
 @implements(proc=FileSink, protocol=LoihiProtocol)
@@ -755,19 +761,12 @@ class PyFileSinkFixed(_SinkModel):
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
 
 
-class _ProbeModel(PyLoihiProcessModel):
+class _ProbeModel(_StepBuffer, PyLoihiProcessModel):
     def post_guard(self):
         return True
 
     def run_post_mgmt(self):
-        steps = self.proc_params["steps"]
-        k = (self.time_step - 1) % steps
-        x = np.asarray(self.ref.read(), dtype=np.float64).reshape(-1)
-        if k == 0 or getattr(self, "_buf", None) is None:
-            self._buf = np.zeros((x.shape[0], steps), dtype=np.float64)
-        self._buf[:, k] = x
-        if k == steps - 1:
-            _save_atomic(self.proc_params["path"], self._buf)
+        self._record(np.asarray(self.ref.read(), dtype=np.float64).reshape(-1))
 
 
 @implements(proc=VarProbe, protocol=LoihiProtocol)
