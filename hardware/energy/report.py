@@ -25,6 +25,16 @@ LOIHI_MAC_CHOICE = ("analog-fed layers (first encoder conv, spike generator, den
 # ------------------------------------------------------------------ measure
 
 @torch.no_grad()
+
+def encoder_input(generated: torch.Tensor, real_images, n: int, info: dict) -> torch.Tensor:
+    """The encoder's images: the first n real test images, else the generated
+    ones (recorded in info either way)."""
+    if real_images is None:
+        info["encoder_input"] = "generated images (no real test images available)"
+        return generated
+    info["encoder_input"] = f"{min(n, len(real_images))} real test images"
+    return real_images[:n].to(torch.float32)
+
 def measure(model, *, n: int = 16, steps: int | None = None, seed: int = 0,
             temperature: float | None = None, real_images: torch.Tensor | None = None,
             batch_size: int = 64, progress: bool = True, verify: bool = False) -> tuple[Tally, dict]:
@@ -52,11 +62,7 @@ def measure(model, *, n: int = 16, steps: int | None = None, seed: int = 0,
             gen.append(img)
         bar.close()
         gen = torch.cat(gen)
-        if real_images is None:
-            enc_in, info["encoder_input"] = gen, "generated images (no real test images available)"
-        else:
-            enc_in = real_images[:n].to(torch.float32)
-            info["encoder_input"] = f"{len(enc_in)} real test images"
+        enc_in = encoder_input(gen, real_images, n, info)
         for i in range(0, len(enc_in), batch_size):
             model.vq.encode_spikes(enc_in[i:i + batch_size])
     info["n_encoded"] = len(enc_in)

@@ -94,11 +94,10 @@ def record(model, *, n: int = 16, steps=None, seed: int = 0, temperature=None,
             gen.append(decode(tokens))
         bar.close()
         gen = torch.cat(gen)
-        if real_images is None:
-            enc_in, info["encoder_input"] = gen, "generated images (no real test images available)"
-        else:
-            enc_in = real_images[:n].to(torch.float32)
-            info["encoder_input"] = f"{len(enc_in)} real test images"
+        # Imported here: Lava's process-model discovery imports every module in
+        # hardware/lava/, and the report's imports need Python 3.11.
+        from hardware.energy.report import encoder_input
+        enc_in = encoder_input(gen, real_images, n, info)
         L_enc = len(vq.encoder)
         for i in range(0, len(enc_in), batch_size):
             x = enc_in[i:i + batch_size]
