@@ -81,8 +81,7 @@ esac
 #   feval-a DIR  wheels + FID parts 0-1 + MNIST test split
 #   feval-b DIR  FID part 2 + other test splits + checkpoints; evaluates all four
 case "$stage" in
-  feval-a)
-    cp "$src"/fid.part* $W/fid/ ;;
+  feval-a) ;;  # the common part above already staged the wheels, data and FID parts
   feval-b)
     cat $W/fid/fid.part0 $W/fid/fid.part1 $W/fid/fid.part2 > $W/fid/default_1.pt
     echo "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34  $W/fid/default_1.pt" \

@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "of wall time (the checkpoint records where it stopped)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate images from a checkpoint")
     _add_sampling_args(p)
@@ -91,9 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--npz", help="also write the images (uint8) and token grids here")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("info", help="describe a checkpoint")
     p.add_argument("--checkpoint")
+    p.set_defaults(func=cmd_info)
 
     try:
         from .evaluate import add_eval_parser
@@ -173,10 +176,4 @@ def cmd_info(a) -> int:
 @handle_errors
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    if a.command == "train":
-        return cmd_train(a)
-    if a.command == "sample":
-        return cmd_sample(a)
-    if a.command == "info":
-        return cmd_info(a)
     return a.func(a)
