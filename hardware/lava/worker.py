@@ -27,7 +27,9 @@ corresponds to reference step k - lag[X] (so ``out[lag:lag + T]`` aligns).
 
 Process graphs are cached per (file, mtime, subgraph, mode, B, T, record, input
 range): a later call with the same shapes resets state and re-runs without
-rebuilding.  ``SPIKEDIFF_LAVA_CACHE`` (default 2) bounds the cache.
+rebuilding; in fixed_pt only while the call's currents (a float run in numpy)
+fit the net's fixed-point scales, else it is rebuilt with smaller ones.
+``SPIKEDIFF_LAVA_CACHE`` (default 2) bounds the cache.
 """
 
 from __future__ import annotations
@@ -80,21 +82,31 @@ class Worker:
         T, B = next(iter(shapes.values()))[:2]
         mode = req.get("mode", "floating_pt")
         record = req.get("record") or None
-        rng = {}
+        rng, observed = {}, None
         if mode == "fixed_pt":  # quantisation range per input, powers of two
             for k, v in inputs.items():
                 m = float(np.abs(v).max()) if v.size else 1.0
                 rng[k] = 2.0 ** np.ceil(np.log2(max(m, 1e-6)))
+            # the currents of a float run of these inputs set (and re-check)
+            # the fixed-point scales: see mapping.float_currents
+            observed = mapping.float_currents(plan, inputs)
         nkey = (key, mode, int(B), int(T), tuple(record) if record else None,
                 tuple(sorted(rng.items())))
         t1 = time.perf_counter()
         net = self.nets.pop(nkey, None)
+        if net is not None and observed is not None and not net.covers(observed):
+            # larger currents than the net was scaled for: rescale (S only
+            # shrinks, as the calibration keeps the largest currents seen)
+            observed = {k: tuple(max(a, b) for a, b in zip(v, net.observed.get(k, v)))
+                        for k, v in observed.items()}
+            net.stop()
+            net = None
         built = net is None
         if net is None:
             while len(self.nets) >= max(self.max_cache, 1):
                 _, old = self.nets.popitem(last=False)
                 old.stop()
-            net = mapping.LavaNet(plan, B, T, mode, record, rng)
+            net = mapping.LavaNet(plan, B, T, mode, record, rng, observed)
         try:
             out = net.run(inputs)
         except BaseException:
