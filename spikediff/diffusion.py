@@ -54,6 +54,17 @@ def draw(logits: torch.Tensor, temperature: float, generator: torch.Generator | 
     return idx.view(logits.shape[0], logits.shape[2], logits.shape[3])
 
 
+def device_generator(generator: torch.Generator | None, device) -> torch.Generator | None:
+    """Draws stay where the logits are: copying them to the host each step made
+    GPU sampling host-bound. A non-CPU device gets its own generator, seeded from
+    the given one, so a seed still fixes the samples on each kind of device; on
+    the CPU (the Lava and NIR parity runs) the given generator is used as is."""
+    if generator is None or torch.device(device).type == "cpu":
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 @torch.no_grad()
 def sample_tokens(denoise: Denoise, n: int, grid: tuple[int, int], mask_id: int, n_steps: int,
                   sample_steps: int | None = None, temperature: float = 1.0,
@@ -62,12 +73,13 @@ def sample_tokens(denoise: Denoise, n: int, grid: tuple[int, int], mask_id: int,
     """Token grids [n, H, W] with no mask token left."""
     schedule = sampling_schedule(n_steps, sample_steps or n_steps)
     x = torch.full((n, *grid), mask_id, dtype=torch.long, device=device)
+    g = device_generator(generator, device)
     for i, t in enumerate(schedule):
         steps_left = len(schedule) - i
         masked = x == mask_id
         logits = denoise(x, torch.full((n,), t, dtype=torch.long, device=device))
-        proposal = draw(logits.float().cpu(), temperature, generator).to(device)
-        u = torch.rand(x.shape, generator=generator).to(device)
+        proposal = draw(logits.float(), temperature, g)
+        u = torch.rand(x.shape, generator=g, device=device)
         x = torch.where(masked & (u < 1.0 / steps_left), proposal, x)
         if on_step is not None:
             on_step(i)

@@ -202,6 +202,11 @@ class FIDNetwork:
     def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
         self.path = find_fid_weights(weights)
         self.device = torch.device(device)
+        if self.device.type == "cuda":
+            # TF32 convolutions shift the features by ~1e-3: keep GPU and CPU
+            # numbers comparable (and the features' cache keys honest).
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.sha256 = file_sha256(self.path)
         try:
             with warnings.catch_warnings():  # torch.jit.load's deprecation notice
