@@ -73,6 +73,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256, help="sampling batch size")
     p.add_argument("--fid-weights")
     p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--recon-fid", action="store_true",
+                   help="also the FID of test-split reconstructions (the VQ-SVAE's ceiling)")
     p.add_argument("--force", action="store_true")
     a = p.parse_args()
     out = Path(a.results)
@@ -88,7 +90,7 @@ def main() -> None:
                      temperature=temps[0] if len(temps) == 1 else None,
                      temperatures=temps if len(temps) > 1 else None,
                      select_n=a.select_n, device=a.device, fid_weights=a.fid_weights,
-                     batch_size=a.batch_size)
+                     batch_size=a.batch_size, recon_fid=a.recon_fid)
         r["training"], r["T"], r["hardware"] = training_summary(ckpt)
         write_text(dest, json.dumps(r, indent=2))
         print(f"{label or ds}: FID {r['fid']['value']:.2f} (N={a.n}) -> {dest}")

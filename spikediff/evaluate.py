@@ -62,21 +62,23 @@ def sample_features(net, cache, model, n, temperature, steps, seed, batch_size, 
 
 
 @torch.no_grad()
-def reconstruction(model, images_u8: torch.Tensor, device, batch_size=500) -> dict:
+def reconstruction(model, images_u8: torch.Tensor, device, batch_size=500):
+    """(metrics, reconstructed images in [0, 1] on the CPU)."""
     vq = model.vq.to(device).eval()
-    mse, ssim_sum = 0.0, 0.0
+    mse, ssim_sum, recons = 0.0, 0.0, []
     for i in range(0, len(images_u8), batch_size):
         x = images_u8[i:i + batch_size].to(device).float() / 255
         r = vq.decode(vq.encode(x))
         mse += torch.nn.functional.mse_loss(r, x, reduction="sum").item()
         ssim_sum += metrics.ssim(r.cpu(), x.cpu()) * len(x)
+        recons.append(r.cpu())
     n = len(images_u8)
-    return {"mse": mse / images_u8[0].numel() / n, "ssim": ssim_sum / n, "n": n}
+    return {"mse": mse / images_u8[0].numel() / n, "ssim": ssim_sum / n, "n": n}, torch.cat(recons)
 
 
 def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temperatures=None,
              select_n=1000, steps=None, seed=0, batch_size=256, device="cpu", fid_weights=None,
-             paper_protocol=True, progress=True) -> dict:
+             paper_protocol=True, recon_fid=False, progress=True) -> dict:
     ckpt = checkpoint.load(ckpt_path)
     model = checkpoint.model_from(ckpt)
     d = ckpt["data"]
@@ -120,7 +122,12 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
         result["paper_protocol_fid"] = {
             "value": fid_of(feats[:PAPER_N], ref[:PAPER_N]), "n_samples": PAPER_N,
             "reference": f"first {PAPER_N} {dataset} test images"}
-    result["reconstruction"] = reconstruction(model, test.images, device)
+    result["reconstruction"], recons = reconstruction(model, test.images, device)
+    if recon_fid:
+        # The VQ's ceiling: generated images can only be as good as the codes'
+        # decodings, so a sample FID near this one means the decoder limits it.
+        f = _feats(net, recons, cache, f"recon-{ckpt_id}-net{net.sha256[:16]}", progress)
+        result["reconstruction"]["fid"] = fid_of(f, ref)
     result["seconds"] = time.perf_counter() - t0
     return result
 
@@ -138,8 +145,9 @@ def format_result(r: dict) -> str:
         lines.append(f"paper-protocol FID {p['value']:.2f}  ({p['n_samples']} samples vs "
                      f"{p['reference']})")
     rec = r["reconstruction"]
-    lines.append(f"reconstruction: MSE {rec['mse']:.5f}, SSIM {rec['ssim']:.4f} "
-                 f"({rec['n']} test images)")
+    lines.append(f"reconstruction: MSE {rec['mse']:.5f}, SSIM {rec['ssim']:.4f}"
+                 + (f", FID {rec['fid']:.2f}" if "fid" in rec else "")
+                 + f" ({rec['n']} test images)")
     return "\n".join(lines)
 
 
@@ -160,6 +168,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--fid-weights", help="FID network file (default: search, see docs)")
+    p.add_argument("--recon-fid", action="store_true", help="also the FID of the VQ-SVAE's "
+                   "reconstructions of the test split: the ceiling for samples (slow on a CPU)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -173,7 +183,7 @@ def cmd_eval(a) -> int:
     r = evaluate(a.checkpoint, a.dataset, a.data_root, a.n, temperature=a.temperature,
                  temperatures=temps, select_n=a.select_n, steps=a.steps, seed=a.seed,
                  batch_size=a.batch_size, device=pick_device(a.device),
-                 fid_weights=a.fid_weights, progress=not a.no_progress)
+                 fid_weights=a.fid_weights, recon_fid=a.recon_fid, progress=not a.no_progress)
     print(format_result(r))
     if a.json:
         write_text(a.json, json.dumps(r, indent=2))
