@@ -1,101 +1,114 @@
 #!/usr/bin/env bash
-# Trains the project's checkpoints and measures their quality on a lent GPU
-# machine, in three back-to-back calls (each call's upload is capped at 64 MiB,
-# so the data sets and the 87 MB FID network travel in pieces):
-#   start-a DIR  data sets + norse/nir wheels + FID part 0; starts trainings
-#   start-b DIR  more data + FID part 1; starts trainings
-#   finish  DIR  FID part 2 (+ CIFAR-10); waits, evaluates, copies results to $OUT
-# Each training job runs `spikediff train` then benchmarks/quality.py for its
-# data set, in the background (setsid), so the calls return at once.
+# Trains checkpoints and measures every checkpoint's quality on a lent GPU
+# machine (the `device` tool). One upload is capped at 64 MiB, so the Python
+# packages, the data sets and the 87 MB FID network travel in three calls that
+# follow each other while the machine is warm:
+#
+#   bash benchmarks/gpu_quality.sh pack    here: fills .gpu/a .gpu/b .gpu/c (git-ignored)
+#   a   (carry .gpu/a) norse/nir, MNIST, KMNIST, FID part 0; smoke-tests CUDA
+#       sampling, then starts the MNIST and KMNIST trainings in the background
+#   b   (carry .gpu/b) Fashion-MNIST, FID part 1; starts its training
+#   c   (carry .gpu/c) CIFAR-10, FID part 2, checkpoints trained elsewhere;
+#       evaluates everything with benchmarks/quality.py and keeps
+#       $OUT/results.tgz current, so a call cut off at its limit still returns
+#       what is done; new checkpoints come back as $OUT/<name>.pt.
+#
+# Each device call: `bash benchmarks/gpu_quality.sh a .gpu/a` (etc.).
 set -uo pipefail
-stage="$1"; src="$2"
+stage="$1"; src="${2:-}"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-W=${W:-/root/sd}; mkdir -p $W/data $W/runs $W/results $W/fid
-export SPIKEDIFF_CACHE=$W/cache PYTHONPATH=/tmp/site:$repo PYTHONUNBUFFERED=1
-EPOCHS_VQ=${EPOCHS_VQ:-3}; BUDGET_MIN=${BUDGET_MIN:-6}; N=${N:-10000}
-PRESET=${PRESET:-default}; DEVICE=${DEVICE:-cuda}
+# Overridable for a dry run on a CPU: W, N, TEMPS, SELECT_N, BUDGET, WAIT_S, DEVICE,
+# LIMIT (train on that many images), RECON_FID, TRAININGS, EVALS.
+W=${W:-/root/sd}; DEVICE=${DEVICE:-cuda}; LIMIT=${LIMIT:-}; RECON_FID=${RECON_FID---recon-fid}
+N=${N:-5000}; TEMPS=${TEMPS:-0.7,0.8,0.9,1.0}; SELECT_N=${SELECT_N:-1000}
+BUDGET=${BUDGET:-5}; WAIT_S=${WAIT_S:-420}
+FID_SHA=7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34
 
-[ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --no-compile \
-    --no-cache-dir --target /tmp/site $W/whl/*.whl 2>/dev/null
-[ -d "$src/whl" ] && cp -r "$src/whl" $W/ && python3 -m pip install -q --no-index --no-deps \
-    --no-compile --no-cache-dir --target /tmp/site $W/whl/*.whl
+# name  dataset  config (over the default preset)  time budget in minutes
+TRAININGS=${TRAININGS:-"mnist-wide mnist benchmarks/configs/wide.toml $BUDGET
+kmnist-vq30 kmnist benchmarks/configs/kmnist.toml $BUDGET
+fashion-mnist-wide fashion-mnist benchmarks/configs/wide.toml $BUDGET"}
+
+# label  dataset  checkpoint (relative to the repo; "run:NAME" = trained above)
+EVALS=${EVALS:-"mnist mnist spikediff/weights/mnist-default.pt
+fashion-mnist fashion-mnist .gpu/c/ckpt/fashion-mnist.pt
+kmnist kmnist .gpu/c/ckpt/kmnist.pt
+cifar10 cifar10 .gpu/c/ckpt/cifar10.pt
+mnist-cpu mnist .gpu/c/ckpt/mnist-cpu.pt
+mnist-wide mnist run:mnist-wide
+kmnist-vq30 kmnist run:kmnist-vq30
+fashion-mnist-wide fashion-mnist run:fashion-mnist-wide"}
+
+if [ "$stage" = pack ]; then  # runs here, in the main environment
+    site=$("${SPIKEDIFF_PY:-python3}" -c "import norse, os; print(os.path.dirname(os.path.dirname(norse.__file__)))")
+    fid=$("${SPIKEDIFF_PY:-python3}" -c "from spikediff.metrics import find_fid_weights; print(find_fid_weights(None))")
+    D=${DATA_ROOT:-../shared/datasets}
+    rm -rf .gpu && mkdir -p .gpu/a/site .gpu/a/data .gpu/b/data .gpu/c/data .gpu/c/ckpt
+    cp -r "$site"/norse "$site"/nir "$site"/nirtorch .gpu/a/site/
+    find .gpu/a/site -name __pycache__ -prune -exec rm -rf {} +
+    split -n 3 -d -a 1 "$fid" .gpu/fid.part && mv .gpu/fid.part0 .gpu/a/ && mv .gpu/fid.part1 .gpu/b/ \
+        && mv .gpu/fid.part2 .gpu/c/
+    cp -r "$D"/mnist "$D"/kmnist .gpu/a/data/; cp -r "$D"/fashion-mnist .gpu/b/data/
+    cp -r "$D"/cifar10 .gpu/c/data/
+    for f in ${CKPTS:-}; do cp "${f#*=}" ".gpu/c/ckpt/${f%%=*}.pt"; done  # NAME=PATH ...
+    du -sh .gpu/a .gpu/b .gpu/c; exit 0
+fi
+
+mkdir -p $W/data $W/runs $W/results $W/fid $W/logs
+export PYTHONPATH=$W/site:$repo PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
+export SPIKEDIFF_CACHE=${SPIKEDIFF_CACHE:-$W/cache}; PY=${SPIKEDIFF_PY:-python3}
+[ -d "$src/site" ] && cp -r "$src/site" $W/
 [ -d "$src/data" ] && cp -r "$src"/data/* $W/data/
 cp "$src"/fid.part* $W/fid/ 2>/dev/null
+cd "$repo"
 
-job() {  # dataset, extra train args...
-    local ds="$1"; shift
-    ( cd "$repo"
-      python3 -m spikediff train --dataset "$ds" --data-root $W/data --out $W/runs/$ds \
-          --preset $PRESET --epochs-vq $EPOCHS_VQ --epochs-denoiser 1000 \
-          --time-budget $BUDGET_MIN --device $DEVICE --no-progress "$@"
-      while [ ! -f $W/fid/ready ]; do sleep 2; done
-      python3 benchmarks/quality.py --data-root $W/data --device $DEVICE --n $N \
-          --fid-weights $W/fid/default_1.pt --results $W/results "$ds=$W/runs/$ds/checkpoint.pt"
-    ) > $W/runs/$ds.log 2>&1 &
+train() {  # name dataset config budget: in the background, outliving the call
+    setsid bash -c "$PY -m spikediff train --dataset $2 --data-root $W/data --out $W/runs/$1 \
+        --preset default --config $3 --time-budget $4 --device $DEVICE --no-progress ${LIMIT:+--limit $LIMIT} \
+        > $W/logs/train-$1.log 2>&1; touch $W/runs/$1.done" < /dev/null &
+}
+start_trainings() {  # datasets...
+    echo "$TRAININGS" | while read -r name ds cfg budget; do
+        for want in "$@"; do [ "$ds" = "$want" ] && train "$name" "$ds" "$cfg" "$budget"; done
+    done
 }
 
 case "$stage" in
-  start-a)
-    nvidia-smi --query-gpu=name,memory.total --format=csv
-    python3 -c "import norse, nir, torch; print('norse', norse.__version__, 'torch', torch.__version__)"
-    for ds in mnist kmnist; do setsid bash -c "$(declare -f job); W=$W repo=$repo \
-        EPOCHS_VQ=$EPOCHS_VQ BUDGET_MIN=$BUDGET_MIN N=$N PRESET=$PRESET DEVICE=$DEVICE job $ds" & done
-    sleep 20; tail -n 3 $W/runs/*.log ;;
-  start-b)
-    setsid bash -c "$(declare -f job); W=$W repo=$repo EPOCHS_VQ=$EPOCHS_VQ \
-        BUDGET_MIN=$BUDGET_MIN N=$N PRESET=$PRESET DEVICE=$DEVICE job fashion-mnist" &
-    sleep 5; tail -n 3 $W/runs/*.log ;;
-  finish)
-    setsid bash -c "$(declare -f job); W=$W repo=$repo EPOCHS_VQ=$EPOCHS_VQ \
-        BUDGET_MIN=$((BUDGET_MIN - 1)) N=$N PRESET=$PRESET DEVICE=$DEVICE job cifar10
-    if [ -f "$src/cpu-default.pt" ]; then  # the CPU-trained MNIST run, evaluated alike
-        ( while [ ! -f $W/fid/ready ]; do sleep 2; done; cd "$repo"
-          python3 benchmarks/quality.py --data-root $W/data --device $DEVICE --n $N \
-            --fid-weights $W/fid/default_1.pt --results $W/results \
-            "mnist:mnist-cpu=$src/cpu-default.pt" ) > $W/runs/mnist-cpu.log 2>&1 &
-    fi" &
+  a)
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    $PY -c "import norse, nir, torch; print('norse', norse.__version__, 'torch', torch.__version__)"
+    # Device sampling is what every training's per-epoch snapshot runs: fail here, not there.
+    $PY -m spikediff sample --n 64 --batch-size 64 --device $DEVICE --out $W/smoke.png --force --no-progress \
+        || { echo "sampling smoke test failed"; exit 1; }
+    start_trainings mnist kmnist; sleep 15; tail -n 2 $W/logs/*.log ;;
+  b)
+    start_trainings fashion-mnist; sleep 5; tail -n 2 $W/logs/*.log ;;
+  c)
     cat $W/fid/fid.part0 $W/fid/fid.part1 $W/fid/fid.part2 > $W/fid/default_1.pt
-    echo "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34  $W/fid/default_1.pt" \
-        | sha256sum -c && touch $W/fid/ready
-    deadline=$(( $(date +%s) + ${WAIT_S:-480} ))
-    while [ "$(ls $W/results/quality_*.json 2>/dev/null | wc -l)" -lt 4 ] \
-          && [ "$(date +%s)" -lt "$deadline" ]; do sleep 10; done
-    tail -n 4 $W/runs/*.log
-    python3 - <<PY
-import torch
-ck = torch.load("$W/runs/mnist/checkpoint.pt", map_location="cpu", weights_only=True)
-ck["optimizer"] = None  # shipped weights: no optimizer state
-torch.save(ck, "$OUT/mnist-default.pt")
-PY
-    for ds in mnist fashion-mnist kmnist cifar10; do
-        cp "$(ls $W/runs/$ds/samples_e*.png | tail -n 1)" $W/results/${ds}_samples.png
-        cp $W/runs/$ds/losses.png $W/results/${ds}_losses.png; cp $W/runs/$ds.log $W/results/
-    done 2>/dev/null
-    cp $W/runs/mnist-cpu.log $W/results/ 2>/dev/null
-    tar czf $OUT/results.tgz -C $W results
-    for ds in fashion-mnist kmnist cifar10; do cp $W/runs/$ds/checkpoint.pt $OUT/$ds.pt 2>/dev/null; done
-    ls -la $OUT ;;
-esac
-
-# Evaluation only, when the trainings above are done (two more uploads):
-#   feval-a DIR  wheels + FID parts 0-1 + MNIST test split
-#   feval-b DIR  FID part 2 + other test splits + checkpoints; evaluates all four
-case "$stage" in
-  feval-a) ;;  # the common part above already staged the wheels, data and FID parts
-  feval-b)
-    cat $W/fid/fid.part0 $W/fid/fid.part1 $W/fid/fid.part2 > $W/fid/default_1.pt
-    echo "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34  $W/fid/default_1.pt" \
-        | sha256sum -c || exit 1
-    cd "$repo"
-    for pair in "mnist=spikediff/weights/mnist-default.pt" "fashion-mnist=$src/ckpt/fashion-mnist.pt" \
-                "kmnist=$src/ckpt/kmnist.pt" "cifar10=$src/ckpt/cifar10.pt"; do
-        python3 benchmarks/quality.py --data-root $W/data --device $DEVICE --n $N --temperatures 1.0 \
-            --batch-size 1000 --fid-weights $W/fid/default_1.pt --results $W/results "$pair" \
-            > $W/${pair%%=*}.eval.log 2>&1 &
+    echo "$FID_SHA  $W/fid/default_1.pt" | sha256sum -c || exit 1
+    echo "$EVALS" | while read -r label ds ck; do
+        if [ "${ck#run:}" != "$ck" ]; then run=${ck#run:}; ck=$W/runs/$run/checkpoint.pt
+        else run=""; [ -f "$ck" ] || continue; fi
+        setsid bash -c "while [ -n '$run' ] && [ ! -f $W/runs/$run.done ]; do sleep 3; done
+            $PY benchmarks/quality.py --data-root $W/data --device $DEVICE --n $N --temperatures $TEMPS \
+                --select-n $SELECT_N --batch-size 1000 $RECON_FID --fid-weights $W/fid/default_1.pt \
+                --results $W/results '$ds:$label=$ck' > $W/logs/eval-$label.log 2>&1" < /dev/null &
     done
-    # Copy each result as soon as it exists: a call that runs past its time
-    # limit still returns what is under $OUT (the first try returned nothing).
-    while [ -n "$(jobs -r)" ]; do cp $W/results/quality_*.json $OUT/ 2>/dev/null; sleep 5; done
-    for f in $W/*.eval.log; do tr '\r' '\n' < $f | grep -v "it/s\|img/s\|tok-step" | tail -n 3; done
-    cp $W/results/quality_*.json $OUT/ 2>/dev/null; ls $OUT ;;
+    pack_results() {
+        for d in $W/runs/*/; do n=$(basename $d)
+            cp "$(ls $d/samples_e*.png 2>/dev/null | tail -n 1)" $W/results/${n}_samples.png 2>/dev/null
+            cp $d/losses.png $W/results/${n}_losses.png 2>/dev/null; done
+        cp $W/logs/*.log $W/results/ 2>/dev/null
+        tar czf $OUT/.results.tgz -C $W results && mv $OUT/.results.tgz $OUT/results.tgz
+    }
+    want=$(echo "$EVALS" | while read -r _ _ ck; do
+        [ "${ck#run:}" != "$ck" ] || [ -f "$ck" ] && echo; done | wc -l); deadline=$(( $(date +%s) + WAIT_S ))
+    while [ "$(ls $W/results/quality_*.json 2>/dev/null | wc -l)" -lt "$want" ] \
+          && [ "$(date +%s)" -lt "$deadline" ]; do pack_results; sleep 10; done
+    pack_results
+    for f in $W/runs/*.done; do n=$(basename $f .done)  # new checkpoints, without optimizer state
+        $PY -c "import torch; c = torch.load('$W/runs/$n/checkpoint.pt', weights_only=False);
+c['optimizer'] = None; torch.save(c, '$OUT/$n.pt')"; done
+    for f in $W/logs/eval-*.log; do echo "== $f"; tr '\r' '\n' < $f | grep -v "it/s\|img/s\|tok-step" | tail -n 2; done
+    ls -la $OUT ;;
 esac
