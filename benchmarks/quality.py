@@ -32,7 +32,7 @@ NOTES = {"kmnist": "trained on the 7,011 train images available here",
 
 def table(rows: dict) -> str:
     head = ("| data set | FID (N vs full test) | paper-protocol FID | paper's FID | KID x1e3 | "
-            "recon MSE | T | temp. | training | hardware | note |\n"
+            "recon MSE / FID | T | temp. | training | hardware | note |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for ds in ORDER + sorted(set(rows) - set(ORDER)):
@@ -43,10 +43,12 @@ def table(rows: dict) -> str:
             continue
         pp = r.get("paper_protocol_fid", {}).get("value")
         pp = f"{pp:.2f}" if pp is not None else "n/a"
+        rec = r["reconstruction"]
+        rec = f"{rec['mse']:.4f}" + (f" / {rec['fid']:.1f}" if "fid" in rec else "")
         lines.append(
             f"| {ds} | {r['fid']['value']:.2f} (N={r['fid']['n_samples']}) | "
             f"{pp} | {PAPER_FID[r['dataset']]} | {1e3 * r['kid']['mean']:.2f} | "
-            f"{r['reconstruction']['mse']:.4f} | {r['T']} | {r['temperature']} | "
+            f"{rec} | {r['T']} | {r['temperature']} | "
             f"{r['training']} | {r['hardware']} | {note} |")
     return "\n".join(lines)
 
