@@ -1,5 +1,6 @@
 """`spikediff eval` end to end, with a tiny stand-in for the FID network."""
 import json
+import math
 
 import torch
 
@@ -38,9 +39,14 @@ def test_eval_cli_writes_json(tiny_mnist, tmp_path, monkeypatch, capsys):
     assert "paper_protocol_fid" not in r  # fewer than 1,280 samples: no paper line
     text = capsys.readouterr().out
     assert "FID" in text and "20 samples" in text
+    assert "fid" not in r["reconstruction"]  # recon FID only when asked for
     # the second run reuses cached reference and sample features: same numbers
-    assert main(args[:-3] + ["--json", str(tmp_path / "r2.json"), "--no-progress"]) == 0
-    assert json.loads((tmp_path / "r2.json").read_text())["fid"] == r["fid"]
+    assert main(args[:-3] + ["--json", str(tmp_path / "r2.json"), "--recon-fid",
+                             "--no-progress"]) == 0
+    r2 = json.loads((tmp_path / "r2.json").read_text())
+    assert r2["fid"] == r["fid"]
+    assert math.isfinite(r2["reconstruction"]["fid"]) and r2["reconstruction"]["fid"] > 0
+    assert f"FID {r2['reconstruction']['fid']:.2f} (32 test images)" in capsys.readouterr().out
 
 
 def test_eval_errors(tiny_mnist, tmp_path, monkeypatch, capsys):
