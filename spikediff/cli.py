@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--limit", type=int, help="train on the first N images only (quick runs)")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt (with "
+                   "--epochs-denoiser N: train a finished run further, exactly as if N had been set)")
     p.add_argument("--time-budget", type=float, metavar="MIN",
                    help="end the denoiser stage after the epoch that finishes past MIN minutes "
                    "of wall time (the checkpoint records where it stopped)")
@@ -111,19 +112,24 @@ def cmd_train(a) -> int:
     from .config import load_config
     from .train import train
 
-    cfg = None
-    if not a.resume:
+    cfg, extend = None, None
+    overrides = {k: getattr(a, k) for k in ("epochs_vq", "epochs_denoiser", "batch_size", "seed")
+                 if getattr(a, k) is not None}
+    if a.resume:
+        fixed = sorted(set(overrides) - {"epochs_vq", "epochs_denoiser"})
+        if fixed:
+            raise SpikediffError(f"--{fixed[0].replace('_', '-')} cannot change when resuming: "
+                                 "the run continues with its recorded config")
+        extend = overrides
+    else:
         cfg = load_config(a.preset, a.config)
-        for name, section, key in [("epochs_vq", "train", "epochs_vq"),
-                                   ("epochs_denoiser", "train", "epochs_denoiser"),
-                                   ("batch_size", "train", "batch_size"), ("seed", "train", "seed")]:
-            if getattr(a, name) is not None:
-                setattr(getattr(cfg, section), key, getattr(a, name))
+        for key, value in overrides.items():
+            setattr(cfg.train, key, value)
     stages = ("vq", "denoiser") if a.stage == "both" else (a.stage,)
     path = train(cfg, a.dataset, a.data_root, a.out, stages=stages, device=pick_device(a.device),
                  resume=a.resume, limit=a.limit, image_size=a.image_size,
                  rgb=False if a.grayscale else None, download=a.download, folder=a.folder,
-                 progress=not a.no_progress, time_budget_min=a.time_budget)
+                 progress=not a.no_progress, time_budget_min=a.time_budget, extend=extend)
     print(f"checkpoint: {path}")
     return 0
 

@@ -131,7 +131,7 @@ class Trainer:
             self.save(opt)
         if stage == "denoiser":
             self.state["stage"] = "done"
-            self.save(None)
+            self.save(opt)  # the optimizer stays, so `--resume --epochs-denoiser N` continues exactly
 
     def _step(self, stage: str, batch: torch.Tensor) -> dict:
         if stage == "vq":
@@ -168,6 +168,31 @@ class Trainer:
             save_grid(images, self.out_dir / f"samples_e{epoch:03d}.png", nrow=8)
 
 
+def _extend(state: dict, extend: dict[str, int]) -> None:
+    """Raises epoch counts of a resumed run; a finished run goes back to its denoiser stage."""
+    hist, train_cfg = state["history"], state["config"]["train"]
+    for key, n in extend.items():
+        stage = "vq" if key == "epochs_vq" else "denoiser"
+        flag = "--" + key.replace("_", "-")
+        if n < len(hist[stage]):
+            raise SpikediffError(f"{flag} {n} is fewer than the {len(hist[stage])} {stage} epochs "
+                                 "this run has already trained")
+        if stage == "vq" and state["stage"] != "vq" and n > len(hist["vq"]):
+            raise SpikediffError(f"{flag}: this run's VQ stage is over and the denoiser was trained "
+                                 "on its codes; start a new run to train the VQ-SVAE longer")
+        train_cfg[key] = n
+    if state["stage"] == "done":
+        done = len(hist["denoiser"])
+        if train_cfg["epochs_denoiser"] <= done:
+            raise SpikediffError(f"this run has finished ({done} denoiser epochs); pass "
+                                 f"--epochs-denoiser N with N > {done} to train it further")
+        if state.get("optimizer") is None:
+            raise SpikediffError("this finished checkpoint has no optimizer state (shipped weights "
+                                 "drop it), so it cannot be continued exactly; start a new run")
+        state.update(stage="denoiser", epoch=done)
+        state.pop("stopped_by_time_budget", None)
+
+
 def describe_hardware(device: str) -> str:
     if str(device).startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
@@ -182,12 +207,16 @@ def new_state(cfg: Config, data_info: dict) -> dict:
 
 def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES, device="cpu",
           resume=False, limit: int | None = None, image_size=None, rgb=None, download=False,
-          folder=None, progress=True, time_budget_min: float | None = None) -> Path:
+          folder=None, progress=True, time_budget_min: float | None = None,
+          extend: dict[str, int] | None = None) -> Path:
+    """Trains the given stages into out_dir. With resume, `extend` ({"epochs_vq" or
+    "epochs_denoiser": n}) raises a run's epoch counts to train it further."""
     deadline = time.monotonic() + 60 * time_budget_min if time_budget_min else None
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
     if resume:
         state = checkpoint.load(ckpt_path)
+        _extend(state, extend or {})
         cfg = Config.from_dict(state["config"])
         d = state["data"]
         dataset, limit = d["name"], d.get("limit")

@@ -68,6 +68,24 @@ def test_resume_mid_stage_identical(tiny_mnist, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_finished_run_extends_exactly(tiny_mnist, tmp_path, capsys):
+    full = train(tiny_cfg(epochs_vq=1, epochs_denoiser=2), "mnist", tiny_mnist, tmp_path / "full",
+                 progress=False)
+    short = tmp_path / "short"
+    train(tiny_cfg(epochs_vq=1, epochs_denoiser=1), "mnist", tiny_mnist, short, progress=False)
+    assert main(["train", "--out", str(short), "--resume", "--no-progress"]) == 2
+    assert "pass --epochs-denoiser N with N > 1" in capsys.readouterr().err
+    assert main(["train", "--out", str(short), "--resume", "--seed", "3", "--no-progress"]) == 2
+    assert "--seed cannot change" in capsys.readouterr().err
+    assert main(["train", "--out", str(short), "--resume", "--epochs-vq", "2", "--no-progress"]) == 2
+    assert "VQ stage is over" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(tiny_mnist), "--out", str(short), "--resume",
+                 "--epochs-denoiser", "2", "--no-progress"]) == 0
+    a, b = checkpoint.load(full), checkpoint.load(short / "checkpoint.pt")
+    assert b["stage"] == "done" and len(b["history"]["denoiser"]) == 2
+    assert all(torch.equal(a["denoiser"][k], b["denoiser"][k]) for k in a["denoiser"])
+
+
 def test_cli_errors_are_clear(tiny_mnist, tmp_path, capsys):
     def run(*args):
         code = main(list(args))
