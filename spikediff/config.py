@@ -103,7 +103,7 @@ PRESETS: dict[str, dict] = {
         "vq": {"T": 4, "restart_every": 100},
         "denoiser": {"T": 4, "channels": (96, 96, 96, 96), "token_input": "embed",
                      "embed_dim": 64},
-        "train": {"batch_size": 128, "epochs_vq": 3, "epochs_denoiser": 3, "lr": 2e-3},
+        "train": {"batch_size": 128, "epochs_vq": 3, "epochs_denoiser": 7, "lr": 2e-3},
     },
     # For tests: seconds on a CPU.
     "tiny": {
