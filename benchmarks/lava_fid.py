@@ -69,8 +69,8 @@ SETS = ("lava", "norse_a", "norse_b")
 # --------------------------------------------------------------------- metrics ---
 
 def _fid(fa, fb) -> float:
-    from spikediff import metrics
-    return metrics.frechet_distance(*metrics.feature_stats(fa), *metrics.feature_stats(fb))
+    from spikediff.evaluate import fid_of
+    return fid_of(fa, fb)
 
 
 def _kid(fa, fb) -> dict:
@@ -182,12 +182,6 @@ def batches(n: int, batch_size: int) -> list[int]:
     return [min(batch_size, n - s) for s in range(0, n, batch_size)]
 
 
-def _save_npz(path: Path, **arrays) -> None:
-    from spikediff.atomic import atomic_path
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-
 def _load_npz(path: Path):
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -254,6 +248,7 @@ class Generator:
             if d is not None:
                 return d, True
         from hardware import backends as B
+        from spikediff.sample import save_npz
         g = self.info
         kw = dict(grid=g["grid"], mask_id=g["mask_id"], diffusion_steps=g["diffusion_steps"],
                   steps=self.a.steps, temperature=self.a.temperature,
@@ -277,7 +272,7 @@ class Generator:
             wall = time.perf_counter() - t0
             d = {"images": images.numpy(), "tokens": tokens.numpy().astype(np.int32),
                  "wall_s": np.array(wall), "seed": np.array(seed)}
-        _save_npz(p, **d)
+        save_npz(p, **d)
         return d, False
 
     def close(self):
