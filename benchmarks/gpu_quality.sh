@@ -15,6 +15,7 @@
 #
 # Each device call: `bash benchmarks/gpu_quality.sh a .gpu/a` (etc.).
 set -uo pipefail
+[ $# -ge 1 ] || { echo "usage: $0 pack | a|b|c STAGE_DIR (see the header)" >&2; exit 2; }
 stage="$1"; src="${2:-}"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 # Overridable for a dry run on a CPU: W, N, TEMPS, SELECT_N, BUDGET, WAIT_S, DEVICE,

@@ -8,6 +8,7 @@
 # (eval.reconstruction + metrics). Device call, after `gpu_quality.sh pack`:
 #   bash benchmarks/gpu_vq_sweep.sh .gpu/a        (carry .gpu/a)
 set -uo pipefail
+[ $# -eq 1 ] || { echo "usage: $0 STAGE_DIR (e.g. .gpu/a from gpu_quality.sh pack)" >&2; exit 2; }
 src="$1"; repo="$(cd "$(dirname "$0")/.." && pwd)"; W=${W:-/root/sd}; DEVICE=${DEVICE:-cuda}
 mkdir -p $W/runs $W/data && cp -r "$src/site" $W/ && cp -r "$src"/data/* $W/data/
 export PYTHONPATH=$W/site:$repo PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2; PY=${SPIKEDIFF_PY:-python3}

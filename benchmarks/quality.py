@@ -19,6 +19,7 @@ from pathlib import Path
 
 from spikediff import checkpoint
 from spikediff.atomic import write_text
+from spikediff.cli import handle_errors
 from spikediff.evaluate import evaluate
 
 RESULTS = Path(__file__).parent / "results"
@@ -62,7 +63,8 @@ def training_summary(path) -> tuple[str, int, str]:
             ck.get("hardware", "see model card"))
 
 
-def main() -> None:
+@handle_errors
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", help="DATASET[:LABEL]=CHECKPOINT pairs (LABEL names the "
                    "row and result file when one data set has several checkpoints)")
@@ -78,9 +80,11 @@ def main() -> None:
     p.add_argument("--recon-fid", action="store_true",
                    help="also the FID of test-split reconstructions (the VQ-SVAE's ceiling)")
     p.add_argument("--force", action="store_true")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     out = Path(a.results)
     for pair in a.runs:
+        if "=" not in pair:
+            p.error(f"{pair!r}: give DATASET[:LABEL]=CHECKPOINT")
         name, ckpt = pair.split("=", 1)
         ds, _, label = name.partition(":")
         dest = out / f"quality_{label or ds}.json"
@@ -104,4 +108,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
