@@ -56,6 +56,9 @@ class TrainConfig:
     epochs_denoiser: int = 200
     seed: int = 42
     denoiser_batch_size: int = 0  # 0: same as batch_size
+    # "constant" (the paper's) or "cosine": each stage's rate decays to 0 over
+    # its epochs, which settles short runs at a lower loss.
+    lr_schedule: str = "constant"
     # The last `holdout` train images are never trained on: sampling settings
     # (temperature) are chosen on them, never on the test split.
     holdout: int = 2000
@@ -95,6 +98,8 @@ def _update(obj, values: dict, where: str) -> None:
             setattr(obj, key, type(current)(value))
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
 PRESETS: dict[str, dict] = {
     # SPEC section 1: the published architecture and recipe.
     "paper": {},
@@ -130,4 +135,15 @@ def load_config(preset: str = "default", file: str | Path | None = None) -> Conf
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         _update(cfg, values, "config")
+    check(cfg)
     return cfg
+
+
+def check(cfg: Config) -> None:
+    """Settings whose values (not just types) can be wrong."""
+    if cfg.train.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"unknown train.lr_schedule '{cfg.train.lr_schedule}'; "
+                          f"choose one of: {', '.join(LR_SCHEDULES)}")
+    if cfg.denoiser.token_input not in ("raw", "embed"):
+        raise ConfigError(f"unknown denoiser.token_input '{cfg.denoiser.token_input}'; "
+                          "choose raw or embed")

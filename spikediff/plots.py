@@ -24,7 +24,7 @@ def save_loss_plot(history: dict, path) -> None:
     for ax, stage in zip(axes[0], stages):
         rows = history[stage]
         for key in rows[0]:
-            if key not in ("epoch", "seconds", "images_per_s"):
+            if key not in ("epoch", "seconds", "images_per_s", "lr"):
                 ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], marker="o", label=key)
         ax.set(title=stage, xlabel="epoch", yscale="log")
         ax.legend(fontsize=8)

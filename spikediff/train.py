@@ -8,6 +8,7 @@ uninterrupted one would have done.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -32,6 +33,13 @@ def _epochs(cfg: Config, stage: str) -> int:
 
 def _optimizer(cfg: Config, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def _lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """Multiplier of the base rate at `step` of a stage's `total_steps`."""
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
+    return 1.0
 
 
 def _batches(n: int, batch_size: int, seed: int, stage: str, epoch: int):
@@ -92,13 +100,19 @@ class Trainer:
         data = data.to(dev)  # the data sets are small: keep them beside the model
         if len(data) < bs:
             raise SpikediffError(f"{len(data)} training images is fewer than one batch ({bs})")
+        per_epoch = len(data) // bs
         for epoch in range(self.state["epoch"], total):
             net.train()
             t0, seen, sums = time.perf_counter(), 0, {}
             batches = list(_batches(len(data), bs, cfg.train.seed, stage, epoch))
             bar = tqdm(batches, desc=f"{stage} epoch {epoch + 1}/{total}", disable=not self.progress,
                        leave=False, dynamic_ncols=True)
-            for idx in bar:
+            for i, idx in enumerate(bar):
+                # Set from the epoch and batch index alone, so a resumed run follows the same curve.
+                lr = cfg.train.lr * _lr_factor(cfg.train.lr_schedule, epoch * per_epoch + i,
+                                               total * per_epoch)
+                for group in opt.param_groups:
+                    group["lr"] = lr
                 batch = data[idx].to(dev)
                 out = self._step(stage, batch)
                 opt.zero_grad(set_to_none=True)
@@ -113,7 +127,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{out['loss'].item():.4f}", img_s=f"{rate:.0f}")
             wall = time.perf_counter() - t0
             record = {k: v / seen for k, v in sums.items()} | {
-                "epoch": epoch + 1, "seconds": wall, "images_per_s": seen / wall}
+                "epoch": epoch + 1, "lr": lr, "seconds": wall, "images_per_s": seen / wall}
             self.state["history"][stage].append(record)
             self.state["seconds"][stage] = self.state["seconds"].get(stage, 0.0) + wall
             self.state["epoch"] = epoch + 1
@@ -171,6 +185,10 @@ class Trainer:
 def _extend(state: dict, extend: dict[str, int]) -> None:
     """Raises epoch counts of a resumed run; a finished run goes back to its denoiser stage."""
     hist, train_cfg = state["history"], state["config"]["train"]
+    if extend and train_cfg.get("lr_schedule", "constant") != "constant":
+        raise SpikediffError(f"this run's learning rate follows a {train_cfg['lr_schedule']} "
+                             "schedule fixed by its epoch counts; training it further would not "
+                             "match any fresh run: start a new run with more epochs")
     for key, n in extend.items():
         stage = "vq" if key == "epochs_vq" else "denoiser"
         flag = "--" + key.replace("_", "-")

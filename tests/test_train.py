@@ -133,3 +133,45 @@ def test_time_budget_ends_denoiser_stage_and_says_so(tiny_mnist, tmp_path):
     assert ckpt["stage"] == "done" and len(ckpt["history"]["denoiser"]) == 1
     assert ckpt["stopped_by_time_budget"] == {"after_epoch": 1, "of": 3}
     assert ckpt["config"]["train"]["epochs_denoiser"] == 1
+
+
+def test_cosine_schedule_decays_and_resumes_exactly(tiny_mnist, tmp_path, monkeypatch, capsys):
+    import pytest
+
+    from spikediff.train import Trainer, _lr_factor
+    assert _lr_factor("cosine", 0, 10) == 1 and abs(_lr_factor("cosine", 5, 10) - 0.5) < 1e-12
+    assert _lr_factor("cosine", 10, 10) < 1e-12 and _lr_factor("constant", 7, 10) == 1
+    cfg = tiny_cfg(epochs_vq=2, epochs_denoiser=1, lr_schedule="cosine")
+    full = checkpoint.load(train(cfg, "mnist", tiny_mnist, tmp_path / "full", progress=False))
+    lrs = [r["lr"] for r in full["history"]["vq"]]
+    assert lrs[0] < cfg.train.lr and lrs[1] < 0.05 * cfg.train.lr  # each epoch's last rate
+
+    snapshot = Trainer._snapshot
+
+    def killed_in_epoch_2(self, stage, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt  # before epoch 2 is saved: the checkpoint holds epoch 1
+        snapshot(self, stage, epoch)
+    monkeypatch.setattr(Trainer, "_snapshot", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, "mnist", tiny_mnist, tmp_path / "killed", progress=False)
+    monkeypatch.setattr(Trainer, "_snapshot", snapshot)
+    assert checkpoint.load(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 1
+    resumed = checkpoint.load(train(None, None, tiny_mnist, tmp_path / "killed", resume=True,
+                                    progress=False))
+    for key in ("vq", "denoiser"):
+        assert all(torch.equal(full[key][k], resumed[key][k]) for k in full[key]), key
+    # Its rate has decayed for the epochs it was given: extending it is refused, clearly.
+    assert main(["train", "--out", str(tmp_path / "full"), "--resume", "--epochs-denoiser", "3",
+                 "--no-progress"]) == 2
+    assert "cosine schedule" in capsys.readouterr().err
+
+
+def test_config_values_are_checked(tmp_path):
+    import pytest
+
+    from spikediff.config import ConfigError
+    f = tmp_path / "c.toml"
+    f.write_text('[train]\nlr_schedule = "linear"\n')
+    with pytest.raises(ConfigError, match="lr_schedule 'linear'.*constant, cosine"):
+        load_config("tiny", f)
