@@ -5,10 +5,10 @@
 # follow each other while the machine is warm:
 #
 #   bash benchmarks/gpu_quality.sh pack    here: fills .gpu/a .gpu/b .gpu/c (git-ignored)
-#   a   (carry .gpu/a) norse/nir, MNIST, KMNIST, FID part 0; smoke-tests CUDA
-#       sampling, then starts the MNIST and KMNIST trainings in the background
+#   a   (carry .gpu/a) norse/nir, MNIST, KMNIST, CIFAR-10, FID part 0; smoke-tests
+#       CUDA sampling, then starts those data sets' trainings in the background
 #   b   (carry .gpu/b) Fashion-MNIST, FID part 1; starts its training
-#   c   (carry .gpu/c) CIFAR-10, FID part 2, checkpoints trained elsewhere;
+#   c   (carry .gpu/c) FID part 2, checkpoints trained elsewhere;
 #       evaluates everything with benchmarks/quality.py and keeps
 #       $OUT/results.tgz current, so a call cut off at its limit still returns
 #       what is done; new checkpoints come back as $OUT/<name>.pt.
@@ -21,36 +21,37 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 # Overridable for a dry run on a CPU: W, N, TEMPS, SELECT_N, BUDGET, WAIT_S, DEVICE,
 # LIMIT (train on that many images), RECON_FID, TRAININGS, EVALS.
 W=${W:-/root/sd}; DEVICE=${DEVICE:-cuda}; LIMIT=${LIMIT:-}; RECON_FID=${RECON_FID---recon-fid}
-N=${N:-5000}; TEMPS=${TEMPS:-0.7,0.8,0.9,1.0}; SELECT_N=${SELECT_N:-1000}
-BUDGET=${BUDGET:-5}; WAIT_S=${WAIT_S:-420}
+N=${N:-5000}; TEMPS=${TEMPS:-0.5,0.6,0.7,0.8,0.9,1.0}; SELECT_N=${SELECT_N:-1000}
+BUDGET=${BUDGET:-7}; WAIT_S=${WAIT_S:-540}
 FID_SHA=7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34
 
 # name  dataset  config (over the default preset)  time budget in minutes
-TRAININGS=${TRAININGS:-"mnist-wide mnist benchmarks/configs/wide.toml $BUDGET
-kmnist-vq30 kmnist benchmarks/configs/kmnist.toml $BUDGET
-fashion-mnist-wide fashion-mnist benchmarks/configs/wide.toml $BUDGET"}
+# (earlier rounds: wide.toml on mnist and fashion-mnist, kmnist.toml; see README)
+TRAININGS=${TRAININGS:-"mnist-cosine mnist benchmarks/configs/vq12-cosine.toml $BUDGET
+mnist-constant mnist benchmarks/configs/vq12-constant.toml $BUDGET
+kmnist-cosine kmnist benchmarks/configs/kmnist-vq100-cosine.toml $BUDGET
+cifar10-cosine cifar10 benchmarks/configs/cifar10-wide-cosine.toml $BUDGET
+fashion-mnist-cosine fashion-mnist benchmarks/configs/vq12-cosine.toml $BUDGET"}
 
 # label  dataset  checkpoint (relative to the repo; "run:NAME" = trained above)
 EVALS=${EVALS:-"mnist mnist spikediff/weights/mnist-default.pt
-fashion-mnist fashion-mnist .gpu/c/ckpt/fashion-mnist.pt
-kmnist kmnist .gpu/c/ckpt/kmnist.pt
-cifar10 cifar10 .gpu/c/ckpt/cifar10.pt
-mnist-cpu mnist .gpu/c/ckpt/mnist-cpu.pt
-mnist-wide mnist run:mnist-wide
-kmnist-vq30 kmnist run:kmnist-vq30
-fashion-mnist-wide fashion-mnist run:fashion-mnist-wide"}
+mnist-cosine mnist run:mnist-cosine
+mnist-constant mnist run:mnist-constant
+kmnist-cosine kmnist run:kmnist-cosine
+cifar10-cosine cifar10 run:cifar10-cosine
+fashion-mnist-cosine fashion-mnist run:fashion-mnist-cosine"}
 
 if [ "$stage" = pack ]; then  # runs here, in the main environment
     site=$("${SPIKEDIFF_PY:-python3}" -c "import norse, os; print(os.path.dirname(os.path.dirname(norse.__file__)))")
     fid=$("${SPIKEDIFF_PY:-python3}" -c "from spikediff.metrics import find_fid_weights; print(find_fid_weights(None))")
     D=${DATA_ROOT:-../shared/datasets}
-    rm -rf .gpu && mkdir -p .gpu/a/site .gpu/a/data .gpu/b/data .gpu/c/data .gpu/c/ckpt
+    rm -rf .gpu && mkdir -p .gpu/a/site .gpu/a/data .gpu/b/data .gpu/c/ckpt
     cp -r "$site"/norse "$site"/nir "$site"/nirtorch .gpu/a/site/
     find .gpu/a/site -name __pycache__ -prune -exec rm -rf {} +
-    split -n 3 -d -a 1 "$fid" .gpu/fid.part && mv .gpu/fid.part0 .gpu/a/ && mv .gpu/fid.part1 .gpu/b/ \
-        && mv .gpu/fid.part2 .gpu/c/
-    cp -r "$D"/mnist "$D"/kmnist .gpu/a/data/; cp -r "$D"/fashion-mnist .gpu/b/data/
-    cp -r "$D"/cifar10 .gpu/c/data/
+    # Uneven parts, so that each call's data plus its part stays under 64 MiB.
+    head -c 20M "$fid" > .gpu/a/fid.part0; tail -c +$((20 * 1048576 + 1)) "$fid" | head -c 26M > .gpu/b/fid.part1
+    tail -c +$((46 * 1048576 + 1)) "$fid" > .gpu/c/fid.part2
+    cp -r "$D"/mnist "$D"/kmnist "$D"/cifar10 .gpu/a/data/; cp -r "$D"/fashion-mnist .gpu/b/data/
     for f in ${CKPTS:-}; do cp "${f#*=}" ".gpu/c/ckpt/${f%%=*}.pt"; done  # NAME=PATH ...
     du -sh .gpu/a .gpu/b .gpu/c; exit 0
 fi
@@ -81,7 +82,7 @@ case "$stage" in
     # Device sampling is what every training's per-epoch snapshot runs: fail here, not there.
     $PY -m spikediff sample --n 64 --batch-size 64 --device $DEVICE --out $W/smoke.png --force --no-progress \
         || { echo "sampling smoke test failed"; exit 1; }
-    start_trainings mnist kmnist; sleep 15; tail -n 2 $W/logs/*.log ;;
+    start_trainings mnist kmnist cifar10; sleep 15; tail -n 2 $W/logs/*.log ;;
   b)
     start_trainings fashion-mnist; sleep 5; tail -n 2 $W/logs/*.log ;;
   c)
