@@ -29,7 +29,7 @@ from spikediff.data import load_images
 from spikediff.evaluate import reconstruction
 W, dev, out = sys.argv[1:]
 test = load_images("mnist", f"{W}/data", "test").images
-for n in ["base", "t8", "wide", "codes512"]:
+for n in sorted(p.stem for p in Path("benchmarks/configs/vq").glob("*.toml")):  # as trained above
     try:
         ck = checkpoint.load(f"{W}/runs/vq-{n}/checkpoint.pt")
     except Exception as e:

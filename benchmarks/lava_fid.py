@@ -62,6 +62,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from spikediff.cli import handle_errors  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 SETS = ("lava", "norse_a", "norse_b")
 
@@ -293,6 +295,7 @@ def default_data_root():
     return str(shared) if shared.is_dir() else None
 
 
+@handle_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
