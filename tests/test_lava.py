@@ -148,7 +148,8 @@ def conv_graph(rng):
 
 
 def misc_graph(rng):
-    """IF, CubaLIF, two edges summing into one node, Linear, Scale, skip connection."""
+    """IF, CubaLIF (with a resting potential v_leak != 0, which must enter v, not the
+    synaptic current), two edges summing into one node, Linear, Scale, skip connection."""
     n_in, n1, n2 = 6, 8, 5
     nodes = {
         "input": nir.Input(input_type={"input": np.array([n_in])}),
@@ -158,7 +159,7 @@ def misc_graph(rng):
         "skip": nir.Linear(weight=q(rng, (n2, n_in), 0.5)),
         "scale": nir.Scale(scale=np.full(n2, 2.0)),
         "cuba": nir.CubaLIF(tau_syn=np.full(n2, 2 * DT), tau_mem=np.full(n2, 2 * DT), r=np.ones(n2),
-                            v_leak=np.zeros(n2), v_threshold=np.full(n2, 0.25),
+                            v_leak=np.full(n2, 0.0625), v_threshold=np.full(n2, 0.25),
                             v_reset=np.zeros(n2), w_in=np.ones(n2)),
         "fc3": nir.Affine(weight=q(rng, (3, n2), 0.8), bias=q(rng, (3,), 0.2)),
         "output": nir.Output(output_type={"output": np.array([3])}),

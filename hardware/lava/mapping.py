@@ -14,9 +14,8 @@ Two stages:
   relays on the shorter paths so every input arrives with the same lag.
 * :class:`LavaNet` builds the Lava processes for a batch of B samples (B
   parallel copies folded into one population: block-diagonal weights, index
-  ``b * n + i``), runs them for ``T + max_lag`` steps, and can be reset and
-  re-run with new inputs without rebuilding (state, synaptic buffers and the
-  input ring buffer are overwritten through ``Var.set``).
+  ``b * n + i``), runs them for ``T + max_lag`` steps, and can be re-run with
+  new inputs without rebuilding (see its docstring).
 
 Mapping of the discrete NIR semantics (one step of dt, see hardware/lava/README
 in the client docstring) onto Lava's LIF  ``u <- u(1-du) + a_in``,
@@ -33,7 +32,9 @@ CubaLIF     dt/ts  dt/tm       r dt/tm * w_in * dt/ts            v_leak dt/tm
 ==========  =====  ==========  ================================  ==============
 
 A synapse bias b (Affine / Conv2d) becomes ``g * b`` added to the target's bias
-(not allowed into CubaLIF, where it would have to enter the current).
+(not allowed into CubaLIF, where it would have to enter the current). The bias
+is the LIF's own ``bias_mant``, added to v at every Lava step: what it does
+before a neuron's (lagged) inputs arrive is wiped by the LIFReset there.
 """
 
 from __future__ import annotations
@@ -222,7 +223,6 @@ class Population:
     vth: float = FLOAT_NEVER_SPIKE
     gain: np.ndarray | None = None   # per neuron scale g of incoming weights
     bias: np.ndarray | None = None   # per neuron bias added to v each step
-    clock: int | None = None         # bias clock source: ones from Lava step clock-1 on
 
     @property
     def size(self):
@@ -392,16 +392,6 @@ def plan_graph(graph: "nir.NIRGraph", dt: float = 1e-3) -> Plan:
         pop.lag = lag if terms else 1
         plan.pops[name] = pop
         shapes[name] = pop.shape
-        if np.any(pop.bias):
-            # A constant bias must start when the (lagged) inputs start, not at
-            # Lava step 0: feed it as a synapse from a clock source that turns
-            # on at step lag-1 (exact, and what a chip would do with a bias
-            # axon); the LIF's own bias_mant stays 0.
-            cname = f"__clock{pop.lag}"
-            if cname not in plan.pops:
-                plan.pops[cname] = Population(cname, "Input", (1,), lag=0, clock=pop.lag)
-            plan.links.append(Link(cname, name, sp.csr_matrix(pop.bias.reshape(-1, 1))))
-            pop.bias = np.zeros_like(pop.bias)
         for s_, m in terms.items():
             m = sp.diags(pop.gain) @ m
             m = m.tocsr()
@@ -479,7 +469,8 @@ def _neuron_population(name, kind, node, shp, n, dt):
 #     an 8-bit weight from a clock source; LIFReset zeroes u and v at the first
 #     valid step, so a bias already running during the earlier junk steps is
 #     wiped (and so is every spike it caused, which arrives before the next
-#     layer's reset).
+#     layer's reset).  floating_pt now does the same: a clock link fed the
+#     bias into u, which a CubaLIF (du < 1) filters, so it was wrong there.
 # Result on the same run (real Lava): 99.9 / 99.5 / 98.4 / 97.6 % over the
 # denoiser layers (was 97.2 / 93.4 / 89.8 / 92.3), 100 / 100.0 / 99.99 % for the
 # decoder's (was 99.3 / 98.3 / 98.5); Lava time 15.2 s -> 16.0-17.7 s (the
@@ -503,11 +494,8 @@ def float_currents(plan: Plan, inputs: dict) -> dict:
     vals, obs = {}, {}
     for name, p in plan.pops.items():
         if p.kind == "Input":
-            if p.clock:
-                vals[name] = np.ones((1, T * B))
-            else:
-                x = np.asarray(inputs[name], dtype=np.float64).reshape(T * B, p.size)
-                vals[name] = x.T  # [n, T*B], column t*B + b
+            x = np.asarray(inputs[name], dtype=np.float64).reshape(T * B, p.size)
+            vals[name] = x.T  # [n, T*B], column t*B + b
     for name, p in plan.pops.items():
         if p.kind == "Input":
             continue
@@ -539,16 +527,6 @@ def _pow2_floor(x):
     return 2.0 ** math.floor(math.log2(x))
 
 
-def _constant_bias(plan: Plan, name: str) -> np.ndarray:
-    """A population's bias per step (float): its own plus its clock links'."""
-    p = plan.pops[name]
-    bias = p.bias.copy() if p.bias is not None else np.zeros(p.size)
-    for lk in plan.links:
-        if lk.target == name and plan.pops[lk.source].clock:
-            bias += lk.matrix.toarray().reshape(-1)
-    return bias
-
-
 def _population_scale(plan: Plan, name: str, input_range: dict, observed):
     """(S, worst-case |a_in|): the largest power-of-two S that keeps |a_in| * S,
     the threshold, the bias and |v| * S within Lava's fixed-point ranges."""
@@ -556,7 +534,7 @@ def _population_scale(plan: Plan, name: str, input_range: dict, observed):
     bound = np.zeros(p.size)  # worst case |a_in|: every spike source firing at once
     for lk in plan.links:
         src = plan.pops[lk.source]
-        if lk.target != name or src.clock:  # the bias goes to bias_mant, not a_in
+        if lk.target != name:
             continue
         xm = 1.0 if src.spiking else float(input_range.get(lk.source, 1.0))
         bound += abs(lk.matrix).sum(axis=1).A1 * xm
@@ -568,9 +546,8 @@ def _population_scale(plan: Plan, name: str, input_range: dict, observed):
         cands.append(V_LIMIT / max(abs(p.vth), 1e-12))
     if observed is not None and name in observed and observed[name][1] > 0:
         cands.append(V_LIMIT / (HEADROOM * observed[name][1]))  # 24-bit v (Lava clips it)
-    bias = _constant_bias(plan, name)
-    if np.any(bias):
-        cands.append(BIAS_LIMIT / 64.0 / float(np.abs(bias).max()))
+    if np.any(p.bias):
+        cands.append(BIAS_LIMIT / 64.0 / float(np.abs(p.bias).max()))
     return _pow2_floor(min(cands)), worst
 
 
@@ -612,8 +589,7 @@ def _split_weights(M: sp.csr_matrix):
 def _fixed_params(plan: Plan, input_range: dict, observed: dict | None = None):
     """Per population scale S (float 1.0 == S a_in units), integer bias
     (mantissa, exponent) in v units and worst-case |a_in| (float); per link a
-    list of (weight mantissas, weight_exp) Sparse parts (empty for clock links:
-    their bias is in the LIF)."""
+    list of (weight mantissas, weight_exp) Sparse parts."""
     scales = {}
     for name, p in plan.pops.items():
         if p.kind == "Input":
@@ -625,16 +601,13 @@ def _fixed_params(plan: Plan, input_range: dict, observed: dict | None = None):
             continue
         S, worst[name] = _population_scale(plan, name, input_range, observed)
         scales[name] = S
-        bv = _constant_bias(plan, name) * S * 64.0  # v units
+        bv = p.bias * S * 64.0  # v units
         bmax = float(np.abs(bv).max()) if bv.size else 0.0
         ex = min(max(math.ceil(math.log2(bmax / 4095.0)), 0), 7) if bmax > 0 else 0
         qbias[name] = (np.clip(np.round(bv / 2.0 ** ex), -4095, 4095).astype(np.int32), ex)
     qlinks = []
     for lk in plan.links:
         src = plan.pops[lk.source]
-        if src.clock:
-            qlinks.append([])
-            continue
         S_s = scales[lk.source] if src.kind == "Input" else 1.0  # spikes are 0/1
         qlinks.append(_split_weights((lk.matrix * (scales[lk.target] / S_s)).tocsr()))
     return scales, qlinks, qbias, worst
@@ -684,7 +657,7 @@ class LavaNet:
                                                                    self.observed)
         self.dir = tempfile.mkdtemp(prefix="spikediff-lavanet-")
         self.procs, self.sources, self.neurons, self.synapses = [], {}, {}, []
-        self.recorders, self.paths, self.clocks = {}, {}, {}
+        self.recorders, self.paths = {}, {}
 
         def mk_sparse(M, graded, e=0):
             W = sp.kron(eyeB, M, format="csr")
@@ -699,15 +672,8 @@ class LavaNet:
         for i, (name, p) in enumerate(plan.pops.items()):
             n = p.size * B
             if p.kind == "Input":
-                if p.clock and self.fixed:
-                    continue  # fixed_pt: the bias is the LIF's bias_mant
                 path = os.path.join(self.dir, f"in{i}.npy")
                 self.paths[name] = path
-                if p.clock:
-                    data = np.zeros((n, N), dtype=np.float64)
-                    data[:, p.clock - 1:] = 1.0
-                    np.save(path, data)
-                    self.clocks[name] = path
                 src = FileSource(shape=(n,), steps=N, path=path)
                 self.sources[name] = src
                 self.procs.append(src)
@@ -727,8 +693,6 @@ class LavaNet:
 
         for i, lk in enumerate(plan.links):
             src = plan.pops[lk.source]
-            if src.clock and self.fixed:
-                continue
             out = self.sources[lk.source].s_out if src.kind == "Input" else self.neurons[lk.source].s_out
             graded = src.kind == "Input"
             for _ in range(lk.relays):  # identity delay stages
@@ -783,12 +747,10 @@ class LavaNet:
 
         B, T, N = self.B, self.T, self.N
         t0 = time.perf_counter()
-        missing = set(self.sources) - set(self.clocks) - set(inputs)
+        missing = set(self.sources) - set(inputs)
         if missing:
             raise MappingError(f"no input data for input node(s) {sorted(missing)}")
         for name in self.sources:
-            if name in self.clocks:
-                continue
             x = np.asarray(inputs[name], dtype=np.float64)
             p = self.plan.pops[name]
             if x.ndim < 2 or x.shape[0] != T or x.shape[1] != B or int(np.prod(x.shape[2:])) != p.size:
