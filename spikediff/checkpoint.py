@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, ema
 from .atomic import atomic_path
 from .config import Config
 from .errors import SpikediffError
@@ -58,19 +58,29 @@ def load(path: str | Path | None) -> dict:
     return ckpt
 
 
-def model_from(ckpt: dict) -> SpikingDiffusion:
+WEIGHTS = ("ema", "raw")
+
+
+def model_from(ckpt: dict, weights: str = "ema") -> SpikingDiffusion:
+    """The model; its denoiser has the averaged weights where the run kept an
+    average (train.ema_decay > 0) unless weights="raw" (the last step's)."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     cfg = Config.from_dict(ckpt["config"])
     data = ckpt["data"]
     model = build_model(cfg, data["channels"], data["image_size"])
     model.vq.load_state_dict(ckpt["vq"])
-    if ckpt.get("denoiser") is not None:
+    if weights == "ema" and ckpt.get("denoiser_ema") is not None:
+        model.denoiser.load_state_dict(ema.module_weights(ckpt["denoiser_ema"]))
+    elif ckpt.get("denoiser") is not None:
         model.denoiser.load_state_dict(ckpt["denoiser"])
     return model.eval()
 
 
-def load_model(path: str | Path | None, *, need_denoiser: bool = True) -> SpikingDiffusion:
+def load_model(path: str | Path | None, *, need_denoiser: bool = True,
+               weights: str = "ema") -> SpikingDiffusion:
     ckpt = load(path)
     if need_denoiser and ckpt.get("denoiser") is None:
         raise CheckpointError(f"{resolve(path)} holds only a trained VQ-SVAE (stage 1); "
                               "train the denoiser first: spikediff train --stage denoiser --resume")
-    return model_from(ckpt)
+    return model_from(ckpt, weights)

@@ -52,6 +52,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--weights", choices=["ema", "raw"], default="ema",
+                   help="denoiser weights of a run that kept an average (train.ema_decay): the "
+                   "average (default) or the last step's")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file overriding the preset (sections vq, denoiser, "
                    "diffusion, train)")
     p.add_argument("--stage", choices=["both", "vq", "denoiser"], default="both")
+    p.add_argument("--vq-from", metavar="CKPT", help="start a new run at the denoiser stage on "
+                   "the trained VQ-SVAE of CKPT (its VQ settings, data set and holdout)")
     p.add_argument("--epochs-vq", type=int)
     p.add_argument("--epochs-denoiser", type=int)
     p.add_argument("--batch-size", type=int)
@@ -125,11 +130,15 @@ def cmd_train(a) -> int:
         cfg = load_config(a.preset, a.config)
         for key, value in overrides.items():
             setattr(cfg.train, key, value)
+    if a.vq_from and a.stage == "vq":
+        raise SpikediffError("--vq-from takes a trained VQ-SVAE and trains the denoiser; "
+                             "it cannot go with --stage vq")
     stages = ("vq", "denoiser") if a.stage == "both" else (a.stage,)
     path = train(cfg, a.dataset, a.data_root, a.out, stages=stages, device=pick_device(a.device),
                  resume=a.resume, limit=a.limit, image_size=a.image_size,
                  rgb=False if a.grayscale else None, download=a.download, folder=a.folder,
-                 progress=not a.no_progress, time_budget_min=a.time_budget, extend=extend)
+                 progress=not a.no_progress, time_budget_min=a.time_budget, extend=extend,
+                 vq_from=a.vq_from)
     print(f"checkpoint: {path}")
     return 0
 
@@ -150,7 +159,7 @@ def cmd_sample(a) -> int:
     _refuse_overwrite([a.out, a.npz], a.force)
     if a.n < 1:
         raise SpikediffError("--n must be at least 1")
-    model = checkpoint.load_model(a.checkpoint)
+    model = checkpoint.load_model(a.checkpoint, weights=a.weights)
     t0 = time.perf_counter()
     images, tokens = generate(model, a.n, temperature=a.temperature, steps=a.steps, seed=a.seed,
                               batch_size=a.batch_size, device=pick_device(a.device),
@@ -175,6 +184,9 @@ def cmd_info(a) -> int:
             last = rows[-1]
             print(f"{stage}: {len(rows)} epochs, {ckpt['seconds'].get(stage, 0):.0f} s; last: "
                   + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch"))
+    if ckpt.get("denoiser_ema") is not None:
+        print(f"denoiser: averaged weights (EMA decay {ckpt['config']['train']['ema_decay']}) are "
+              "used for sampling and export; --weights raw gives the last step's")
     print(f"code version: {ckpt.get('code_version', '?')}")
     return 0
 

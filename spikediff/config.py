@@ -60,6 +60,9 @@ class TrainConfig:
     # its epochs. Side by side on MNIST it gave no gain (README), so presets
     # keep the constant rate.
     lr_schedule: str = "constant"
+    # > 0: also keep an exponential moving average of the denoiser's weights
+    # with this decay per step; sampling, evaluation and export then use it.
+    ema_decay: float = 0.0
     # The last `holdout` train images are never trained on: sampling settings
     # (temperature) are chosen on them, never on the test split.
     holdout: int = 2000
@@ -147,6 +150,8 @@ def check(cfg: Config) -> None:
     if cfg.train.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"unknown train.lr_schedule '{cfg.train.lr_schedule}'; "
                           f"choose one of: {', '.join(LR_SCHEDULES)}")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must be in [0, 1) (0: off), got {cfg.train.ema_decay}")
     if cfg.denoiser.token_input not in ("raw", "embed"):
         raise ConfigError(f"unknown denoiser.token_input '{cfg.denoiser.token_input}'; "
                           "choose raw or embed")

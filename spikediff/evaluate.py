@@ -78,9 +78,10 @@ def reconstruction(model, images_u8: torch.Tensor, device, batch_size=500):
 
 def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temperatures=None,
              select_n=1000, steps=None, seed=0, batch_size=256, device="cpu", fid_weights=None,
-             paper_protocol=True, recon_fid=False, progress=True) -> dict:
+             paper_protocol=True, recon_fid=False, progress=True, weights="ema",
+             select_only=False) -> dict:
     ckpt = checkpoint.load(ckpt_path)
-    model = checkpoint.model_from(ckpt)
+    model = checkpoint.model_from(ckpt, weights)
     d = ckpt["data"]
     if d["name"] != dataset:
         raise SpikediffError(f"the checkpoint was trained on {d['name']}, not {dataset}; "
@@ -89,9 +90,12 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
     net = metrics.FIDNetwork(fid_weights, device=device)
     cache = metrics.FeatureCache()
     ckpt_id = metrics.file_sha256(checkpoint.resolve(ckpt_path))[:16]
+    if ckpt.get("denoiser_ema") is not None:
+        ckpt_id += f"-{weights}"  # the two denoisers' samples are cached apart
     t0 = time.perf_counter()
     result = {"checkpoint": str(checkpoint.resolve(ckpt_path)), "dataset": dataset,
-              "network": net.name, "seed": seed, "steps": steps or model.diffusion_steps}
+              "network": net.name, "seed": seed, "steps": steps or model.diffusion_steps,
+              "denoiser_weights": weights if ckpt.get("denoiser_ema") is not None else "raw"}
 
     if temperature is None and temperatures:
         if not d.get("holdout"):
@@ -110,6 +114,9 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
             "fid_by_temperature": {str(k): v for k, v in scores.items()}}
     temperature = model.config.diffusion.temperature if temperature is None else temperature
     result["temperature"] = temperature
+    if select_only:  # tuning: the test split stays untouched
+        result["seconds"] = time.perf_counter() - t0
+        return result
 
     ref, test = reference_features(net, cache, dataset, data_root, "test", size, rgb, progress)
     feats, images = sample_features(net, cache, model, n, temperature, steps, seed, batch_size,
@@ -133,7 +140,17 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
 
 
 def format_result(r: dict) -> str:
-    lines = [f"checkpoint: {r['checkpoint']}", f"network: {r['network']}",
+    if "fid" not in r:  # --select-only
+        sel = r["temperature_selection"]
+        return "\n".join([f"checkpoint: {r['checkpoint']} ({r['denoiser_weights']} denoiser "
+                          "weights)", f"network: {r['network']}",
+                          f"FID of {sel['n']} samples vs the {sel['on']}:"]
+                         + [f"  temperature {t}: {v:.2f}"
+                            for t, v in sel["fid_by_temperature"].items()]
+                         + [f"best: {r['temperature']}"])
+    lines = [f"checkpoint: {r['checkpoint']}"
+             + (" (averaged denoiser weights)" if r.get("denoiser_weights") == "ema" else ""),
+             f"network: {r['network']}",
              f"temperature: {r['temperature']}" + (
                  f" (chosen on {r['temperature_selection']['on']})"
                  if "temperature_selection" in r else ""),
@@ -166,10 +183,15 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--steps", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--weights", choices=checkpoint.WEIGHTS, default="ema",
+                   help="denoiser weights of a run that kept an average (train.ema_decay): the "
+                   "average (default) or the last step's")
     p.add_argument("--device", default="cpu")
     p.add_argument("--fid-weights", help="FID network file (default: search, see docs)")
     p.add_argument("--recon-fid", action="store_true", help="also the FID of the VQ-SVAE's "
                    "reconstructions of the test split: the ceiling for samples (slow on a CPU)")
+    p.add_argument("--select-only", action="store_true", help="with --temperatures: only the "
+                   "held-out FID of each candidate; the test split is not touched")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -180,10 +202,13 @@ def cmd_eval(a) -> int:
     temps = [float(t) for t in a.temperatures.split(",")] if a.temperatures else None
     if a.n < 2:
         raise SpikediffError("--n must be at least 2")
+    if a.select_only and not temps:
+        raise SpikediffError("--select-only compares the --temperatures candidates; give them")
     r = evaluate(a.checkpoint, a.dataset, a.data_root, a.n, temperature=a.temperature,
                  temperatures=temps, select_n=a.select_n, steps=a.steps, seed=a.seed,
                  batch_size=a.batch_size, device=pick_device(a.device),
-                 fid_weights=a.fid_weights, recon_fid=a.recon_fid, progress=not a.no_progress)
+                 fid_weights=a.fid_weights, recon_fid=a.recon_fid, progress=not a.no_progress,
+                 weights=a.weights, select_only=a.select_only)
     print(format_result(r))
     if a.json:
         write_text(a.json, json.dumps(r, indent=2))

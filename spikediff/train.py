@@ -8,6 +8,7 @@ uninterrupted one would have done.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, ema
 from .config import Config
 from .data import load_images
 from .diffusion import diffusion_loss
@@ -57,11 +58,13 @@ class Trainer:
         self.images, self.device, self.progress = images, device, progress
         self.cfg = model.config
         self.model.to(device)
+        self.ema = None  # the denoiser's weight average, when train.ema_decay > 0
 
     def save(self, opt: torch.optim.Optimizer | None) -> None:
         s = self.state
         s["vq"] = self.model.vq.state_dict()
         s["denoiser"] = self.model.denoiser.state_dict() if s["stage"] != "vq" else None
+        s["denoiser_ema"] = self.ema.state_dict() if self.ema is not None else None
         s["optimizer"] = opt.state_dict() if opt is not None else None
         s["rng"] = torch.get_rng_state()
         s["code_version"] = checkpoint.code_version()
@@ -91,6 +94,8 @@ class Trainer:
             model.vq.eval()
             data = self._tokens()
             bs = cfg.train.denoiser_batch_size or cfg.train.batch_size
+            if cfg.train.ema_decay:
+                self.ema = ema.averaged(net, cfg.train.ema_decay, self.state.get("denoiser_ema"))
         opt = _optimizer(cfg, net.parameters())
         if self.state.get("optimizer"):
             opt.load_state_dict(self.state["optimizer"])
@@ -118,6 +123,8 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
                 opt.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(net)
                 self.state["step"] += 1
                 seen += len(idx)
                 for k, v in out.items():
@@ -176,9 +183,12 @@ class Trainer:
             grid = torch.cat([x.view(4, 8, *x.shape[1:]), recon.view(4, 8, *x.shape[1:])], 1)
             save_grid(grid.flatten(0, 1), self.out_dir / f"recon_e{epoch:03d}.png", nrow=8)
         else:
-            self.model.eval()
+            model = self.model
+            if self.ema is not None:  # show what sampling from the checkpoint will give
+                model = dataclasses.replace(model, denoiser=self.ema.module)
+            model.eval()
             g = torch.Generator().manual_seed(self.cfg.train.seed)
-            images, _ = self.model.generate(64, generator=g, device=self.device)
+            images, _ = model.generate(64, generator=g, device=self.device)
             save_grid(images, self.out_dir / f"samples_e{epoch:03d}.png", nrow=8)
 
 
@@ -226,9 +236,11 @@ def new_state(cfg: Config, data_info: dict) -> dict:
 def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES, device="cpu",
           resume=False, limit: int | None = None, image_size=None, rgb=None, download=False,
           folder=None, progress=True, time_budget_min: float | None = None,
-          extend: dict[str, int] | None = None) -> Path:
+          extend: dict[str, int] | None = None, vq_from=None) -> Path:
     """Trains the given stages into out_dir. With resume, `extend` ({"epochs_vq" or
-    "epochs_denoiser": n}) raises a run's epoch counts to train it further."""
+    "epochs_denoiser": n}) raises a run's epoch counts to train it further.
+    With vq_from (a checkpoint path), a new run starts at the denoiser stage on
+    that checkpoint's VQ-SVAE, its data settings and holdout."""
     deadline = time.monotonic() + 60 * time_budget_min if time_budget_min else None
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
@@ -242,6 +254,21 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
     elif ckpt_path.exists():
         raise SpikediffError(f"{ckpt_path} exists: pass --resume to continue that run, "
                              "or choose another --out")
+    source = None
+    if vq_from is not None and not resume:
+        source = checkpoint.load(vq_from)
+        d = source["data"]
+        unfinished = source["stage"] == "vq" and source["epoch"] < source["config"]["train"]["epochs_vq"]
+        if unfinished or source.get("vq") is None:
+            raise SpikediffError(f"{vq_from} holds no finished VQ-SVAE (its stage 1 is still "
+                                 "running); finish it first with --resume --stage vq")
+        if d["name"] != dataset:
+            raise SpikediffError(f"the VQ-SVAE in {vq_from} was trained on {d['name']}, not "
+                                 f"{dataset}; pass --dataset {d['name']}")
+        cfg.vq = Config.from_dict(source["config"]).vq
+        cfg.train.holdout = d["holdout"]  # the same images stay unseen by both stages
+        image_size, rgb = d["image_size"], d["channels"] == 3
+        stages = ("denoiser",)
     torch.manual_seed(cfg.train.seed)
     imgs = load_images(dataset, data_root, "train", image_size=image_size, rgb=rgb,
                        download=download, folder=folder)
@@ -255,6 +282,11 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
                 "n_train": len(images), "holdout": holdout, "limit": limit,
                 "source_files": [str(p) for p in imgs.source_files]}
         state = new_state(cfg, info)
+        if source is not None:
+            state.update(stage="denoiser", vq=source["vq"],
+                         vq_from=str(checkpoint.resolve(vq_from)))
+            state["history"]["vq"] = source["history"]["vq"]
+            state["seconds"]["vq"] = source["seconds"].get("vq", 0.0)
     model = build_model(cfg, images.shape[1], images.shape[-1])
     if state.get("vq") is not None:
         model.vq.load_state_dict(state["vq"])

@@ -54,3 +54,40 @@ def test_eval_errors(tiny_mnist, tmp_path, monkeypatch, capsys):
     code = main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--data-root",
                  str(tiny_mnist)])
     assert code == 2 and "no checkpoint" in capsys.readouterr().err
+
+
+def test_select_only_tunes_on_held_out_images_per_denoiser_weights(tiny_mnist, tmp_path,
+                                                                    monkeypatch, capsys):
+    from spikediff import evaluate
+    monkeypatch.setenv("SPIKEDIFF_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "tiny_fid.pt"
+    torch.jit.script(TinyFeatures()).save(str(weights))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\nholdout = 16\nema_decay = 0.9\n")
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "mnist", "--data-root", str(tiny_mnist), "--out", str(run),
+                 "--preset", "tiny", "--config", str(cfg), "--no-progress"]) == 0
+    reference = evaluate.reference_features
+
+    def no_test_split(*args, **kw):
+        assert args[4] != "test", "--select-only must not touch the test split"
+        return reference(*args, **kw)
+    monkeypatch.setattr(evaluate, "reference_features", no_test_split)
+    results = {}
+    for w in ("ema", "raw"):
+        out = tmp_path / f"{w}.json"
+        assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--data-root",
+                     str(tiny_mnist), "--temperatures", "0.8,1.0", "--select-n", "8", "--steps", "3",
+                     "--select-only", "--weights", w, "--fid-weights", str(weights), "--json",
+                     str(out), "--no-progress"]) == 0
+        results[w] = json.loads(out.read_text())
+        text = capsys.readouterr().out
+        assert f"({w} denoiser weights)" in text and "temperature 0.8:" in text
+        assert "FID of 8 samples vs the last 16 train images" in text
+    # each denoiser's samples are cached apart (2 temperatures x images and features)
+    for w in ("ema", "raw"):
+        assert len(list((tmp_path / "cache").rglob(f"samples-*-{w}-n8-*.npz"))) == 4, w
+    assert all("fid" not in r for r in results.values())
+    assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--data-root",
+                 str(tiny_mnist), "--select-only"]) == 2
+    assert "give them" in capsys.readouterr().err

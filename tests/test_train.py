@@ -175,3 +175,81 @@ def test_config_values_are_checked(tmp_path):
     f.write_text('[train]\nlr_schedule = "linear"\n')
     with pytest.raises(ConfigError, match="lr_schedule 'linear'.*constant, cosine"):
         load_config("tiny", f)
+    f.write_text('[train]\nema_decay = 1.0\n')
+    with pytest.raises(ConfigError, match="ema_decay must be in"):
+        load_config("tiny", f)
+
+
+def test_ema_weights_average_steps_resume_exactly_and_are_what_sampling_uses(tiny_mnist, tmp_path,
+                                                                             capsys):
+    from spikediff import ema
+    # The average itself: warm-up decay, then the configured one; BN statistics too.
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    avg = ema.averaged(net, 0.5)
+    with torch.no_grad():
+        avg.update_parameters(net)  # the first update copies
+        w0 = net[0].weight.clone()
+        net[0].weight.add_(1.0)
+        net[1].running_mean.fill_(4.0)
+        avg.update_parameters(net)  # n = 1: decay min(0.5, 2 / 11)
+    d = 2 / 11
+    assert torch.allclose(avg.module[0].weight, d * w0 + (1 - d) * (w0 + 1))
+    assert torch.allclose(avg.module[1].running_mean, torch.full((2,), 4.0 * (1 - d)))
+
+    cfg = tiny_cfg(epochs_vq=1, epochs_denoiser=2, ema_decay=0.9)
+    full = checkpoint.load(train(cfg, "mnist", tiny_mnist, tmp_path / "full", progress=False))
+    raw, avg = full["denoiser"], ema.module_weights(full["denoiser_ema"])
+    assert raw.keys() == avg.keys()
+    assert any(not torch.equal(raw[k], avg[k]) for k in raw)
+    # sampling and export load the average; --weights raw the last step's
+    m = checkpoint.model_from(full)
+    assert all(torch.equal(v, avg[k]) for k, v in m.denoiser.state_dict().items())
+    m = checkpoint.model_from(full, "raw")
+    assert all(torch.equal(v, raw[k]) for k, v in m.denoiser.state_dict().items())
+    # the average continues exactly across an extension of a finished run
+    short = tmp_path / "short"
+    train(tiny_cfg(epochs_vq=1, epochs_denoiser=1, ema_decay=0.9), "mnist", tiny_mnist, short,
+          progress=False)
+    train(None, None, tiny_mnist, short, resume=True, progress=False,
+          extend={"epochs_denoiser": 2})
+    ext = checkpoint.load(short / "checkpoint.pt")
+    for k, v in full["denoiser_ema"].items():
+        assert torch.equal(v, ext["denoiser_ema"][k]), k
+    assert main(["info", "--checkpoint", str(short / "checkpoint.pt")]) == 0
+    assert "averaged weights (EMA decay 0.9)" in capsys.readouterr().out
+    out = tmp_path / "raw.png"
+    assert main(["sample", "--checkpoint", str(short / "checkpoint.pt"), "--weights", "raw",
+                 "--n", "2", "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    assert out.is_file()
+
+
+def test_new_denoiser_on_a_trained_vq(tiny_mnist, tmp_path, capsys):
+    first = train(tiny_cfg(epochs_vq=1, epochs_denoiser=1), "mnist", tiny_mnist, tmp_path / "a",
+                  progress=False)
+    src = checkpoint.load(first)
+    run = tmp_path / "b"
+    assert main(["train", "--data-root", str(tiny_mnist), "--out", str(run), "--preset", "tiny",
+                 "--vq-from", str(first), "--epochs-denoiser", "2", "--no-progress"]) == 0
+    new = checkpoint.load(run / "checkpoint.pt")
+    assert new["stage"] == "done" and len(new["history"]["denoiser"]) == 2
+    assert all(torch.equal(v, new["vq"][k]) for k, v in src["vq"].items())  # VQ untouched
+    assert new["history"]["vq"] == src["history"]["vq"] and new["vq_from"] == str(first)
+    assert new["data"]["holdout"] == src["data"]["holdout"]
+    assert not (run / "recon_e001.png").exists()  # no VQ epoch was trained
+    # a VQ-only checkpoint whose stage 1 is unfinished, or another data set: clear errors
+    vq_only = train(tiny_cfg(epochs_vq=2), "mnist", tiny_mnist, tmp_path / "c", stages=("vq",),
+                    progress=False)
+    run2 = tmp_path / "b2"  # a finished VQ-only run serves too
+    assert main(["train", "--data-root", str(tiny_mnist), "--out", str(run2), "--preset", "tiny",
+                 "--vq-from", str(vq_only), "--no-progress"]) == 0
+    state = checkpoint.load(vq_only)
+    state["epoch"] = 1  # as if killed mid-stage
+    checkpoint.atomic_save(state, vq_only)
+    for args, message in [(["--vq-from", str(vq_only)], "no finished VQ-SVAE"),
+                          (["--vq-from", str(first), "--dataset", "fashion-mnist"],
+                           "trained on mnist"),
+                          (["--vq-from", str(first), "--stage", "vq"], "cannot go with --stage vq"),
+                          (["--vq-from", str(tmp_path / "none.pt")], "no checkpoint at")]:
+        code = main(["train", "--data-root", str(tiny_mnist), "--out", str(tmp_path / "d"),
+                     "--preset", "tiny", "--no-progress", *args])
+        assert code == 2 and message in capsys.readouterr().err, args
