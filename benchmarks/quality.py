@@ -42,6 +42,8 @@ def table(rows: dict) -> str:
         if r is None:
             lines.append(f"| {ds} | not measured | | {PAPER_FID[ds]} | | | | | | | {note} |")
             continue
+        if r.get("denoiser_weights") == "ema":
+            note = "; ".join(filter(None, [note, "averaged denoiser weights"]))
         pp = r.get("paper_protocol_fid", {}).get("value")
         pp = f"{pp:.2f}" if pp is not None else "n/a"
         rec = r["reconstruction"]
@@ -79,6 +81,9 @@ def main(argv=None) -> None:
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--recon-fid", action="store_true",
                    help="also the FID of test-split reconstructions (the VQ-SVAE's ceiling)")
+    p.add_argument("--weights", choices=checkpoint.WEIGHTS, default="ema",
+                   help="denoiser weights of runs that kept an average: the average or the "
+                   "last step's (raw)")
     p.add_argument("--force", action="store_true")
     a = p.parse_args(argv)
     out = Path(a.results)
@@ -96,7 +101,7 @@ def main(argv=None) -> None:
                      temperature=temps[0] if len(temps) == 1 else None,
                      temperatures=temps if len(temps) > 1 else None,
                      select_n=a.select_n, device=a.device, fid_weights=a.fid_weights,
-                     batch_size=a.batch_size, recon_fid=a.recon_fid)
+                     batch_size=a.batch_size, recon_fid=a.recon_fid, weights=a.weights)
         r["training"], r["T"], r["hardware"] = training_summary(ckpt)
         write_text(dest, json.dumps(r, indent=2))
         print(f"{label or ds}: FID {r['fid']['value']:.2f} (N={a.n}) -> {dest}")

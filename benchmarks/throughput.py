@@ -3,8 +3,10 @@
 Each measurement runs in its own process so that its peak memory (max RSS)
 is its own. Training: images/s of forward + backward + AdamW step on random
 28x28 images (stage 1) or random code grids (stage 2), median of --repeats
-timed steps after one warm-up step. Sampling: images/s of full generation
-(all diffusion steps, then decoding).
+timed steps after one warm-up step; stage 2 includes the update of the
+denoiser's weight average where the preset keeps one (its median time alone is
+printed too). Sampling: images/s of full generation (all diffusion steps, then
+decoding).
 
     python benchmarks/throughput.py            # CPU, both presets
     python benchmarks/throughput.py --device cuda
@@ -23,6 +25,7 @@ import torch
 
 
 def measure(preset: str, what: str, device: str, repeats: int) -> dict:
+    from spikediff import ema
     from spikediff.config import load_config
     from spikediff.diffusion import diffusion_loss
     from spikediff.model import build_model
@@ -42,6 +45,9 @@ def measure(preset: str, what: str, device: str, repeats: int) -> dict:
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr)
         x = torch.rand(bs, 1, 28, 28, device=device)
         tokens = torch.randint(0, cfg.vq.codebook_size, (bs, 7, 7), device=device)
+        avg = ema.averaged(net, cfg.train.ema_decay) if what == "denoiser" and cfg.train.ema_decay \
+            else None
+        ema_times = []
 
         def step():
             out = model.vq(x) if what == "vq" else diffusion_loss(
@@ -49,6 +55,12 @@ def measure(preset: str, what: str, device: str, repeats: int) -> dict:
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
+            if avg is not None:
+                sync()
+                t0 = time.perf_counter()
+                avg.update_parameters(net)
+                sync()
+                ema_times.append(time.perf_counter() - t0)
         n = bs
     step()
     times = []
@@ -59,7 +71,9 @@ def measure(preset: str, what: str, device: str, repeats: int) -> dict:
         sync()
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    return {"preset": preset, "what": what, "batch": n, "images_per_s": n / med,
+    extra = {"ema_update_ms": 1e3 * statistics.median(ema_times)} if what != "sample" and ema_times \
+        else {}
+    return extra | {"preset": preset, "what": what, "batch": n, "images_per_s": n / med,
             "runs": repeats, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "threads": torch.get_num_threads(), "device": device}
 
@@ -84,7 +98,9 @@ def main() -> None:
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
             print(f"{preset:8s} {what:9s} batch {r['batch']:4d}  {r['images_per_s']:9.1f} img/s "
-                  f"(median of {r['runs']})  peak RSS {r['peak_rss_mb']:7.0f} MB", flush=True)
+                  f"(median of {r['runs']})  peak RSS {r['peak_rss_mb']:7.0f} MB"
+                  + (f"  (weight-average update {r['ema_update_ms']:.1f} ms of each step)"
+                     if "ema_update_ms" in r else ""), flush=True)
     print(json.dumps(rows))
 
 

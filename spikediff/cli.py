@@ -184,6 +184,8 @@ def cmd_info(a) -> int:
             last = rows[-1]
             print(f"{stage}: {len(rows)} epochs, {ckpt['seconds'].get(stage, 0):.0f} s; last: "
                   + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch"))
+    if ckpt.get("vq_from"):
+        print(f"VQ-SVAE taken over from: {ckpt['vq_from']}")
     if ckpt.get("denoiser_ema") is not None:
         print(f"denoiser: averaged weights (EMA decay {ckpt['config']['train']['ema_decay']}) are "
               "used for sampling and export; --weights raw gives the last step's")

@@ -89,7 +89,7 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
     size, rgb = d["image_size"], d["channels"] == 3
     net = metrics.FIDNetwork(fid_weights, device=device)
     cache = metrics.FeatureCache()
-    ckpt_id = metrics.file_sha256(checkpoint.resolve(ckpt_path))[:16]
+    file_id = ckpt_id = metrics.file_sha256(checkpoint.resolve(ckpt_path))[:16]
     if ckpt.get("denoiser_ema") is not None:
         ckpt_id += f"-{weights}"  # the two denoisers' samples are cached apart
     t0 = time.perf_counter()
@@ -133,7 +133,7 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
     if recon_fid:
         # The VQ's ceiling: generated images can only be as good as the codes'
         # decodings, so a sample FID near this one means the decoder limits it.
-        f = _feats(net, recons, cache, f"recon-{ckpt_id}-net{net.sha256[:16]}", progress)
+        f = _feats(net, recons, cache, f"recon-{file_id}-net{net.sha256[:16]}", progress)
         result["reconstruction"]["fid"] = fid_of(f, ref)
     result["seconds"] = time.perf_counter() - t0
     return result

@@ -91,3 +91,33 @@ def test_select_only_tunes_on_held_out_images_per_denoiser_weights(tiny_mnist, t
     assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--data-root",
                  str(tiny_mnist), "--select-only"]) == 2
     assert "give them" in capsys.readouterr().err
+
+
+def test_quality_table_script_with_either_denoiser_weights(tiny_mnist, tmp_path, monkeypatch,
+                                                           capsys):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "quality", Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    monkeypatch.setenv("SPIKEDIFF_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "tiny_fid.pt"
+    torch.jit.script(TinyFeatures()).save(str(weights))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\nema_decay = 0.9\n")
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "mnist", "--data-root", str(tiny_mnist), "--out", str(run),
+                 "--preset", "tiny", "--config", str(cfg), "--no-progress"]) == 0
+    ck, res = str(run / "checkpoint.pt"), tmp_path / "results"
+    common = ["--data-root", str(tiny_mnist), "--n", "8", "--temperatures", "1.0",
+              "--fid-weights", str(weights), "--results", str(res)]
+    assert quality.main([f"mnist:avg={ck}", *common]) == 0
+    assert quality.main([f"mnist:last={ck}", "--weights", "raw", *common]) == 0
+    rows = {w: json.loads((res / f"quality_{w}.json").read_text()) for w in ("avg", "last")}
+    assert rows["avg"]["denoiser_weights"] == "ema" and rows["last"]["denoiser_weights"] == "raw"
+    assert rows["avg"]["fid"]["n_samples"] == 8 and rows["avg"]["T"] == 2
+    md = (res / "quality.md").read_text()
+    assert "| avg | " in md and "| last | " in md and md.count("averaged denoiser weights") == 1
+    assert quality.main([f"mnist:avg={ck}", *common]) == 0  # done rows are skipped
+    assert "exists, skipped" in capsys.readouterr().out

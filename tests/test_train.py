@@ -200,6 +200,10 @@ def test_ema_weights_average_steps_resume_exactly_and_are_what_sampling_uses(tin
     full = checkpoint.load(train(cfg, "mnist", tiny_mnist, tmp_path / "full", progress=False))
     raw, avg = full["denoiser"], ema.module_weights(full["denoiser_ema"])
     assert raw.keys() == avg.keys()
+    plain = checkpoint.load(train(tiny_cfg(epochs_vq=1, epochs_denoiser=2), "mnist", tiny_mnist,
+                                  tmp_path / "plain", progress=False))
+    assert plain.get("denoiser_ema") is None  # the average leaves the training itself unchanged
+    assert all(torch.equal(v, raw[k]) for k, v in plain["denoiser"].items())
     assert any(not torch.equal(raw[k], avg[k]) for k in raw)
     # sampling and export load the average; --weights raw the last step's
     m = checkpoint.model_from(full)
@@ -236,6 +240,8 @@ def test_new_denoiser_on_a_trained_vq(tiny_mnist, tmp_path, capsys):
     assert new["history"]["vq"] == src["history"]["vq"] and new["vq_from"] == str(first)
     assert new["data"]["holdout"] == src["data"]["holdout"]
     assert not (run / "recon_e001.png").exists()  # no VQ epoch was trained
+    assert main(["info", "--checkpoint", str(run / "checkpoint.pt")]) == 0
+    assert f"VQ-SVAE taken over from: {first}" in capsys.readouterr().out
     # a VQ-only checkpoint whose stage 1 is unfinished, or another data set: clear errors
     vq_only = train(tiny_cfg(epochs_vq=2), "mnist", tiny_mnist, tmp_path / "c", stages=("vq",),
                     progress=False)
