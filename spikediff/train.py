@@ -266,6 +266,7 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
             raise SpikediffError(f"the VQ-SVAE in {vq_from} was trained on {d['name']}, not "
                                  f"{dataset}; pass --dataset {d['name']}")
         cfg.vq = Config.from_dict(source["config"]).vq
+        cfg.train.epochs_vq = len(source["history"]["vq"])
         cfg.train.holdout = d["holdout"]  # the same images stay unseen by both stages
         image_size, rgb = d["image_size"], d["channels"] == 3
         stages = ("denoiser",)

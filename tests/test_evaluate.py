@@ -56,17 +56,24 @@ def test_eval_errors(tiny_mnist, tmp_path, monkeypatch, capsys):
     assert code == 2 and "no checkpoint" in capsys.readouterr().err
 
 
-def test_select_only_tunes_on_held_out_images_per_denoiser_weights(tiny_mnist, tmp_path,
-                                                                    monkeypatch, capsys):
-    from spikediff import evaluate
+def tiny_ema_run(tiny_mnist, tmp_path, monkeypatch, train_toml):
+    """(checkpoint, FID stand-in file) of a tiny run that keeps a weight average,
+    with a fresh feature cache."""
     monkeypatch.setenv("SPIKEDIFF_CACHE", str(tmp_path / "cache"))
     weights = tmp_path / "tiny_fid.pt"
     torch.jit.script(TinyFeatures()).save(str(weights))
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[train]\nholdout = 16\nema_decay = 0.9\n")
+    cfg.write_text("[train]\nema_decay = 0.9\n" + train_toml)
     run = tmp_path / "run"
     assert main(["train", "--dataset", "mnist", "--data-root", str(tiny_mnist), "--out", str(run),
                  "--preset", "tiny", "--config", str(cfg), "--no-progress"]) == 0
+    return run / "checkpoint.pt", weights
+
+
+def test_select_only_tunes_on_held_out_images_per_denoiser_weights(tiny_mnist, tmp_path,
+                                                                    monkeypatch, capsys):
+    from spikediff import evaluate
+    ckpt, weights = tiny_ema_run(tiny_mnist, tmp_path, monkeypatch, "holdout = 16\n")
     reference = evaluate.reference_features
 
     def no_test_split(*args, **kw):
@@ -76,7 +83,7 @@ def test_select_only_tunes_on_held_out_images_per_denoiser_weights(tiny_mnist, t
     results = {}
     for w in ("ema", "raw"):
         out = tmp_path / f"{w}.json"
-        assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--data-root",
+        assert main(["eval", "--checkpoint", str(ckpt), "--data-root",
                      str(tiny_mnist), "--temperatures", "0.8", "--select-n", "8", "--steps", "3",
                      "--select-only", "--weights", w, "--fid-weights", str(weights), "--json",
                      str(out), "--no-progress"]) == 0
@@ -88,7 +95,7 @@ def test_select_only_tunes_on_held_out_images_per_denoiser_weights(tiny_mnist, t
     for w in ("ema", "raw"):
         assert len(list((tmp_path / "cache").rglob(f"samples-*-{w}-n8-*.npz"))) == 2, w
     assert all("fid" not in r for r in results.values())
-    assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--data-root",
+    assert main(["eval", "--checkpoint", str(ckpt), "--data-root",
                  str(tiny_mnist), "--select-only"]) == 2
     assert "give them" in capsys.readouterr().err
 
@@ -101,15 +108,8 @@ def test_quality_table_script_with_either_denoiser_weights(tiny_mnist, tmp_path,
         "quality", Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py")
     quality = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quality)
-    monkeypatch.setenv("SPIKEDIFF_CACHE", str(tmp_path / "cache"))
-    weights = tmp_path / "tiny_fid.pt"
-    torch.jit.script(TinyFeatures()).save(str(weights))
-    cfg = tmp_path / "c.toml"
-    cfg.write_text("[train]\nema_decay = 0.9\n")
-    run = tmp_path / "run"
-    assert main(["train", "--dataset", "mnist", "--data-root", str(tiny_mnist), "--out", str(run),
-                 "--preset", "tiny", "--config", str(cfg), "--no-progress"]) == 0
-    ck, res = str(run / "checkpoint.pt"), tmp_path / "results"
+    ckpt, weights = tiny_ema_run(tiny_mnist, tmp_path, monkeypatch, "")
+    ck, res = str(ckpt), tmp_path / "results"
     common = ["--data-root", str(tiny_mnist), "--n", "8", "--temperatures", "1.0",
               "--fid-weights", str(weights), "--results", str(res)]
     assert quality.main([f"mnist:avg={ck}", *common]) == 0

@@ -239,6 +239,7 @@ def test_new_denoiser_on_a_trained_vq(tiny_mnist, tmp_path, capsys):
     assert all(torch.equal(v, new["vq"][k]) for k, v in src["vq"].items())  # VQ untouched
     assert new["history"]["vq"] == src["history"]["vq"] and new["vq_from"] == str(first)
     assert new["data"]["holdout"] == src["data"]["holdout"]
+    assert new["config"]["vq"] == src["config"]["vq"] and new["config"]["train"]["epochs_vq"] == 1
     assert not (run / "recon_e001.png").exists()  # no VQ epoch was trained
     assert main(["info", "--checkpoint", str(run / "checkpoint.pt")]) == 0
     assert f"VQ-SVAE taken over from: {first}" in capsys.readouterr().out
