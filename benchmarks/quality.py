@@ -19,7 +19,7 @@ from pathlib import Path
 
 from spikediff import checkpoint
 from spikediff.atomic import write_text
-from spikediff.cli import handle_errors
+from spikediff.cli import add_weights_arg, handle_errors
 from spikediff.evaluate import evaluate
 
 RESULTS = Path(__file__).parent / "results"
@@ -81,9 +81,7 @@ def main(argv=None) -> None:
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--recon-fid", action="store_true",
                    help="also the FID of test-split reconstructions (the VQ-SVAE's ceiling)")
-    p.add_argument("--weights", choices=checkpoint.WEIGHTS, default="ema",
-                   help="denoiser weights of runs that kept an average: the average or the "
-                   "last step's (raw)")
+    add_weights_arg(p)
     p.add_argument("--force", action="store_true")
     a = p.parse_args(argv)
     out = Path(a.results)

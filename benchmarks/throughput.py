@@ -35,6 +35,7 @@ def measure(preset: str, what: str, device: str, repeats: int) -> dict:
     model = build_model(cfg, 1, 28).to(device)
     bs = cfg.train.batch_size
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    ema_times = []  # the weight average's update, where stage 2 keeps one
     if what == "sample":
         model.eval()
         n = 8 if preset == "paper" else 64  # the paper model samples ~100x slower on a CPU
@@ -47,7 +48,6 @@ def measure(preset: str, what: str, device: str, repeats: int) -> dict:
         tokens = torch.randint(0, cfg.vq.codebook_size, (bs, 7, 7), device=device)
         avg = ema.averaged(net, cfg.train.ema_decay) if what == "denoiser" and cfg.train.ema_decay \
             else None
-        ema_times = []
 
         def step():
             out = model.vq(x) if what == "vq" else diffusion_loss(
@@ -71,8 +71,7 @@ def measure(preset: str, what: str, device: str, repeats: int) -> dict:
         sync()
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    extra = {"ema_update_ms": 1e3 * statistics.median(ema_times)} if what != "sample" and ema_times \
-        else {}
+    extra = {"ema_update_ms": 1e3 * statistics.median(ema_times)} if ema_times else {}
     return extra | {"preset": preset, "what": what, "batch": n, "images_per_s": n / med,
             "runs": repeats, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "threads": torch.get_num_threads(), "device": device}

@@ -52,7 +52,13 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--weights", choices=["ema", "raw"], default="ema",
+    add_weights_arg(p)
+
+
+def add_weights_arg(p: argparse.ArgumentParser) -> None:
+    """--weights: which denoiser of a run that kept a weight average to load."""
+    from .checkpoint import WEIGHTS
+    p.add_argument("--weights", choices=WEIGHTS, default="ema",
                    help="denoiser weights of a run that kept an average (train.ema_decay): the "
                    "average (default) or the last step's")
 

@@ -89,13 +89,14 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
     size, rgb = d["image_size"], d["channels"] == 3
     net = metrics.FIDNetwork(fid_weights, device=device)
     cache = metrics.FeatureCache()
+    has_average = ckpt.get("denoiser_ema") is not None
     file_id = ckpt_id = metrics.file_sha256(checkpoint.resolve(ckpt_path))[:16]
-    if ckpt.get("denoiser_ema") is not None:
+    if has_average:
         ckpt_id += f"-{weights}"  # the two denoisers' samples are cached apart
     t0 = time.perf_counter()
     result = {"checkpoint": str(checkpoint.resolve(ckpt_path)), "dataset": dataset,
               "network": net.name, "seed": seed, "steps": steps or model.diffusion_steps,
-              "denoiser_weights": weights if ckpt.get("denoiser_ema") is not None else "raw"}
+              "denoiser_weights": weights if has_average else "raw"}
 
     if temperature is None and temperatures:
         if not d.get("holdout"):
@@ -169,6 +170,7 @@ def format_result(r: dict) -> str:
 
 
 def add_eval_parser(sub) -> None:
+    from .cli import add_weights_arg
     from .data import DATASETS
     p = sub.add_parser("eval", help="standard FID, KID and reconstruction of a checkpoint",
                        description=__doc__.split("\n\n")[0])
@@ -183,9 +185,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--steps", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--weights", choices=checkpoint.WEIGHTS, default="ema",
-                   help="denoiser weights of a run that kept an average (train.ema_decay): the "
-                   "average (default) or the last step's")
+    add_weights_arg(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--fid-weights", help="FID network file (default: search, see docs)")
     p.add_argument("--recon-fid", action="store_true", help="also the FID of the VQ-SVAE's "

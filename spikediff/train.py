@@ -256,6 +256,9 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
                              "or choose another --out")
     source = None
     if vq_from is not None and not resume:
+        if not Path(vq_from).is_file():  # load()'s own message speaks of --checkpoint
+            raise SpikediffError(f"--vq-from: no checkpoint at {vq_from}; give a checkpoint.pt "
+                                 "whose VQ-SVAE stage is trained")
         source = checkpoint.load(vq_from)
         d = source["data"]
         unfinished = source["stage"] == "vq" and source["epoch"] < source["config"]["train"]["epochs_vq"]
