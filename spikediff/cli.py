@@ -195,6 +195,10 @@ def cmd_info(a) -> int:
     if ckpt.get("denoiser_ema") is not None:
         print(f"denoiser: averaged weights (EMA decay {ckpt['config']['train']['ema_decay']}) are "
               "used for sampling and export; --weights raw gives the last step's")
+    if ckpt["config"]["train"].get("adversarial_weight"):
+        t = ckpt["config"]["train"]
+        print(f"VQ-SVAE trained with an adversarial term (weight {t['adversarial_weight']}, from "
+              f"step {t['adversarial_start']}); its discriminator is not part of the model")
     print(f"code version: {ckpt.get('code_version', '?')}")
     return 0
 

@@ -63,6 +63,11 @@ class TrainConfig:
     # > 0: also keep an exponential moving average of the denoiser's weights
     # with this decay per step; sampling, evaluation and export then use it.
     ema_decay: float = 0.0
+    # > 0: the VQ-SVAE's loss also has a patch discriminator's adversarial
+    # term with this weight (times the VQGAN gradient-norm ratio), from VQ step
+    # `adversarial_start` on; the discriminator is training-only (adversarial.py).
+    adversarial_weight: float = 0.0
+    adversarial_start: int = 0
     # The last `holdout` train images are never trained on: sampling settings
     # (temperature) are chosen on them, never on the test split.
     holdout: int = 2000
@@ -156,6 +161,9 @@ def check(cfg: Config) -> None:
                           f"choose one of: {', '.join(LR_SCHEDULES)}")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay must be in [0, 1) (0: off), got {cfg.train.ema_decay}")
+    if cfg.train.adversarial_weight < 0 or cfg.train.adversarial_start < 0:
+        raise ConfigError("train.adversarial_weight and train.adversarial_start must be >= 0 "
+                          "(weight 0: off)")
     if cfg.denoiser.token_input not in ("raw", "embed"):
         raise ConfigError(f"unknown denoiser.token_input '{cfg.denoiser.token_input}'; "
                           "choose raw or embed")

@@ -24,7 +24,7 @@ from .sample import generate
 PAPER_N = 1280
 
 
-def _feats(net, images01, cache, key, progress):
+def cached_features(net, images01, cache, key, progress):
     return metrics.features_resumable(net, images01, cache, key, progress=progress)
 
 
@@ -38,7 +38,7 @@ def reference_features(net, cache, dataset, data_root, split, image_size, rgb, p
         images = images[len(images) - holdout_of:]
         tag = f"{split}-holdout{holdout_of}"
     key = metrics.reference_key(dataset, tag, tuple(images.shape[1:]), data.source_files, net)
-    return _feats(net, images.float() / 255, cache, key, progress), data
+    return cached_features(net, images.float() / 255, cache, key, progress), data
 
 
 def fid_of(feats_a, feats_b) -> float:
@@ -58,7 +58,7 @@ def sample_features(net, cache, model, n, temperature, steps, seed, batch_size, 
         images, _ = generate(model, n, temperature=temperature, steps=steps, seed=seed,
                              batch_size=batch_size, device=device, progress=progress)
         cache.put(key + "/images", images=images.numpy())
-    return _feats(net, images, cache, key, progress), images
+    return cached_features(net, images, cache, key, progress), images
 
 
 @torch.no_grad()
@@ -134,7 +134,7 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
     if recon_fid:
         # The VQ's ceiling: generated images can only be as good as the codes'
         # decodings, so a sample FID near this one means the decoder limits it.
-        f = _feats(net, recons, cache, f"recon-{file_id}-net{net.sha256[:16]}", progress)
+        f = cached_features(net, recons, cache, f"recon-{file_id}-net{net.sha256[:16]}", progress)
         result["reconstruction"]["fid"] = fid_of(f, ref)
     result["seconds"] = time.perf_counter() - t0
     return result

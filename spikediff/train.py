@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, ema
+from .adversarial import Adversary
 from .config import Config
 from .data import load_images
 from .diffusion import diffusion_loss
@@ -59,12 +60,14 @@ class Trainer:
         self.cfg = model.config
         self.model.to(device)
         self.ema = None  # the denoiser's weight average, when train.ema_decay > 0
+        self.adversary = None  # the VQ stage's discriminator, when train.adversarial_weight > 0
 
     def save(self, opt: torch.optim.Optimizer | None) -> None:
         s = self.state
         s["vq"] = self.model.vq.state_dict()
         s["denoiser"] = self.model.denoiser.state_dict() if s["stage"] != "vq" else None
         s["denoiser_ema"] = self.ema.state_dict() if self.ema is not None else None
+        s["discriminator"] = self.adversary.state_dict() if self.adversary is not None else None
         s["optimizer"] = opt.state_dict() if opt is not None else None
         s["rng"] = torch.get_rng_state()
         s["code_version"] = checkpoint.code_version()
@@ -89,8 +92,14 @@ class Trainer:
             data = self.images
             net.data_variance.fill_((data.float() / 127.5 - 1).var().item())
             bs = cfg.train.batch_size
+            if cfg.train.adversarial_weight:
+                self.adversary = Adversary(model.vq.readout.out_channels,
+                                           cfg.train.adversarial_weight,
+                                           cfg.train.adversarial_start, cfg.train.lr,
+                                           cfg.train.seed, self.state.get("discriminator"), dev)
         else:
             net = model.denoiser
+            self.adversary = None  # a training aid for stage 1 only: not kept past it
             model.vq.eval()
             data = self._tokens()
             bs = cfg.train.denoiser_batch_size or cfg.train.batch_size
@@ -108,7 +117,7 @@ class Trainer:
         per_epoch = len(data) // bs
         for epoch in range(self.state["epoch"], total):
             net.train()
-            t0, seen, sums = time.perf_counter(), 0, {}
+            t0, seen, sums, counts = time.perf_counter(), 0, {}, {}
             batches = list(_batches(len(data), bs, cfg.train.seed, stage, epoch))
             bar = tqdm(batches, desc=f"{stage} epoch {epoch + 1}/{total}", disable=not self.progress,
                        leave=False, dynamic_ncols=True)
@@ -125,15 +134,18 @@ class Trainer:
                 opt.step()
                 if self.ema is not None:
                     self.ema.update_parameters(net)
+                if self.adversary is not None and stage == "vq":
+                    out |= self.adversary.update()
                 self.state["step"] += 1
                 seen += len(idx)
                 for k, v in out.items():
-                    if v.dim() == 0:
+                    if v.dim() == 0:  # per key: some terms start part-way through an epoch
                         sums[k] = sums.get(k, 0.0) + v.item() * len(idx)
+                        counts[k] = counts.get(k, 0) + len(idx)
                 rate = seen / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{out['loss'].item():.4f}", img_s=f"{rate:.0f}")
             wall = time.perf_counter() - t0
-            record = {k: v / seen for k, v in sums.items()} | {
+            record = {k: v / counts[k] for k, v in sums.items()} | {
                 "epoch": epoch + 1, "lr": lr, "seconds": wall, "images_per_s": seen / wall}
             self.state["history"][stage].append(record)
             self.state["seconds"][stage] = self.state["seconds"].get(stage, 0.0) + wall
@@ -156,11 +168,16 @@ class Trainer:
 
     def _step(self, stage: str, batch: torch.Tensor) -> dict:
         if stage == "vq":
-            out = self.model.vq(batch.float() / 255)
+            x = batch.float() / 255
+            out = self.model.vq(x)
             every = self.cfg.vq.restart_every
             if every and self.state["step"] % every == every - 1:
                 self.model.vq.codebook.restart_dead(out["features"])
-            return {k: v for k, v in out.items() if k not in ("images", "codes", "features")}
+            if self.adversary is not None:
+                out = self.adversary.generator_terms(out, x * 2 - 1, self.model.vq.readout.weight,
+                                                     self.state["step"])
+            return {k: v for k, v in out.items()
+                    if k not in ("images", "codes", "features", "output")}
         return diffusion_loss(self.model.denoiser, batch, self.model.diffusion_steps,
                               self.model.denoiser.mask_id)
 

@@ -111,7 +111,8 @@ class VQSVAE(nn.Module):
         rec = F.mse_loss(recon, images01 * 2 - 1) / self.data_variance
         return {"loss": rec + code_loss + align, "recon": rec.detach(),
                 "codebook": code_loss.detach(), "align": align.detach(),
-                "images": (recon.detach() + 1) / 2, "codes": idx, "features": z}
+                "images": (recon.detach() + 1) / 2, "codes": idx, "features": z,
+                "output": recon}
 
     @torch.no_grad()
     def encode(self, images01: torch.Tensor) -> torch.Tensor:

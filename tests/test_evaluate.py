@@ -121,3 +121,33 @@ def test_quality_table_script_with_either_denoiser_weights(tiny_mnist, tmp_path,
     assert "| avg | " in md and "| last | " in md and md.count("averaged denoiser weights") == 1
     assert quality.main([f"mnist:avg={ck}", *common]) == 0  # done rows are skipped
     assert "exists, skipped" in capsys.readouterr().out
+
+
+def test_vq_recon_script_compares_stage_one_runs_on_held_out_images(tiny_mnist, tmp_path,
+                                                                    monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "vq_recon", Path(__file__).resolve().parent.parent / "benchmarks" / "vq_recon.py")
+    vq_recon = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vq_recon)
+    monkeypatch.setenv("SPIKEDIFF_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "tiny_fid.pt"
+    torch.jit.script(TinyFeatures()).save(str(weights))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\nholdout = 16\n")
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "mnist", "--data-root", str(tiny_mnist), "--out", str(run),
+                 "--preset", "tiny", "--config", str(cfg), "--stage", "vq", "--no-progress"]) == 0
+    out = tmp_path / "r.json"
+    args = [str(run / "checkpoint.pt"), "--data-root", str(tiny_mnist), "--fid-weights",
+            str(weights), "--no-progress"]
+    assert vq_recon.main([*args, "--json", str(out)]) == 0
+    [r] = json.loads(out.read_text())
+    assert r["split"] == "holdout" and r["n"] == 16 and r["vq_epochs"] == 1
+    assert r["fid"] > 0 and 0 < r["mse"] and 0 <= r["ssim"] <= 1
+    assert "(N=16)" in capsys.readouterr().out
+    assert vq_recon.main([*args, "--split", "test"]) == 0
+    assert "(N=32)" in capsys.readouterr().out
+    assert vq_recon.main([str(tmp_path / "none.pt"), "--fid-weights", str(weights)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
