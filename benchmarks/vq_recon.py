@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 
-
 from spikediff import checkpoint, metrics
 from spikediff.atomic import write_text
 from spikediff.cli import handle_errors, pick_device
@@ -47,17 +46,19 @@ def recon_quality(path, data_root, split, net, cache, device, progress) -> dict:
 @handle_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint.pt files with a trained VQ-SVAE")
     p.add_argument("--data-root")
-    p.add_argument("--split", choices=("holdout", "test"), default="holdout")
+    p.add_argument("--split", choices=("holdout", "test"), default="holdout",
+                   help="each run's held-out training images (default) or the test split")
     p.add_argument("--device", default="cpu")
     p.add_argument("--fid-weights")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    net = metrics.FIDNetwork(a.fid_weights, device=pick_device(a.device))
+    device = pick_device(a.device)
+    net = metrics.FIDNetwork(a.fid_weights, device=device)
     cache = metrics.FeatureCache()
-    rows = [recon_quality(c, a.data_root, a.split, net, cache, a.device, not a.no_progress)
+    rows = [recon_quality(c, a.data_root, a.split, net, cache, device, not a.no_progress)
             for c in a.checkpoints]
     print(f"| checkpoint | VQ epochs | adversarial weight | MSE | SSIM | recon FID ({a.split}) |")
     print("|---|---|---|---|---|---|")

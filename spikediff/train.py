@@ -134,7 +134,7 @@ class Trainer:
                 opt.step()
                 if self.ema is not None:
                     self.ema.update_parameters(net)
-                if self.adversary is not None and stage == "vq":
+                if self.adversary is not None:  # set in stage 1 only
                     out |= self.adversary.update()
                 self.state["step"] += 1
                 seen += len(idx)
