@@ -30,7 +30,7 @@ FID_SHA=7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34
 # Round 4: every run keeps the denoiser's weight average; KMNIST and CIFAR-10,
 # whose reconstructions cost most of their FID, also train the VQ-SVAE with
 # the adversarial term, and Fashion-MNIST runs with and without it side by
-# side (on the CPU it cut held-out sample FID 117 -> 103, README). Earlier
+# side (on the CPU it cut held-out sample FID 113 -> 103, README). Earlier
 # rounds' lists are in git history; their configs (vq12-constant, vq12-cosine,
 # kmnist, kmnist-vq100-cosine, cifar10-wide-cosine, wide, denoiser96) pin what
 # they were trained with, see README.
