@@ -17,7 +17,7 @@ from spikediff import checkpoint, metrics
 from spikediff.atomic import write_text
 from spikediff.cli import handle_errors, pick_device
 from spikediff.errors import SpikediffError
-from spikediff.evaluate import cached_features, fid_of, reconstruction, reference_features
+from spikediff.evaluate import reconstruction, reconstruction_fid, reference_features
 
 
 def recon_quality(path, data_root, split, net, cache, device, progress) -> dict:
@@ -29,15 +29,14 @@ def recon_quality(path, data_root, split, net, cache, device, progress) -> dict:
     holdout = d["holdout"] if split == "holdout" else None
     if split == "holdout" and not holdout:
         raise SpikediffError(f"{path} kept no held-out training images; use --split test")
-    ref, data = reference_features(net, cache, d["name"], data_root, "train" if holdout else "test",
-                                   d["image_size"], d["channels"] == 3, progress, holdout_of=holdout)
-    images = data.images[len(data.images) - holdout:] if holdout else data.images
+    ref, images = reference_features(net, cache, d["name"], data_root,
+                                     "train" if holdout else "test", d["image_size"],
+                                     d["channels"] == 3, progress, holdout_of=holdout)
     r, recons = reconstruction(model, images, device)
     file_id = metrics.file_sha256(checkpoint.resolve(path))[:16]
-    f = cached_features(net, recons, cache, f"recon-{file_id}-{split}-net{net.sha256[:16]}", progress)
+    r["fid"] = reconstruction_fid(net, cache, recons, ref, file_id, split, progress)
     t = ckpt["config"]["train"]
-    return {"checkpoint": str(path), "dataset": d["name"], "split": split, "n": r["n"],
-            "mse": r["mse"], "ssim": r["ssim"], "fid": fid_of(f, ref),
+    return {"checkpoint": str(path), "dataset": d["name"], "split": split} | r | {
             "vq_epochs": len(ckpt["history"]["vq"]),
             "vq_seconds": ckpt["seconds"].get("vq", 0.0),
             "adversarial_weight": t.get("adversarial_weight", 0.0)}

@@ -24,13 +24,14 @@ from .sample import generate
 PAPER_N = 1280
 
 
-def cached_features(net, images01, cache, key, progress):
+def _feats(net, images01, cache, key, progress):
     return metrics.features_resumable(net, images01, cache, key, progress=progress)
 
 
 def reference_features(net, cache, dataset, data_root, split, image_size, rgb, progress,
                        holdout_of: int | None = None):
-    """FID features of a data split (or of the last `holdout_of` train images)."""
+    """(FID features, uint8 images) of a data split (or of the last `holdout_of`
+    train images)."""
     data = load_images(dataset, data_root, split, image_size=image_size, rgb=rgb)
     images = data.images
     tag = split
@@ -38,7 +39,7 @@ def reference_features(net, cache, dataset, data_root, split, image_size, rgb, p
         images = images[len(images) - holdout_of:]
         tag = f"{split}-holdout{holdout_of}"
     key = metrics.reference_key(dataset, tag, tuple(images.shape[1:]), data.source_files, net)
-    return cached_features(net, images.float() / 255, cache, key, progress), data
+    return _feats(net, images.float() / 255, cache, key, progress), images
 
 
 def fid_of(feats_a, feats_b) -> float:
@@ -58,7 +59,7 @@ def sample_features(net, cache, model, n, temperature, steps, seed, batch_size, 
         images, _ = generate(model, n, temperature=temperature, steps=steps, seed=seed,
                              batch_size=batch_size, device=device, progress=progress)
         cache.put(key + "/images", images=images.numpy())
-    return cached_features(net, images, cache, key, progress), images
+    return _feats(net, images, cache, key, progress), images
 
 
 @torch.no_grad()
@@ -74,6 +75,13 @@ def reconstruction(model, images_u8: torch.Tensor, device, batch_size=500):
         recons.append(r.cpu())
     n = len(images_u8)
     return {"mse": mse / images_u8[0].numel() / n, "ssim": ssim_sum / n, "n": n}, torch.cat(recons)
+
+
+def reconstruction_fid(net, cache, recons, ref, file_id: str, split: str, progress) -> float:
+    """FID of a checkpoint file's reconstructions of a split against that split's
+    features `ref`; the reconstructions' features are cached per file and split."""
+    return fid_of(_feats(net, recons, cache, f"recon-{file_id}-{split}-net{net.sha256[:16]}",
+                         progress), ref)
 
 
 def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temperatures=None,
@@ -119,7 +127,8 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
         result["seconds"] = time.perf_counter() - t0
         return result
 
-    ref, test = reference_features(net, cache, dataset, data_root, "test", size, rgb, progress)
+    ref, test_images = reference_features(net, cache, dataset, data_root, "test", size, rgb,
+                                          progress)
     feats, images = sample_features(net, cache, model, n, temperature, steps, seed, batch_size,
                                     device, progress, ckpt_id)
     result["fid"] = {"value": fid_of(feats, ref), "n_samples": n,
@@ -130,12 +139,12 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
         result["paper_protocol_fid"] = {
             "value": fid_of(feats[:PAPER_N], ref[:PAPER_N]), "n_samples": PAPER_N,
             "reference": f"first {PAPER_N} {dataset} test images"}
-    result["reconstruction"], recons = reconstruction(model, test.images, device)
+    result["reconstruction"], recons = reconstruction(model, test_images, device)
     if recon_fid:
         # The VQ's ceiling: generated images can only be as good as the codes'
         # decodings, so a sample FID near this one means the decoder limits it.
-        f = cached_features(net, recons, cache, f"recon-{file_id}-net{net.sha256[:16]}", progress)
-        result["reconstruction"]["fid"] = fid_of(f, ref)
+        result["reconstruction"]["fid"] = reconstruction_fid(net, cache, recons, ref, file_id,
+                                                             "test", progress)
     result["seconds"] = time.perf_counter() - t0
     return result
 
