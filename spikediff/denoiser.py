@@ -6,7 +6,11 @@ Input options (DenoiserConfig.token_input):
   t, each through a learned 1x1 synapse (an embedding), summed.
 Either way the result is an analog current, repeated over T, into a stack of
 Conv3x3 + BN + LIF layers. A final Conv3x3 over concat(last, first) gives K
-logits per step, averaged over T (host-side readout).
+logits per step, averaged over T (host-side readout). The head is linear, so
+here it is applied once to the spikes' mean over T: the same logits (to float
+rounding) for a quarter of the head's work at T = 4, where the K-channel head
+was over half of the network's multiply-adds. The exported graph keeps the
+per-step form a chip runs (export/nir_graph.py).
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import torch
 from torch import nn
 
 from .config import DenoiserConfig
-from .layers import SpikingConv, conv3x3, fold_time, unfold_time
+from .layers import SpikingConv, conv3x3
 
 
 class SpikingDenoiser(nn.Module):
@@ -35,6 +39,9 @@ class SpikingDenoiser(nn.Module):
         ch = [cin, *cfg.channels]
         self.layers = nn.ModuleList(SpikingConv(conv3x3(a, b), b) for a, b in zip(ch, ch[1:]))
         self.head = conv3x3(ch[-1] + ch[1], codebook_size)
+        # The head's spike input [T, B, C, H, W], as a module so that hooks
+        # (the energy counter) see the spikes, not their mean.
+        self.head_input = nn.Identity()
 
     def input_current(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Analog input [B, C, H, W] for token grids [B, H, W] and steps t [B]."""
@@ -52,8 +59,7 @@ class SpikingDenoiser(nn.Module):
         return out
 
     def readout(self, spikes: list[torch.Tensor]) -> torch.Tensor:
-        both = torch.cat([spikes[-1], spikes[0]], 2)
-        return unfold_time(self.head(fold_time(both)), both.shape[0]).mean(0)
+        return self.head(self.head_input(torch.cat([spikes[-1], spikes[0]], 2)).mean(0))
 
     def forward(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Logits [B, K, H, W] over the clean token at each position."""

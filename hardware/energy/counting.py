@@ -427,7 +427,9 @@ class Recorder:
         out.append(("decoder.readout", vq.readout, vq.cfg.T))
         for i, layer in enumerate(den.layers):
             out.append((f"denoiser.{i}", layer, den.cfg.T))
-        out.append(("denoiser.head", den.head, den.cfg.T))
+        # The head runs once on the spikes' mean over T (denoiser.py); a chip
+        # runs it at every step, so it is counted from its spike input.
+        out.append(("denoiser.head", den.head_input, den.cfg.T))
         return out
 
     def __enter__(self):
@@ -452,7 +454,8 @@ class Recorder:
             if spec.analog:
                 c = count_layer(spec, x, T=T)       # static [B, ...], fed at T steps
             else:
-                x = x.reshape(T, x.shape[0] // T, *x.shape[1:])   # unfold time
+                if x.dim() == 4:  # a synapse's input has time folded into the batch
+                    x = x.reshape(T, x.shape[0] // T, *x.shape[1:])
                 c = count_layer(spec, x)
                 if self.verify:
                     self.tally.brute[spec.name] = (self.tally.brute.get(spec.name, 0)
