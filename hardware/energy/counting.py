@@ -401,9 +401,10 @@ class Recorder:
     """Forward hooks on a SpikingDiffusion's real layers; counts as the model runs.
 
     Hooks sit on every SpikingConv's synapse (its real input) and LIF (its
-    real output spikes), on the decoder readout and the denoiser head. Nothing
-    of the model is re-implemented: run encode_spikes / model.generate as
-    usual inside `with Recorder(model) as rec:` and read `rec.tally`.
+    real output spikes), on the decoder readout and on the denoiser head's
+    spike input. Nothing of the model is re-implemented: run encode_spikes /
+    model.generate as usual inside `with Recorder(model) as rec:` and read
+    `rec.tally`.
     Counting happens inside the hooks so long runs need no memory for spikes.
     verify=True also counts every spike-fed layer by the brute-force method.
     """
