@@ -167,6 +167,8 @@ def test_recorder_on_full_model_matches_brute_force_and_pieces():
         assert t.counts[name].synops == t.brute[name], name
     assert sum(t.counts[n].synops for n in spiking) > 0       # the check saw real spikes
     assert t.counts["denoiser.0"].samples == 2 * 3            # 2 images x 3 sampling steps
+    # the head is counted from its per-step spike input, not the mean over T it runs on
+    assert t.counts["denoiser.head"].samples == 2 * 3
     # the hooks record exactly what the model's pieces produce
     T = m.vq.cfg.T
     direct = count_recording(model_layers(m), {"encoder.0": imgs - 0.5, "encoder.1": enc[0],
