@@ -45,6 +45,9 @@ class DenoiserConfig:
 class DiffusionConfig:
     steps: int = 0  # 0: one step per latent token (49 on 28x28), as published
     temperature: float = 1.0
+    # The training loss: "elbo" (as published, 1/t-weighted) or "uniform"
+    # (the mean CE over masked tokens); see diffusion.py.
+    loss: str = "elbo"
 
 
 @dataclass
@@ -108,6 +111,7 @@ def _update(obj, values: dict, where: str) -> None:
 
 
 LR_SCHEDULES = ("constant", "cosine")
+LOSSES = ("elbo", "uniform")  # diffusion.loss
 
 PRESETS: dict[str, dict] = {
     # SPEC section 1: the published architecture and recipe.
@@ -164,6 +168,9 @@ def check(cfg: Config) -> None:
     if cfg.train.adversarial_weight < 0 or cfg.train.adversarial_start < 0:
         raise ConfigError("train.adversarial_weight and train.adversarial_start must be >= 0 "
                           "(weight 0: off)")
+    if cfg.diffusion.loss not in LOSSES:
+        raise ConfigError(f"unknown diffusion.loss '{cfg.diffusion.loss}'; "
+                          f"choose one of: {', '.join(LOSSES)}")
     if cfg.denoiser.token_input not in ("raw", "embed"):
         raise ConfigError(f"unknown denoiser.token_input '{cfg.denoiser.token_input}'; "
                           "choose raw or embed")

@@ -179,7 +179,7 @@ class Trainer:
             return {k: v for k, v in out.items()
                     if k not in ("images", "codes", "features", "output")}
         return diffusion_loss(self.model.denoiser, batch, self.model.diffusion_steps,
-                              self.model.denoiser.mask_id)
+                              self.model.denoiser.mask_id, self.cfg.diffusion.loss)
 
     @torch.no_grad()
     def _tokens(self) -> torch.Tensor:

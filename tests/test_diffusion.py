@@ -44,3 +44,30 @@ def test_loss_counts_only_masked_tokens():
     assert diffusion_loss(perfect, x0, 9, 4)["loss"] < 1e-6
     uniform = lambda x, t: torch.zeros(x.shape[0], 4, 3, 3)
     assert diffusion_loss(uniform, x0, 9, 4)["masked_ce"] > 1.3  # log 4 = 1.386
+
+
+def test_loss_weightings_elbo_and_uniform():
+    """ELBO: each example's summed masked CE over t; uniform: the mean CE over
+    all masked tokens. Both report both, and they differ when t varies."""
+    torch.manual_seed(0)
+    K, N = 4, 9
+    x0 = torch.randint(0, K, (64, 3, 3))
+    logits = torch.randn(1, K, 3, 3)
+    net = lambda x, t: logits.expand(x.shape[0], -1, -1, -1)
+    torch.manual_seed(1)
+    elbo = diffusion_loss(net, x0, N, K, "elbo")
+    torch.manual_seed(1)  # the same t and masks
+    uni = diffusion_loss(net, x0, N, K, "uniform")
+    assert torch.equal(elbo["elbo"], uni["elbo"]) and torch.equal(elbo["masked_ce"], uni["masked_ce"])
+    assert torch.equal(elbo["loss"], elbo["elbo"]) and torch.equal(uni["loss"], uni["masked_ce"])
+    # By hand, from the same draws.
+    torch.manual_seed(1)
+    t = torch.randint(1, N + 1, (64,))
+    _, mask = mask_tokens(x0, t, N, K)
+    ce = torch.nn.functional.cross_entropy(logits.expand(64, -1, -1, -1), x0, reduction="none") * mask
+    assert torch.allclose(uni["loss"], ce.sum() / mask.sum())
+    assert torch.allclose(elbo["loss"], (ce.flatten(1).sum(1) / t).mean() / 9)
+    assert not torch.allclose(elbo["loss"], uni["loss"])
+    import pytest
+    with pytest.raises(ValueError, match="unknown diffusion loss weighting 'mse'"):
+        diffusion_loss(net, x0, N, K, "mse")

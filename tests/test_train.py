@@ -178,6 +178,9 @@ def test_config_values_are_checked(tmp_path):
     f.write_text('[train]\nema_decay = 1.0\n')
     with pytest.raises(ConfigError, match="ema_decay must be in"):
         load_config("tiny", f)
+    f.write_text('[diffusion]\nloss = "mse"\n')
+    with pytest.raises(ConfigError, match="diffusion.loss 'mse'.*elbo, uniform"):
+        load_config("tiny", f)
 
 
 def test_ema_weights_average_steps_resume_exactly_and_are_what_sampling_uses(tiny_mnist, tmp_path,
@@ -241,6 +244,18 @@ def test_new_denoiser_on_a_trained_vq(tiny_mnist, tmp_path, capsys):
     assert new["data"]["holdout"] == src["data"]["holdout"]
     assert new["config"]["vq"] == src["config"]["vq"] and new["config"]["train"]["epochs_vq"] == 1
     assert not (run / "recon_e001.png").exists()  # no VQ epoch was trained
+    # the same, trained on the uniform loss (a config file): recorded, and
+    # what was minimised is the masked CE, not the ELBO
+    (tmp_path / "u.toml").write_text('[diffusion]\nloss = "uniform"\n')
+    assert main(["train", "--data-root", str(tiny_mnist), "--out", str(tmp_path / "u"),
+                 "--preset", "tiny", "--vq-from", str(first), "--epochs-denoiser", "2",
+                 "--config", str(tmp_path / "u.toml"), "--no-progress"]) == 0
+    uni = checkpoint.load(tmp_path / "u" / "checkpoint.pt")
+    assert uni["config"]["diffusion"]["loss"] == "uniform" and new["config"]["diffusion"]["loss"] == "elbo"
+    for rec in uni["history"]["denoiser"]:
+        assert rec["loss"] == rec["masked_ce"] != rec["elbo"]
+    for rec in new["history"]["denoiser"]:
+        assert rec["loss"] == rec["elbo"] != rec["masked_ce"]
     assert main(["info", "--checkpoint", str(run / "checkpoint.pt")]) == 0
     assert f"VQ-SVAE taken over from: {first}" in capsys.readouterr().out
     # a VQ-only checkpoint whose stage 1 is unfinished, or another data set: clear errors
