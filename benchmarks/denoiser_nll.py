@@ -23,6 +23,7 @@ from spikediff.cli import handle_errors, pick_device
 from spikediff.data import load_images
 from spikediff.diffusion import diffusion_loss
 from spikediff.errors import SpikediffError
+from spikediff.train import encode_codes
 
 
 @torch.no_grad()
@@ -37,13 +38,12 @@ def heldout_nll(path, data_root, weights: str, repeats: int, seed: int, device,
     model = checkpoint.model_from(ckpt, weights).to(device).eval()
     images = load_images(d["name"], data_root, "train", image_size=d["image_size"],
                          rgb=d["channels"] == 3).images[-d["holdout"]:]
-    tokens = torch.cat([model.vq.encode(images[i:i + 500].to(device).float() / 255)
-                        for i in range(0, len(images), 500)])
+    tokens = encode_codes(model.vq, images, device)
     torch.manual_seed(seed)  # the same t and masks for every checkpoint
     n, elbo, ce = 0, 0.0, 0.0
     for _ in range(repeats):
         for i in range(0, len(tokens), batch_size):
-            x0 = tokens[i:i + batch_size]
+            x0 = tokens[i:i + batch_size].to(device)
             out = diffusion_loss(model.denoiser, x0, model.diffusion_steps, model.denoiser.mask_id)
             n += len(x0)
             elbo += out["elbo"].item() * len(x0)

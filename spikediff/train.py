@@ -181,14 +181,8 @@ class Trainer:
         return diffusion_loss(self.model.denoiser, batch, self.model.diffusion_steps,
                               self.model.denoiser.mask_id, self.cfg.diffusion.loss)
 
-    @torch.no_grad()
     def _tokens(self) -> torch.Tensor:
-        vq = self.model.vq.eval()
-        chunks = []
-        for i in tqdm(range(0, len(self.images), 500), desc="encoding codes",
-                      disable=not self.progress, leave=False):
-            chunks.append(vq.encode(self.images[i:i + 500].to(self.device).float() / 255).cpu())
-        return torch.cat(chunks)
+        return encode_codes(self.model.vq, self.images, self.device, self.progress)
 
     @torch.no_grad()
     def _snapshot(self, stage: str, epoch: int) -> None:
@@ -207,6 +201,17 @@ class Trainer:
             g = torch.Generator().manual_seed(self.cfg.train.seed)
             images, _ = model.generate(64, generator=g, device=self.device)
             save_grid(images, self.out_dir / f"samples_e{epoch:03d}.png", nrow=8)
+
+
+@torch.no_grad()
+def encode_codes(vq, images_u8: torch.Tensor, device, progress: bool = False) -> torch.Tensor:
+    """Code grids [N, h, w] (on the CPU) of uint8 images: the denoiser's data."""
+    vq.eval()
+    chunks = []
+    for i in tqdm(range(0, len(images_u8), 500), desc="encoding codes", disable=not progress,
+                  leave=False):
+        chunks.append(vq.encode(images_u8[i:i + 500].to(device).float() / 255).cpu())
+    return torch.cat(chunks)
 
 
 def _extend(state: dict, extend: dict[str, int]) -> None:
