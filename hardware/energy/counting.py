@@ -455,7 +455,8 @@ class Recorder:
             if spec.analog:
                 c = count_layer(spec, x, T=T)       # static [B, ...], fed at T steps
             else:
-                if x.dim() == 4:  # a synapse's input has time folded into the batch
+                # A synapse's input has time folded into the batch; the head's tap has not.
+                if x.dim() == len(spec.in_shape) + 1:
                     x = x.reshape(T, x.shape[0] // T, *x.shape[1:])
                 c = count_layer(spec, x)
                 if self.verify:
