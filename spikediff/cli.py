@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", choices=["both", "vq", "denoiser"], default="both")
     p.add_argument("--vq-from", metavar="CKPT", help="start a new run at the denoiser stage on "
                    "the trained VQ-SVAE of CKPT (its VQ settings, data set and holdout)")
+    p.add_argument("--finetune", metavar="CKPT", help="start a new run from CKPT's trained model "
+                   "and train its denoiser further under this run's [train] settings (learning "
+                   "rate, schedule, weight average) with a fresh optimizer; the denoiser starts "
+                   "from CKPT's averaged weights where it kept them")
     p.add_argument("--epochs-vq", type=int)
     p.add_argument("--epochs-denoiser", type=int)
     p.add_argument("--batch-size", type=int)
@@ -136,15 +140,18 @@ def cmd_train(a) -> int:
         cfg = load_config(a.preset, a.config)
         for key, value in overrides.items():
             setattr(cfg.train, key, value)
-    if a.vq_from and a.stage == "vq":
-        raise SpikediffError("--vq-from takes a trained VQ-SVAE and trains the denoiser; "
-                             "it cannot go with --stage vq")
+    if a.vq_from and a.finetune:
+        raise SpikediffError("--vq-from and --finetune both name the run to build on; give one")
+    for flag, value in (("--vq-from", a.vq_from), ("--finetune", a.finetune)):
+        if value and a.stage == "vq":
+            raise SpikediffError(f"{flag} takes a trained VQ-SVAE and trains the denoiser; "
+                                 "it cannot go with --stage vq")
     stages = ("vq", "denoiser") if a.stage == "both" else (a.stage,)
     path = train(cfg, a.dataset, a.data_root, a.out, stages=stages, device=pick_device(a.device),
                  resume=a.resume, limit=a.limit, image_size=a.image_size,
                  rgb=False if a.grayscale else None, download=a.download, folder=a.folder,
                  progress=not a.no_progress, time_budget_min=a.time_budget, extend=extend,
-                 vq_from=a.vq_from)
+                 vq_from=a.vq_from, finetune=a.finetune)
     print(f"checkpoint: {path}")
     return 0
 
@@ -192,6 +199,10 @@ def cmd_info(a) -> int:
                   + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch"))
     if ckpt.get("vq_from"):
         print(f"VQ-SVAE taken over from: {ckpt['vq_from']}")
+    if ckpt.get("finetuned_from"):
+        f = ckpt["finetuned_from"]
+        print(f"denoiser fine-tuned from: {f['path']} ({f['weights']} weights after "
+              f"{f['denoiser_epochs']} epochs, {f['denoiser_seconds']:.0f} s on {f['hardware']})")
     if ckpt.get("denoiser_ema") is not None:
         print(f"denoiser: averaged weights (EMA decay {ckpt['config']['train']['ema_decay']}) are "
               "used for sampling and export; --weights raw gives the last step's")

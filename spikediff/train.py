@@ -238,9 +238,42 @@ def _extend(state: dict, extend: dict[str, int]) -> None:
                                  f"--epochs-denoiser N with N > {done} to train it further")
         if state.get("optimizer") is None:
             raise SpikediffError("this finished checkpoint has no optimizer state (shipped weights "
-                                 "drop it), so it cannot be continued exactly; start a new run")
+                                 "drop it), so it cannot be continued exactly; start a new run on it "
+                                 "with --finetune CKPT")
         state.update(stage="denoiser", epoch=done)
         state.pop("stopped_by_time_budget", None)
+
+
+def _take_over(path, flag: str, dataset: str, need_denoiser: bool) -> dict:
+    """The checkpoint a new run builds on (--vq-from, --finetune), checked."""
+    if not Path(path).is_file():  # load()'s own message speaks of --checkpoint
+        raise SpikediffError(f"{flag}: no checkpoint at {path}; give a checkpoint.pt "
+                             "whose VQ-SVAE stage is trained")
+    source = checkpoint.load(path)
+    d = source["data"]
+    unfinished = source["stage"] == "vq" and source["epoch"] < source["config"]["train"]["epochs_vq"]
+    if unfinished or source.get("vq") is None:
+        raise SpikediffError(f"{path} holds no finished VQ-SVAE (its stage 1 is still "
+                             "running); finish it first with --resume --stage vq")
+    if need_denoiser and source.get("denoiser") is None:
+        raise SpikediffError(f"{flag}: {path} holds no trained denoiser to start from; "
+                             "use --vq-from to train a new one on its VQ-SVAE")
+    if d["name"] != dataset:
+        raise SpikediffError(f"the model in {path} was trained on {d['name']}, not "
+                             f"{dataset}; pass --dataset {d['name']}")
+    return source
+
+
+def _start_from_denoiser(state: dict, source: dict, path) -> None:
+    """A fine-tuning run's starting weights, and the record of where they came from."""
+    averaged = source.get("denoiser_ema") is not None
+    state["denoiser"] = (ema.module_weights(source["denoiser_ema"]) if averaged
+                         else source["denoiser"])
+    state["finetuned_from"] = {
+        "path": str(checkpoint.resolve(path)), "weights": "ema" if averaged else "raw",
+        "denoiser_epochs": len(source["history"]["denoiser"]),
+        "denoiser_seconds": source["seconds"].get("denoiser", 0.0),
+        "hardware": source.get("hardware")}
 
 
 def describe_hardware(device: str) -> str:
@@ -258,11 +291,13 @@ def new_state(cfg: Config, data_info: dict) -> dict:
 def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES, device="cpu",
           resume=False, limit: int | None = None, image_size=None, rgb=None, download=False,
           folder=None, progress=True, time_budget_min: float | None = None,
-          extend: dict[str, int] | None = None, vq_from=None) -> Path:
+          extend: dict[str, int] | None = None, vq_from=None, finetune=None) -> Path:
     """Trains the given stages into out_dir. With resume, `extend` ({"epochs_vq" or
     "epochs_denoiser": n}) raises a run's epoch counts to train it further.
     With vq_from (a checkpoint path), a new run starts at the denoiser stage on
-    that checkpoint's VQ-SVAE, its data settings and holdout."""
+    that checkpoint's VQ-SVAE, its data settings and holdout. With finetune (a
+    checkpoint path), the same, and the denoiser starts from that checkpoint's
+    denoiser (its average where it kept one) with a fresh optimizer."""
     deadline = time.monotonic() + 60 * time_budget_min if time_budget_min else None
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
@@ -277,20 +312,14 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
         raise SpikediffError(f"{ckpt_path} exists: pass --resume to continue that run, "
                              "or choose another --out")
     source = None
-    if vq_from is not None and not resume:
-        if not Path(vq_from).is_file():  # load()'s own message speaks of --checkpoint
-            raise SpikediffError(f"--vq-from: no checkpoint at {vq_from}; give a checkpoint.pt "
-                                 "whose VQ-SVAE stage is trained")
-        source = checkpoint.load(vq_from)
-        d = source["data"]
-        unfinished = source["stage"] == "vq" and source["epoch"] < source["config"]["train"]["epochs_vq"]
-        if unfinished or source.get("vq") is None:
-            raise SpikediffError(f"{vq_from} holds no finished VQ-SVAE (its stage 1 is still "
-                                 "running); finish it first with --resume --stage vq")
-        if d["name"] != dataset:
-            raise SpikediffError(f"the VQ-SVAE in {vq_from} was trained on {d['name']}, not "
-                                 f"{dataset}; pass --dataset {d['name']}")
-        cfg.vq = Config.from_dict(source["config"]).vq
+    if (vq_from or finetune) is not None and not resume:
+        flag, path = ("--finetune", finetune) if finetune is not None else ("--vq-from", vq_from)
+        source = _take_over(path, flag, dataset, need_denoiser=finetune is not None)
+        d, src_cfg = source["data"], Config.from_dict(source["config"])
+        cfg.vq = src_cfg.vq
+        if finetune is not None:  # the same network; only how it trains (loss, [train]) may change
+            cfg.denoiser = src_cfg.denoiser
+            cfg.diffusion = dataclasses.replace(src_cfg.diffusion, loss=cfg.diffusion.loss)
         cfg.train.epochs_vq = len(source["history"]["vq"])
         cfg.train.holdout = d["holdout"]  # the same images stay unseen by both stages
         image_size, rgb = d["image_size"], d["channels"] == 3
@@ -310,9 +339,11 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
         state = new_state(cfg, info)
         if source is not None:
             state.update(stage="denoiser", vq=source["vq"],
-                         vq_from=str(checkpoint.resolve(vq_from)))
+                         vq_from=str(checkpoint.resolve(vq_from or finetune)))
             state["history"]["vq"] = source["history"]["vq"]
             state["seconds"]["vq"] = source["seconds"].get("vq", 0.0)
+            if finetune is not None:
+                _start_from_denoiser(state, source, finetune)
     model = build_model(cfg, images.shape[1], images.shape[-1])
     if state.get("vq") is not None:
         model.vq.load_state_dict(state["vq"])

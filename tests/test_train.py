@@ -275,3 +275,51 @@ def test_new_denoiser_on_a_trained_vq(tiny_mnist, tmp_path, capsys):
         code = main(["train", "--data-root", str(tiny_mnist), "--out", str(tmp_path / "d"),
                      "--preset", "tiny", "--no-progress", *args])
         assert code == 2 and message in capsys.readouterr().err, args
+
+
+def test_finetune_starts_from_the_trained_denoiser(tiny_mnist, tmp_path, capsys):
+    first = train(tiny_cfg(epochs_denoiser=2, ema_decay=0.5), "mnist", tiny_mnist, tmp_path / "a",
+                  progress=False)
+    src = checkpoint.load(first)
+    start = {k.removeprefix("module."): v for k, v in src["denoiser_ema"].items()
+             if k.startswith("module.")}
+    # the average, not the last step's weights, is where fine-tuning starts
+    assert any(not torch.equal(start[k], v) for k, v in src["denoiser"].items()
+               if v.is_floating_point())
+    # A rate of 0 leaves the weights where they started (AdamW's decay scales
+    # with the rate too), so this shows which ones were loaded; the config asks
+    # for another network, which must not win over the checkpoint's.
+    (tmp_path / "ft.toml").write_text("[denoiser]\nchannels = [4, 4]\n\n[train]\nlr = 0.0\n")
+    run = tmp_path / "ft"
+    assert main(["train", "--data-root", str(tiny_mnist), "--out", str(run), "--preset", "tiny",
+                 "--finetune", str(first), "--config", str(tmp_path / "ft.toml"),
+                 "--epochs-denoiser", "1", "--no-progress"]) == 0
+    new = checkpoint.load(run / "checkpoint.pt")
+    assert new["config"]["denoiser"] == src["config"]["denoiser"]
+    assert new["config"]["diffusion"] == src["config"]["diffusion"]
+    assert new["config"]["train"]["lr"] == 0.0 and len(new["history"]["denoiser"]) == 1
+    assert all(torch.equal(v, new["vq"][k]) for k, v in src["vq"].items())
+    params = dict(checkpoint.model_from(new, "raw").denoiser.named_parameters())
+    assert params and all(torch.equal(p, start[k]) for k, p in params.items())
+    f = new["finetuned_from"]
+    assert f["path"] == str(first) and f["weights"] == "ema" and f["denoiser_epochs"] == 2
+    assert main(["info", "--checkpoint", str(run / "checkpoint.pt")]) == 0
+    assert f"denoiser fine-tuned from: {first} (ema weights after 2 epochs" in capsys.readouterr().out
+    # a rate above 0 moves them; --resume continues the fine-tuning run itself
+    run2 = tmp_path / "ft2"
+    assert main(["train", "--data-root", str(tiny_mnist), "--out", str(run2), "--preset", "tiny",
+                 "--finetune", str(first), "--epochs-denoiser", "1", "--no-progress"]) == 0
+    assert main(["train", "--data-root", str(tiny_mnist), "--out", str(run2), "--resume",
+                 "--epochs-denoiser", "2", "--no-progress"]) == 0
+    moved = checkpoint.load(run2 / "checkpoint.pt")
+    assert len(moved["history"]["denoiser"]) == 2 and moved["finetuned_from"] == {**f}
+    assert not torch.equal(moved["denoiser"]["head.weight"], start["head.weight"])
+    vq_only = train(tiny_cfg(epochs_vq=1), "mnist", tiny_mnist, tmp_path / "v", stages=("vq",),
+                    progress=False)
+    for args, message in [(["--finetune", str(vq_only)], "holds no trained denoiser"),
+                          (["--finetune", str(first), "--vq-from", str(first)], "give one"),
+                          (["--finetune", str(first), "--stage", "vq"], "cannot go with --stage vq"),
+                          (["--finetune", str(first), "--dataset", "kmnist"], "trained on mnist")]:
+        code = main(["train", "--data-root", str(tiny_mnist), "--out", str(tmp_path / "d"),
+                     "--preset", "tiny", "--no-progress", *args])
+        assert code == 2 and message in capsys.readouterr().err, args
