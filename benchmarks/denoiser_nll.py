@@ -49,13 +49,13 @@ def heldout_nll(path, data_root, weights: str, repeats: int, seed: int, device,
             elbo += out["elbo"].item() * len(x0)
             ce += out["masked_ce"].item() * len(x0)
     cfg = ckpt["config"]
+    epochs, seconds, _ = checkpoint.denoiser_training(ckpt)
     return {"checkpoint": str(path), "dataset": d["name"], "weights": weights,
             "n_images": len(tokens), "repeats": repeats,
             # diffusion_loss's ELBO term is per token and per step; the bound sums N steps.
             "nll_bound_nats_per_token": model.diffusion_steps * elbo / n,
             "masked_ce": ce / n,
-            "denoiser_epochs": len(ckpt["history"]["denoiser"]),
-            "denoiser_seconds": ckpt["seconds"].get("denoiser", 0.0),
+            "denoiser_epochs": epochs, "denoiser_seconds": seconds,
             "loss": cfg["diffusion"].get("loss", "elbo")}
 
 

@@ -58,11 +58,11 @@ def table(rows: dict) -> str:
 
 def training_summary(path) -> tuple[str, int, str]:
     ck = checkpoint.load(path)
-    h = ck["history"]
-    minutes = sum(ck["seconds"].values()) / 60
+    epochs, seconds, hardware = checkpoint.denoiser_training(ck)
+    minutes = (ck["seconds"].get("vq", 0.0) + seconds) / 60
     T = ck["config"]["denoiser"]["T"]
-    return (f"{len(h['vq'])}+{len(h['denoiser'])} epochs, {minutes:.1f} min", T,
-            ck.get("hardware", "see model card"))
+    return (f"{len(ck['history']['vq'])}+{epochs} epochs, {minutes:.1f} min", T,
+            hardware or "see model card")
 
 
 @handle_errors

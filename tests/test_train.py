@@ -303,6 +303,11 @@ def test_finetune_starts_from_the_trained_denoiser(tiny_mnist, tmp_path, capsys)
     assert params and all(torch.equal(p, start[k]) for k, p in params.items())
     f = new["finetuned_from"]
     assert f["path"] == str(first) and f["weights"] == "ema" and f["denoiser_epochs"] == 2
+    # tables count both runs' training: "2+1" epochs, both times, both machines
+    epochs, seconds, hardware = checkpoint.denoiser_training(new)
+    assert epochs == "2+1" and checkpoint.denoiser_training(src)[0] == "2"
+    assert seconds == src["seconds"]["denoiser"] + new["seconds"]["denoiser"]
+    assert hardware == f"{src['hardware']}, then {new['hardware']}"
     assert main(["info", "--checkpoint", str(run / "checkpoint.pt")]) == 0
     assert f"denoiser fine-tuned from: {first} (ema weights after 2 epochs" in capsys.readouterr().out
     # a rate above 0 moves them; --resume continues the fine-tuning run itself
