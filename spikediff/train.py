@@ -269,11 +269,10 @@ def _start_from_denoiser(state: dict, source: dict, path) -> None:
     averaged = source.get("denoiser_ema") is not None
     state["denoiser"] = (ema.module_weights(source["denoiser_ema"]) if averaged
                          else source["denoiser"])
-    state["finetuned_from"] = {
-        "path": str(checkpoint.resolve(path)), "weights": "ema" if averaged else "raw",
-        "denoiser_epochs": len(source["history"]["denoiser"]),
-        "denoiser_seconds": source["seconds"].get("denoiser", 0.0),
-        "hardware": source.get("hardware")}
+    epochs, seconds, hardware = checkpoint.denoiser_training(source)  # all of its ancestry's
+    state["finetuned_from"] = {"path": str(checkpoint.resolve(path)),
+                               "weights": "ema" if averaged else "raw", "denoiser_epochs": epochs,
+                               "denoiser_seconds": seconds, "hardware": hardware}
 
 
 def describe_hardware(device: str) -> str:

@@ -302,12 +302,20 @@ def test_finetune_starts_from_the_trained_denoiser(tiny_mnist, tmp_path, capsys)
     params = dict(checkpoint.model_from(new, "raw").denoiser.named_parameters())
     assert params and all(torch.equal(p, start[k]) for k, p in params.items())
     f = new["finetuned_from"]
-    assert f["path"] == str(first) and f["weights"] == "ema" and f["denoiser_epochs"] == 2
+    assert f["path"] == str(first) and f["weights"] == "ema" and f["denoiser_epochs"] == "2"
     # tables count both runs' training: "2+1" epochs, both times, both machines
     epochs, seconds, hardware = checkpoint.denoiser_training(new)
     assert epochs == "2+1" and checkpoint.denoiser_training(src)[0] == "2"
     assert seconds == src["seconds"]["denoiser"] + new["seconds"]["denoiser"]
     assert hardware == f"{src['hardware']}, then {new['hardware']}"
+    # fine-tuning a fine-tuned run counts all three
+    (tmp_path / "lr0.toml").write_text("[train]\nlr = 0.0\n")
+    assert main(["train", "--data-root", str(tiny_mnist), "--out", str(tmp_path / "ft3"),
+                 "--preset", "tiny", "--finetune", str(run / "checkpoint.pt"), "--config",
+                 str(tmp_path / "lr0.toml"), "--epochs-denoiser", "3", "--no-progress"]) == 0
+    third = checkpoint.load(tmp_path / "ft3" / "checkpoint.pt")
+    assert checkpoint.denoiser_training(third)[0] == "2+1+3"
+    assert third["finetuned_from"]["weights"] == "raw"  # that run kept no average
     assert main(["info", "--checkpoint", str(run / "checkpoint.pt")]) == 0
     assert f"denoiser fine-tuned from: {first} (ema weights after 2 epochs" in capsys.readouterr().out
     # a rate above 0 moves them; --resume continues the fine-tuning run itself
