@@ -247,8 +247,9 @@ def _extend(state: dict, extend: dict[str, int]) -> None:
 def _take_over(path, flag: str, dataset: str, need_denoiser: bool) -> dict:
     """The checkpoint a new run builds on (--vq-from, --finetune), checked."""
     if not Path(path).is_file():  # load()'s own message speaks of --checkpoint
+        trained = "denoiser" if need_denoiser else "VQ-SVAE stage"
         raise SpikediffError(f"{flag}: no checkpoint at {path}; give a checkpoint.pt "
-                             "whose VQ-SVAE stage is trained")
+                             f"whose {trained} is trained")
     source = checkpoint.load(path)
     d = source["data"]
     unfinished = source["stage"] == "vq" and source["epoch"] < source["config"]["train"]["epochs_vq"]
