@@ -61,11 +61,12 @@ def load(path: str | Path | None) -> dict:
 def denoiser_training(ckpt: dict) -> tuple[str, float, str | None]:
     """(epochs, seconds, hardware) of the denoiser's training; a run fine-tuned
     from another counts that one's too: epochs "30+12", hardware "A, then B"."""
-    n, sec, hw = len(ckpt["history"]["denoiser"]), ckpt["seconds"].get("denoiser", 0.0), ckpt.get("hardware")
-    f = ckpt.get("finetuned_from")
+    n, sec = len(ckpt["history"]["denoiser"]), ckpt["seconds"].get("denoiser", 0.0)
+    hw, f = ckpt.get("hardware"), ckpt.get("finetuned_from")
     if not f:
         return str(n), sec, hw
-    return f"{f['denoiser_epochs']}+{n}", f["denoiser_seconds"] + sec, f"{f['hardware']}, then {hw}"
+    return (f"{f['denoiser_epochs']}+{n}", f["denoiser_seconds"] + sec,
+            f"{f['hardware'] or 'unrecorded hardware'}, then {hw}")
 
 
 WEIGHTS = ("ema", "raw")
