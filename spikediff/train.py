@@ -312,9 +312,10 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
         raise SpikediffError(f"{ckpt_path} exists: pass --resume to continue that run, "
                              "or choose another --out")
     source = None
-    if (vq_from or finetune) is not None and not resume:
-        flag, path = ("--finetune", finetune) if finetune is not None else ("--vq-from", vq_from)
-        source = _take_over(path, flag, dataset, need_denoiser=finetune is not None)
+    base = finetune if finetune is not None else vq_from  # the run this one builds on
+    if base is not None and not resume:
+        flag = "--finetune" if finetune is not None else "--vq-from"
+        source = _take_over(base, flag, dataset, need_denoiser=finetune is not None)
         d, src_cfg = source["data"], Config.from_dict(source["config"])
         cfg.vq = src_cfg.vq
         if finetune is not None:  # the same network; only how it trains (loss, [train]) may change
@@ -339,11 +340,11 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
         state = new_state(cfg, info)
         if source is not None:
             state.update(stage="denoiser", vq=source["vq"],
-                         vq_from=str(checkpoint.resolve(vq_from or finetune)))
+                         vq_from=str(checkpoint.resolve(base)))
             state["history"]["vq"] = source["history"]["vq"]
             state["seconds"]["vq"] = source["seconds"].get("vq", 0.0)
             if finetune is not None:
-                _start_from_denoiser(state, source, finetune)
+                _start_from_denoiser(state, source, base)
     model = build_model(cfg, images.shape[1], images.shape[-1])
     if state.get("vq") is not None:
         model.vq.load_state_dict(state["vq"])
