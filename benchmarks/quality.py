@@ -19,8 +19,8 @@ from pathlib import Path
 
 from spikediff import checkpoint
 from spikediff.atomic import write_text
-from spikediff.cli import add_weights_arg, handle_errors
-from spikediff.evaluate import evaluate
+from spikediff.cli import add_refine_args, add_weights_arg, handle_errors
+from spikediff.evaluate import evaluate, refine_from_args
 
 RESULTS = Path(__file__).parent / "results"
 PAPER_FID = {"mnist": 37.50, "fashion-mnist": 91.98, "kmnist": 59.23, "emnist-letters": 67.41,
@@ -44,6 +44,10 @@ def table(rows: dict) -> str:
             continue
         if r.get("denoiser_weights") == "ema":
             note = "; ".join(filter(None, [note, "averaged denoiser weights"]))
+        if "refine" in r:
+            f = r["refine"]
+            note = "; ".join(filter(None, [note, f"{f['steps']} refinement steps of "
+                                           f"{f['fraction']:g} at T {f['temperature']:g}"]))
         pp = r.get("paper_protocol_fid", {}).get("value")
         pp = f"{pp:.2f}" if pp is not None else "n/a"
         rec = r["reconstruction"]
@@ -82,6 +86,7 @@ def main(argv=None) -> None:
     p.add_argument("--recon-fid", action="store_true",
                    help="also the FID of test-split reconstructions (the VQ-SVAE's ceiling)")
     add_weights_arg(p)
+    add_refine_args(p)
     p.add_argument("--force", action="store_true")
     a = p.parse_args(argv)
     out = Path(a.results)
@@ -99,7 +104,8 @@ def main(argv=None) -> None:
                      temperature=temps[0] if len(temps) == 1 else None,
                      temperatures=temps if len(temps) > 1 else None,
                      select_n=a.select_n, device=a.device, fid_weights=a.fid_weights,
-                     batch_size=a.batch_size, recon_fid=a.recon_fid, weights=a.weights)
+                     batch_size=a.batch_size, recon_fid=a.recon_fid, weights=a.weights,
+                     refine=refine_from_args(a, ckpt))
         r["training"], r["T"], r["hardware"] = training_summary(ckpt)
         write_text(dest, json.dumps(r, indent=2))
         print(f"{label or ds}: FID {r['fid']['value']:.2f} (N={a.n}) -> {dest}")

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 
 from spikediff.errors import SpikediffError
 
+from .nir_graph import refinement_of
+
 
 class ExecError(SpikediffError):
     pass
@@ -261,7 +263,7 @@ class Exported:
         from spikediff.diffusion import sample_tokens
         temp = float(self.md["temperature"]) if temperature is None else temperature
         tokens = sample_tokens(self.denoise, n, self.grid, self.mask_id, self.steps, steps,
-                               temp, generator)
+                               temp, generator, refine=refinement_of(self.md))
         return self.decode(tokens), tokens
 
 

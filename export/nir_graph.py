@@ -380,8 +380,10 @@ def build_graph(model, dtype=np.float64) -> nir.NIRGraph:
     host = [
         "encoder: image - 0.5 repeated T steps -> feature; host: nearest code (argmin L2) "
         "against decoder/codebook",
-        "denoiser: called once per sampling step from a fully masked grid; host: softmax "
-        "sampling and reveal schedule between calls (absorbing diffusion)",
+        "denoiser: called once per sampling step from a fully masked grid, then once per "
+        "refinement step (refine_steps, 0: none) on the finished grid with a random "
+        "refine_fraction of it re-masked; host: softmax sampling and reveal schedule between "
+        "calls (absorbing diffusion, spikediff.diffusion.sample_tokens)",
         "decoder: one-hot codes repeated T steps -> image_phases; host: "
         "tanh(pixel_shuffle(x, phase_factor)), then (x + 1) / 2",
     ]
@@ -389,11 +391,24 @@ def build_graph(model, dtype=np.float64) -> nir.NIRGraph:
         "T_denoiser": int(model.config.denoiser.T), "channels": int(model.channels),
         "image_size": int(model.image_size), "grid": np.array(model.grid),
         "temperature": float(model.config.diffusion.temperature),
+        "refine_steps": int(model.config.diffusion.refine_steps),
+        "refine_fraction": float(model.config.diffusion.refine_fraction),
+        "refine_temperature": float(model.config.diffusion.refine_temperature),
         "diffusion_steps": int(model.diffusion_steps), "codebook_size": int(model.vq.cfg.codebook_size),
         "phase_factor": int(dec.metadata["phase_factor"]),
         "token_input": model.denoiser.cfg.token_input,
     })
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=md)
+
+
+def refinement_of(metadata: dict):
+    """The sampler's refinement recorded in a graph's top-level metadata; files
+    written before refinement existed have none."""
+    from spikediff.diffusion import Refinement
+    d = Refinement()
+    return Refinement(int(metadata.get("refine_steps", 0)),
+                      float(metadata.get("refine_fraction", d.fraction)),
+                      float(metadata.get("refine_temperature", d.temperature)))
 
 
 def node_counts(graph: nir.NIRGraph) -> dict[str, dict[str, int]]:

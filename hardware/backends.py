@@ -298,7 +298,8 @@ def make_backend(name, model=None, nir_path=None, *, mode="floating_pt", dtype=t
 # -- generation and parity -------------------------------------------------------------
 @torch.no_grad()
 def generate(backend: Backend, n: int, *, grid, mask_id: int, diffusion_steps: int,
-             steps=None, temperature=1.0, seed=0, progress=False, reference: Backend | None = None):
+             steps=None, temperature=1.0, seed=0, progress=False, reference: Backend | None = None,
+             refine=None):
     """Images and tokens through `backend`; with `reference`, a parity report as well.
 
     With a reference back end both see the same x_t at every diffusion step (the
@@ -312,7 +313,7 @@ def generate(backend: Backend, n: int, *, grid, mask_id: int, diffusion_steps: i
     g = torch.Generator().manual_seed(seed)
     S = steps or diffusion_steps
     par = Parity() if reference is not None else None
-    bar = tqdm(total=S, desc=f"diffusion steps ({backend.name})", unit="step",
+    bar = tqdm(total=S + (refine.steps if refine else 0), desc=f"diffusion steps ({backend.name})", unit="step",
                disable=not progress, leave=False, dynamic_ncols=True)
 
     def denoise(tokens, t):
@@ -336,7 +337,7 @@ def generate(backend: Backend, n: int, *, grid, mask_id: int, diffusion_steps: i
         return logits
 
     tokens = sample_tokens(denoise, n, grid, mask_id, diffusion_steps, steps, temperature, g,
-                           on_step=lambda _: bar.update(1))
+                           on_step=lambda _: bar.update(1), refine=refine)
     bar.close()
     if par is None:
         return backend.decode(tokens), tokens, None

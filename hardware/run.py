@@ -19,12 +19,13 @@ token draws and the largest image difference.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-from spikediff.cli import handle_errors
+from spikediff.cli import add_refine_args, handle_errors, refine_settings
 from spikediff.errors import SpikediffError
 
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="diffusion sampling steps (default: one per token)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, help="softmax temperature (default: the config's)")
+    add_refine_args(p)
     p.add_argument("--lava-mode", choices=LAVA_MODES, default="floating_pt",
                    help="floating_pt (exact arithmetic) or fixed_pt (Loihi-like integers)")
     p.add_argument("--norse-dtype", choices=["float64", "float32"], default="float64",
@@ -79,7 +81,8 @@ def load_model(a):
 
 
 def _nir_info(path):
-    """(grid, mask_id, diffusion_steps, temperature) from the NIR metadata."""
+    """(grid, mask_id, diffusion_steps, temperature, refinement) from the NIR metadata."""
+    from export.nir_graph import refinement_of
     import nir
     try:
         g = nir.read(str(path))
@@ -91,7 +94,7 @@ def _nir_info(path):
         raise SpikediffError(f"{path} is not a spikediff export (no 'denoiser' subgraph)")
     md, dmd = g.metadata, g.nodes["denoiser"].metadata
     return (tuple(int(x) for x in md["grid"]), int(dmd["mask_id"]), int(dmd["diffusion_steps"]),
-            float(md["temperature"]))
+            float(md["temperature"]), refinement_of(md))
 
 
 @handle_errors
@@ -116,11 +119,12 @@ def main(argv=None) -> int:
             tmp = B.TempNir(model)
             nir_path = tmp.path
         if nir_path:
-            grid, mask_id, N, temp0 = _nir_info(nir_path)
+            grid, mask_id, N, temp0, refine0 = _nir_info(nir_path)
         else:
             grid, mask_id, N = model.grid, model.denoiser.mask_id, model.diffusion_steps
-            temp0 = model.config.diffusion.temperature
+            temp0, refine0 = model.config.diffusion.temperature, model.config.diffusion.refinement()
         temperature = temp0 if a.temperature is None else a.temperature
+        refine = refine_settings(a, refine0)
         dtype = torch.float64 if a.norse_dtype == "float64" else torch.float32
         t0 = time.perf_counter()
         primary = B.make_backend(a.backend, model, nir_path, mode=a.lava_mode, dtype=dtype,
@@ -130,16 +134,20 @@ def main(argv=None) -> int:
         setup_s = time.perf_counter() - t0
         label = a.backend + (f" ({a.lava_mode})" if a.backend == "lava" else "")
         print(f"model: {source or nir_path}; back end: {label}; n={a.n}, "
-              f"steps={a.steps or N}, seed={a.seed}, temperature={temperature:g}", file=sys.stderr)
+              f"steps={a.steps or N}, seed={a.seed}, temperature={temperature:g}"
+              + (f", refinement {refine.steps} x {refine.fraction:g} at {refine.temperature:g}"
+                 if refine.steps else ""), file=sys.stderr)
         t0 = time.perf_counter()
         images, tokens, par = B.generate(primary, a.n, grid=grid, mask_id=mask_id,
                                          diffusion_steps=N, steps=a.steps,
                                          temperature=temperature, seed=a.seed,
-                                         progress=not a.no_progress, reference=ref)
+                                         progress=not a.no_progress, reference=ref,
+                                         refine=refine)
         gen_s = time.perf_counter() - t0
         report = {"backend": a.backend, "lava_mode": a.lava_mode if a.backend == "lava" else None,
                   "model": source or nir_path, "n": a.n, "steps": a.steps or N, "seed": a.seed,
-                  "temperature": temperature, "setup_s": setup_s, "generate_s": gen_s,
+                  "temperature": temperature, "refine": dataclasses.asdict(refine),
+                  "setup_s": setup_s, "generate_s": gen_s,
                   "seconds_per_image": gen_s / a.n, "timing": dict(primary.timing),
                   "tokens": tokens.tolist()}
         if isinstance(primary, B.LavaBackend):

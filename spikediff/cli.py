@@ -53,6 +53,32 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     add_weights_arg(p)
+    add_refine_args(p)
+
+
+def add_refine_args(p: argparse.ArgumentParser) -> None:
+    """--refine-*: the optional corrector after sampling (diffusion.Refinement)."""
+    p.add_argument("--refine-steps", type=int, metavar="K",
+                   help="after sampling, K steps that each re-mask and redraw a random fraction "
+                   "of the tokens (default: the config's, 0 = off as published; each costs one "
+                   "denoiser pass)")
+    p.add_argument("--refine-fraction", type=float, metavar="R",
+                   help="fraction of tokens each refinement step redraws (default: the "
+                   "config's, 0.3)")
+    p.add_argument("--refine-temperature", type=float, metavar="T",
+                   help="temperature of the refinement draws (default: the config's, 0.5)")
+
+
+def refine_settings(a, base):
+    """The diffusion.Refinement to use: the command line's settings where given,
+    else those of `base` (a config's or an export's); checked."""
+    from dataclasses import replace
+
+    from .config import check_refine
+    given = {k: getattr(a, f"refine_{k}") for k in ("steps", "fraction", "temperature")}
+    r = replace(base, **{k: v for k, v in given.items() if v is not None})
+    check_refine(r)
+    return r
 
 
 def add_weights_arg(p: argparse.ArgumentParser) -> None:
@@ -173,10 +199,11 @@ def cmd_sample(a) -> int:
     if a.n < 1:
         raise SpikediffError("--n must be at least 1")
     model = checkpoint.load_model(a.checkpoint, weights=a.weights)
+    refine = refine_settings(a, model.config.diffusion.refinement())
     t0 = time.perf_counter()
     images, tokens = generate(model, a.n, temperature=a.temperature, steps=a.steps, seed=a.seed,
                               batch_size=a.batch_size, device=pick_device(a.device),
-                              progress=not a.no_progress)
+                              progress=not a.no_progress, refine=refine)
     dt = time.perf_counter() - t0
     write_outputs(images, tokens, grid=a.out, npz=a.npz)
     print(f"{a.n} images in {dt:.1f} s ({a.n / dt:.1f} img/s) -> {a.out}"

@@ -48,6 +48,16 @@ class DiffusionConfig:
     # The training loss: "elbo" (as published, 1/t-weighted) or "uniform"
     # (the mean CE over masked tokens); see diffusion.py.
     loss: str = "elbo"
+    # Refinement after sampling (diffusion.Refinement; 0 steps: off, as
+    # published): steps, each re-masking and redrawing this fraction of the
+    # grid at this temperature.
+    refine_steps: int = 0
+    refine_fraction: float = 0.3
+    refine_temperature: float = 0.5
+
+    def refinement(self):
+        from .diffusion import Refinement
+        return Refinement(self.refine_steps, self.refine_fraction, self.refine_temperature)
 
 
 @dataclass
@@ -158,6 +168,19 @@ def load_config(preset: str = "default", file: str | Path | None = None) -> Conf
     return cfg
 
 
+def check_refine(r, prefix: str = "--") -> None:
+    """Refinement settings (a diffusion.Refinement), from a config (prefix
+    "diffusion.") or the command line."""
+    sep = "-" if prefix == "--" else "_"
+    if r.steps < 0:
+        raise ConfigError(f"{prefix}refine{sep}steps must be >= 0 (0: off), got {r.steps}")
+    if not 0 < r.fraction <= 1:
+        raise ConfigError(f"{prefix}refine{sep}fraction must be in (0, 1], got {r.fraction}")
+    if r.temperature < 0:
+        raise ConfigError(f"{prefix}refine{sep}temperature must be >= 0 (0: the most likely "
+                          f"token), got {r.temperature}")
+
+
 def check(cfg: Config) -> None:
     """Settings whose values (not just types) can be wrong."""
     if cfg.train.lr_schedule not in LR_SCHEDULES:
@@ -168,6 +191,7 @@ def check(cfg: Config) -> None:
     if cfg.train.adversarial_weight < 0 or cfg.train.adversarial_start < 0:
         raise ConfigError("train.adversarial_weight and train.adversarial_start must be >= 0 "
                           "(weight 0: off)")
+    check_refine(cfg.diffusion.refinement(), "diffusion.")
     if cfg.diffusion.loss not in LOSSES:
         raise ConfigError(f"unknown diffusion.loss '{cfg.diffusion.loss}'; "
                           f"choose one of: {', '.join(LOSSES)}")

@@ -10,6 +10,7 @@ images (the checkpoint's holdout), never on the test split.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -17,7 +18,9 @@ import torch
 
 from . import checkpoint, metrics
 from .atomic import write_text
+from .config import check_refine
 from .data import load_images
+from .diffusion import Refinement
 from .errors import SpikediffError
 from .sample import generate
 
@@ -47,17 +50,22 @@ def fid_of(feats_a, feats_b) -> float:
 
 
 def sample_features(net, cache, model, n, temperature, steps, seed, batch_size, device, progress,
-                    ckpt_id: str):
+                    ckpt_id: str, refine: Refinement = Refinement()):
     """FID features of n generated images; the images are cached too, since
     drawing them costs as much CPU time as their features."""
-    key = (f"samples-{ckpt_id}-n{n}-T{temperature}-s{steps}-seed{seed}-b{batch_size}"
+    # Without refinement the key is what it was before refinement existed, so
+    # caches filled then stay valid.
+    ref = (f"-refine{refine.steps}x{refine.fraction}T{refine.temperature}" if refine.steps
+           else "")
+    key = (f"samples-{ckpt_id}-n{n}-T{temperature}-s{steps}{ref}-seed{seed}-b{batch_size}"
            f"-net{net.sha256[:16]}")
     hit = cache.get(key + "/images")
     if hit is not None:
         images = torch.from_numpy(hit["images"])
     else:
         images, _ = generate(model, n, temperature=temperature, steps=steps, seed=seed,
-                             batch_size=batch_size, device=device, progress=progress)
+                             batch_size=batch_size, device=device, progress=progress,
+                             refine=refine)
         cache.put(key + "/images", images=images.numpy())
     return _feats(net, images, cache, key, progress), images
 
@@ -87,9 +95,12 @@ def reconstruction_fid(net, cache, recons, ref, file_id: str, split: str, progre
 def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temperatures=None,
              select_n=1000, steps=None, seed=0, batch_size=256, device="cpu", fid_weights=None,
              paper_protocol=True, recon_fid=False, progress=True, weights="ema",
-             select_only=False) -> dict:
+             select_only=False, refine: Refinement | None = None) -> dict:
+    """refine: the sampler's refinement (None: the checkpoint config's)."""
     ckpt = checkpoint.load(ckpt_path)
     model = checkpoint.model_from(ckpt, weights)
+    refine = model.config.diffusion.refinement() if refine is None else refine
+    check_refine(refine)
     d = ckpt["data"]
     if d["name"] != dataset:
         raise SpikediffError(f"the checkpoint was trained on {d['name']}, not {dataset}; "
@@ -105,6 +116,8 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
     result = {"checkpoint": str(checkpoint.resolve(ckpt_path)), "dataset": dataset,
               "network": net.name, "seed": seed, "steps": steps or model.diffusion_steps,
               "denoiser_weights": weights if has_average else "raw"}
+    if refine.steps:
+        result["refine"] = dataclasses.asdict(refine)
 
     if temperature is None and temperatures:
         if not d.get("holdout"):
@@ -115,7 +128,7 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
         scores = {}
         for temp in temperatures:
             f, _ = sample_features(net, cache, model, select_n, temp, steps, seed + 1, batch_size,
-                                   device, progress, ckpt_id)
+                                   device, progress, ckpt_id, refine)
             scores[temp] = fid_of(f, held)
         temperature = min(scores, key=scores.get)
         result["temperature_selection"] = {
@@ -130,7 +143,7 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
     ref, test_images = reference_features(net, cache, dataset, data_root, "test", size, rgb,
                                           progress)
     feats, images = sample_features(net, cache, model, n, temperature, steps, seed, batch_size,
-                                    device, progress, ckpt_id)
+                                    device, progress, ckpt_id, refine)
     result["fid"] = {"value": fid_of(feats, ref), "n_samples": n,
                      "reference": f"{dataset} test split, all {len(ref)} images"}
     kmean, kstd = metrics.kid(feats, ref)
@@ -149,12 +162,20 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
     return result
 
 
+def _refine_line(r: dict) -> list[str]:
+    if "refine" not in r:
+        return []
+    f = r["refine"]
+    return [f"refinement: {f['steps']} steps, each redrawing {f['fraction']:g} of the tokens "
+            f"at temperature {f['temperature']:g}"]
+
+
 def format_result(r: dict) -> str:
     if "fid" not in r:  # --select-only
         sel = r["temperature_selection"]
         return "\n".join([f"checkpoint: {r['checkpoint']} ({r['denoiser_weights']} denoiser "
-                          "weights)", f"network: {r['network']}",
-                          f"FID of {sel['n']} samples vs the {sel['on']}:"]
+                          "weights)", f"network: {r['network']}"] + _refine_line(r)
+                         + [f"FID of {sel['n']} samples vs the {sel['on']}:"]
                          + [f"  temperature {t}: {v:.2f}"
                             for t, v in sel["fid_by_temperature"].items()]
                          + [f"best: {r['temperature']}"])
@@ -164,6 +185,7 @@ def format_result(r: dict) -> str:
              f"temperature: {r['temperature']}" + (
                  f" (chosen on {r['temperature_selection']['on']})"
                  if "temperature_selection" in r else ""),
+             *_refine_line(r),
              f"FID {r['fid']['value']:.2f}  ({r['fid']['n_samples']} samples vs "
              f"{r['fid']['reference']})",
              f"KID {r['kid']['mean']:.5f} +- {r['kid']['std']:.5f}"]
@@ -179,7 +201,7 @@ def format_result(r: dict) -> str:
 
 
 def add_eval_parser(sub) -> None:
-    from .cli import add_weights_arg
+    from .cli import add_refine_args, add_weights_arg
     from .data import DATASETS
     p = sub.add_parser("eval", help="standard FID, KID and reconstruction of a checkpoint",
                        description=__doc__.split("\n\n")[0])
@@ -195,6 +217,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     add_weights_arg(p)
+    add_refine_args(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--fid-weights", help="FID network file (default: search, see docs)")
     p.add_argument("--recon-fid", action="store_true", help="also the FID of the VQ-SVAE's "
@@ -204,6 +227,16 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--json", help="write the results here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+
+def refine_from_args(a, ckpt_path) -> Refinement | None:
+    """The command line's --refine-* over the checkpoint config's; None: none given."""
+    from .cli import refine_settings
+    from .config import Config
+    if all(getattr(a, f"refine_{k}") is None for k in ("steps", "fraction", "temperature")):
+        return None
+    cfg = Config.from_dict(checkpoint.load(ckpt_path)["config"])
+    return refine_settings(a, cfg.diffusion.refinement())
 
 
 def cmd_eval(a) -> int:
@@ -217,7 +250,7 @@ def cmd_eval(a) -> int:
                  temperatures=temps, select_n=a.select_n, steps=a.steps, seed=a.seed,
                  batch_size=a.batch_size, device=pick_device(a.device),
                  fid_weights=a.fid_weights, recon_fid=a.recon_fid, progress=not a.no_progress,
-                 weights=a.weights, select_only=a.select_only)
+                 weights=a.weights, select_only=a.select_only, refine=refine_from_args(a, a.checkpoint))
     print(format_result(r))
     if a.json:
         write_text(a.json, json.dumps(r, indent=2))

@@ -7,7 +7,7 @@ import torch
 
 from .config import Config
 from .denoiser import SpikingDenoiser
-from .diffusion import sample_tokens
+from .diffusion import Refinement, sample_tokens
 from .vqsvae import VQSVAE
 
 
@@ -40,11 +40,15 @@ class SpikingDiffusion:
 
     @torch.no_grad()
     def generate(self, n: int, *, temperature: float | None = None, steps: int | None = None,
-                 generator: torch.Generator | None = None, device="cpu", on_step=None):
-        """Returns (images [n, C, H, W] in [0, 1], token grids [n, h, w])."""
-        temp = self.config.diffusion.temperature if temperature is None else temperature
-        tokens = sample_tokens(self.denoiser, n, self.grid, self.denoiser.mask_id,
-                               self.diffusion_steps, steps, temp, generator, device, on_step)
+                 generator: torch.Generator | None = None, device="cpu", on_step=None,
+                 refine: Refinement | None = None):
+        """Returns (images [n, C, H, W] in [0, 1], token grids [n, h, w]); settings
+        left at None are the config's."""
+        d = self.config.diffusion
+        tokens = sample_tokens(
+            self.denoiser, n, self.grid, self.denoiser.mask_id, self.diffusion_steps, steps,
+            d.temperature if temperature is None else temperature, generator, device, on_step,
+            d.refinement() if refine is None else refine)
         return self.vq.decode(tokens), tokens
 
 

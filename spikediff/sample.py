@@ -11,18 +11,21 @@ from .plots import save_grid
 
 
 def generate(model: SpikingDiffusion, n: int, *, temperature=None, steps=None, seed=0,
-             batch_size=64, device="cpu", progress=True):
-    """Images [n, C, H, W] in [0, 1] and token grids, drawn in batches from one seed."""
+             batch_size=64, device="cpu", progress=True, refine=None):
+    """Images [n, C, H, W] in [0, 1] and token grids, drawn in batches from one
+    seed; refine: a diffusion.Refinement (None: the config's)."""
     model.to(device).eval()
     g = torch.Generator().manual_seed(seed)
-    n_steps = steps or model.diffusion_steps
+    refine = model.config.diffusion.refinement() if refine is None else refine
+    n_steps = (steps or model.diffusion_steps) + refine.steps
     images, tokens = [], []
     bar = tqdm(total=n * n_steps, desc="sampling", unit="tok-step", disable=not progress,
                leave=False, dynamic_ncols=True)
     for i in range(0, n, batch_size):
         b = min(batch_size, n - i)
         img, tok = model.generate(b, temperature=temperature, steps=steps, generator=g,
-                                  device=device, on_step=lambda _: bar.update(b))
+                                  device=device, on_step=lambda _: bar.update(b),
+                                  refine=refine)
         images.append(img.cpu())
         tokens.append(tok.cpu())
     bar.close()

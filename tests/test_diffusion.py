@@ -1,6 +1,7 @@
 import torch
 
-from spikediff.diffusion import diffusion_loss, mask_tokens, sample_tokens, sampling_schedule
+from spikediff.diffusion import (Refinement, diffusion_loss, mask_tokens, refine_step,
+                                 sample_tokens, sampling_schedule)
 
 
 def test_mask_probability_follows_schedule():
@@ -36,6 +37,47 @@ def test_sampler_reveals_every_token_and_argmax_at_low_temperature():
         assert torch.equal(out, target.expand(3, 7, 7))
     hot = sample_tokens(denoise, 50, (7, 7), K, 49, 49, temperature=5.0, generator=g)
     assert (hot != target).any()  # high temperature does sample
+
+
+def test_refinement_redraws_a_fraction_of_the_finished_grid():
+    K, S, R, r = 6, 7, 12, 0.25
+    target = torch.randint(1, K, (7, 7))  # never token 0
+    calls = []
+
+    def denoise(x, t):
+        # The sampling steps propose token 0 everywhere, refinement steps the target:
+        # only redrawing already revealed tokens can reach it.
+        calls.append((x.clone(), t.clone()))
+        best = torch.zeros_like(target) if len(calls) <= S else target
+        return torch.nn.functional.one_hot(best, K).permute(2, 0, 1).expand(
+            x.shape[0], K, 7, 7).float() * 50
+
+    def run(refine_steps, n=200, seed=0):
+        calls.clear()
+        return sample_tokens(denoise, n, (7, 7), K, 49, S, temperature=1.0,
+                             generator=torch.Generator().manual_seed(seed),
+                             refine=Refinement(refine_steps, r, temperature=1.0))
+
+    plain = run(0)
+    assert len(calls) == S and (plain == 0).all()
+    refined = run(R)
+    assert len(calls) == S + R and (refined != K).all()
+    for x, t in calls[S:]:  # a fraction r of a grid with no mask left, at the matching t
+        assert (t == refine_step(49, r)).all() and refine_step(49, r) == 12
+        assert abs((x == K).float().mean().item() - r) < 0.02
+    # each token escapes all R redraws with probability 0.75 ** 12 = 3%
+    assert abs((refined == 0).float().mean().item() - (1 - r) ** R) < 0.01
+    assert ((refined == 0) | (refined == target)).all()
+    assert refine_step(49, 1.0) == 49 and refine_step(49, 0.001) == 1
+    # refinement draws from its own stream: batch after batch from one generator,
+    # the unrefined samples are the same with or without it
+    g0, g1 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for steps, g in ((0, g0), (3, g1)):
+        for _ in range(2):
+            calls.clear()
+            sample_tokens(denoise, 4, (7, 7), K, 49, S, temperature=1.0, generator=g,
+                          refine=Refinement(steps))
+    assert torch.equal(g0.get_state(), g1.get_state())
 
 
 def test_loss_counts_only_masked_tokens():

@@ -188,6 +188,13 @@ def test_recorder_on_full_model_matches_brute_force_and_pieces():
     rep = build_report(m, t, EnergyConstants(), {"n_generated": 2, "sampling_steps": 3})
     assert rep["brute_force_check"]["all_agree"]
     assert rep["components"]["denoiser"]["calls_per_image"] == 3
+    # refinement steps are denoiser passes too, and are counted as such
+    m.config.diffusion.refine_steps = 2
+    with Recorder(m) as rec:
+        m.generate(2, steps=3, generator=torch.Generator().manual_seed(0))
+    assert rec.tally.counts["denoiser.0"].samples == 2 * (3 + 2)
+    rep = build_report(m, rec.tally, EnergyConstants(), {"n_generated": 2, "sampling_steps": 3})
+    assert rep["components"]["denoiser"]["calls_per_image"] == 5
 
 
 def test_counts_scale_with_T():

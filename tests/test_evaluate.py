@@ -95,6 +95,17 @@ def test_select_only_tunes_on_held_out_images_per_denoiser_weights(tiny_mnist, t
     for w in ("ema", "raw"):
         assert len(list((tmp_path / "cache").rglob(f"samples-*-{w}-n8-*.npz"))) == 2, w
     assert all("fid" not in r for r in results.values())
+    # refined samples are scored and cached apart from the plain ones
+    out = tmp_path / "refined.json"
+    assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(tiny_mnist),
+                 "--temperatures", "0.8", "--select-n", "8", "--steps", "3", "--select-only",
+                 "--refine-steps", "2", "--fid-weights", str(weights), "--json", str(out),
+                 "--no-progress"]) == 0
+    refined = json.loads(out.read_text())
+    assert refined["refine"] == {"steps": 2, "fraction": 0.3, "temperature": 0.5}
+    assert ("refinement: 2 steps, each redrawing 0.3 of the tokens at temperature 0.5"
+            in capsys.readouterr().out)
+    assert len(list((tmp_path / "cache").rglob("samples-*-ema-n8-*-refine2x0.3T0.5-*.npz"))) == 2
     assert main(["eval", "--checkpoint", str(ckpt), "--data-root",
                  str(tiny_mnist), "--select-only"]) == 2
     assert "give them" in capsys.readouterr().err
@@ -114,11 +125,15 @@ def test_quality_table_script_with_either_denoiser_weights(tiny_mnist, tmp_path,
               "--fid-weights", str(weights), "--results", str(res)]
     assert quality.main([f"mnist:avg={ck}", *common]) == 0
     assert quality.main([f"mnist:last={ck}", "--weights", "raw", *common]) == 0
-    rows = {w: json.loads((res / f"quality_{w}.json").read_text()) for w in ("avg", "last")}
+    assert quality.main([f"mnist:refined={ck}", "--refine-steps", "2", *common]) == 0
+    rows = {w: json.loads((res / f"quality_{w}.json").read_text())
+            for w in ("avg", "last", "refined")}
     assert rows["avg"]["denoiser_weights"] == "ema" and rows["last"]["denoiser_weights"] == "raw"
     assert rows["avg"]["fid"]["n_samples"] == 8 and rows["avg"]["T"] == 2
+    assert "refine" not in rows["avg"] and rows["refined"]["refine"]["steps"] == 2
     md = (res / "quality.md").read_text()
-    assert "| avg | " in md and "| last | " in md and md.count("averaged denoiser weights") == 1
+    assert "| avg | " in md and "| last | " in md and md.count("averaged denoiser weights") == 2
+    assert md.count("2 refinement steps of 0.3 at T 0.5") == 1
     assert quality.main([f"mnist:avg={ck}", *common]) == 0  # done rows are skipped
     assert "exists, skipped" in capsys.readouterr().out
 

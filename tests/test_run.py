@@ -4,6 +4,7 @@ Tiny preset, random weights with batch-norm statistics from a random batch (ever
 layer fires), n = 2 images, 3 diffusion steps. The Lava tests need the Python 3.10
 Lava env (bash scripts/setup.sh) and are skipped with that reason without it.
 """
+import copy
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from hardware import backends as B
 from hardware.lava.client import LavaUnavailableError, find_lava_python
 from hardware.run import main
 from spikediff.checkpoint import FORMAT, atomic_save
+from spikediff.diffusion import Refinement
 
 try:
     find_lava_python()
@@ -63,6 +65,32 @@ def test_norse_and_nir_identical(tiny, nir_file):
     img32, tok32 = tiny.generate(N, steps=STEPS, temperature=1.0,
                                  generator=torch.Generator().manual_seed(3))
     assert torch.equal(tok32, a_tok)
+
+
+def test_refinement_runs_the_same_on_every_back_end(tiny, tmp_path, capsys):
+    """The host-side refinement steps are denoiser calls like the sampling steps:
+    the NIR graph and the Norse model give the same tokens, and an export records
+    the config's refinement for spikediff-run to use."""
+    kw = dict(grid=tiny.grid, mask_id=tiny.denoiser.mask_id, diffusion_steps=tiny.diffusion_steps,
+              steps=STEPS, temperature=1.0, seed=3, refine=Refinement(4, 0.5, 1.0))
+    _, plain, _ = _gen(B.NorseBackend(tiny), tiny)
+    _, a_tok, _ = B.generate(B.NorseBackend(tiny), N, **kw)
+    assert not torch.equal(a_tok, plain)
+    refined = copy.deepcopy(tiny)
+    d = refined.config.diffusion
+    d.refine_steps, d.refine_fraction, d.refine_temperature = 4, 0.5, 1.0
+    path = B.export_to(refined, tmp_path / "refined.nir")
+    _, b_tok, par = B.generate(B.NirBackend(path), N, reference=B.NorseBackend(tiny), **kw)
+    assert torch.equal(a_tok, b_tok) and par.to_dict()["differing_proposals"] == 0
+    js = tmp_path / "r.json"
+    assert main(["--backend", "nir", "--nir", str(path), "--n", str(N), "--steps", str(STEPS),
+                 "--seed", "3", "--temperature", "1", "--no-progress", "--json", str(js)]) == 0
+    rep = json.loads(js.read_text())
+    assert rep["refine"] == {"steps": 4, "fraction": 0.5, "temperature": 1.0}
+    assert rep["tokens"] == a_tok.tolist()
+    assert "refinement 4 x 0.5 at 1" in capsys.readouterr().err
+    assert main(["--backend", "nir", "--nir", str(path), "--n", "1", "--refine-fraction", "2",
+                 "--no-progress"]) == 2
 
 
 @needs_lava

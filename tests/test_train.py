@@ -36,6 +36,19 @@ def test_train_then_sample_cli(tiny_mnist, tmp_path, capsys):
     main(["sample", "--checkpoint", str(run / "checkpoint.pt"), "--n", "5", "--out",
           str(tmp_path / "a.png"), "--npz", str(again), "--steps", "4", "--no-progress"])
     assert (np.load(again)["tokens"] == arrays["tokens"]).all()
+    # refinement redraws some of those tokens; bad settings are one clear error
+    refined = tmp_path / "refined.npz"
+    assert main(["sample", "--checkpoint", str(run / "checkpoint.pt"), "--n", "5", "--out",
+                 str(tmp_path / "r.png"), "--npz", str(refined), "--steps", "4",
+                 "--refine-steps", "3", "--refine-fraction", "0.5", "--no-progress"]) == 0
+    assert (np.load(refined)["tokens"] != arrays["tokens"]).any()
+    capsys.readouterr()
+    for bad in (["--refine-steps", "-1"], ["--refine-steps", "2", "--refine-fraction", "0"]):
+        assert main(["sample", "--checkpoint", str(run / "checkpoint.pt"), "--out",
+                     str(tmp_path / "bad.png"), "--no-progress", *bad]) == 2
+        err = capsys.readouterr().err
+        assert "--refine-" in err and "Traceback" not in err
+    assert not (tmp_path / "bad.png").exists()
 
 
 def test_resume_replays_exactly(tiny_mnist, tmp_path):

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from spikediff.cli import handle_errors
+from spikediff.cli import add_refine_args, handle_errors, refine_settings
 from spikediff.errors import SpikediffError
 
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=16, help="images to generate (and real images to encode)")
     p.add_argument("--steps", type=int, help="sampling steps (default: one per latent token)")
     p.add_argument("--temperature", type=float, help="sampling temperature (default: the config's)")
+    add_refine_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--dataset", help="data set of the real images for the encoder "
@@ -161,6 +162,10 @@ def cmd_report(a) -> int:
     constants = load_constants(a.constants, a.set)
     _check_outputs([a.json, a.plot], a.force)
     model, meta, dataset = load_model_and_data(a)
+    # Refinement steps are denoiser passes too: counted like the sampling steps.
+    d = model.config.diffusion
+    r = refine_settings(a, d.refinement())
+    d.refine_steps, d.refine_fraction, d.refine_temperature = r.steps, r.fraction, r.temperature
     warnings = []
     if meta["weights"] != "trained":
         warnings.append("random weights: rates come from an untrained network")

@@ -50,10 +50,11 @@ def measure(model, *, n: int = 16, steps: int | None = None, seed: int = 0,
     torch.manual_seed(seed)
     S = steps or model.diffusion_steps
     tally = Tally()
-    info = {"n_generated": n, "sampling_steps": S, "seed": seed}
+    refine = model.config.diffusion.refine_steps
+    info = {"n_generated": n, "sampling_steps": S, "refine_steps": refine, "seed": seed}
     gen = []
     with Recorder(model, verify=verify, tally=tally):
-        bar = tqdm(total=n * S, desc="generating (counting spikes)", unit="img-step",
+        bar = tqdm(total=n * (S + refine), desc="generating (counting spikes)", unit="img-step",
                    disable=not progress, leave=False, dynamic_ncols=True)
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
@@ -118,7 +119,7 @@ def build_report(model, tally: Tally, constants: EnergyConstants, meta: dict | N
             row["brute_force_agrees"] = tally.brute[s.name] == c.synops
         layers.append(row)
 
-    # calls per image: S for the denoiser (one pass per sampling step), else 1
+    # calls per image: for the denoiser one pass per sampling and refinement step, else 1
     den0 = tally.counts.get(next((s.name for s in specs if s.component == "denoiser"), ""))
     S = meta.get("sampling_steps")
     if den0 is not None and n_gen:
@@ -134,7 +135,7 @@ def build_report(model, tally: Tally, constants: EnergyConstants, meta: dict | N
         if comp == "denoiser":
             components["denoiser_call"] = dict(tot, per="image, one sampling step")
             per_img = {key: tot[key] * S for key in SUM_KEYS if key != "neurons"}
-            components["denoiser"] = dict(tot, **per_img, per=f"image, {S:g} sampling steps",
+            components["denoiser"] = dict(tot, **per_img, per=f"image, {S:g} denoiser calls",
                                           calls_per_image=S)
         else:
             components[comp] = dict(tot, per="encoded real image" if comp == "encoder" else "image")
@@ -255,7 +256,7 @@ def format_report(rep: dict, hardware: str = "all") -> str:
     title = "Spiking-Diffusion energy estimate"
     out.append(title + "\n" + "=" * len(title))
     for key in ("model", "weights", "backend", "preset", "time_steps", "n_generated",
-                "sampling_steps", "encoder_input", "seed"):
+                "sampling_steps", "refine_steps", "encoder_input", "seed"):
         if key in m:
             out.append(f"{key.replace('_', ' ')}: {m[key]}")
     for w in m.get("warnings", []):

@@ -47,7 +47,8 @@ def record(model, *, n: int = 16, steps=None, seed: int = 0, temperature=None,
     S = steps or model.diffusion_steps
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    info = {"n_generated": n, "sampling_steps": S, "seed": seed,
+    refine = model.config.diffusion.refinement()
+    info = {"n_generated": n, "sampling_steps": S, "refine_steps": refine.steps, "seed": seed,
             "lava": f"all spiking layers on Lava ({mode}), spikes aligned by layer lag"}
     tmp = TempNir(model)
     lava = None
@@ -85,12 +86,13 @@ def record(model, *, n: int = 16, steps=None, seed: int = 0, temperature=None,
             return images
 
         gen = []
-        bar = tqdm(total=n * S, desc="generating on Lava (counting spikes)", unit="img-step",
+        bar = tqdm(total=n * (S + refine.steps), desc="generating on Lava (counting spikes)", unit="img-step",
                    disable=not progress, leave=False, dynamic_ncols=True)
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
             tokens = sample_tokens(denoise, b, model.grid, den.mask_id, model.diffusion_steps,
-                                   steps, temp, g, on_step=lambda _: bar.update(b))
+                                   steps, temp, g, on_step=lambda _: bar.update(b),
+                                   refine=refine)
             gen.append(decode(tokens))
         bar.close()
         gen = torch.cat(gen)
