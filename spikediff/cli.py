@@ -64,7 +64,7 @@ def add_refine_args(p: argparse.ArgumentParser) -> None:
                    "denoiser pass)")
     p.add_argument("--refine-fraction", type=float, metavar="R",
                    help="fraction of tokens each refinement step redraws (default: the "
-                   "config's, 0.3)")
+                   "config's, 0.2)")
     p.add_argument("--refine-temperature", type=float, metavar="T",
                    help="temperature of the refinement draws (default: the config's, 0.5)")
 

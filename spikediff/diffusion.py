@@ -93,7 +93,7 @@ class Refinement:
     """After sampling, `steps` passes that each re-mask a random `fraction` of
     the grid and redraw it at `temperature`; steps = 0: none, as published."""
     steps: int = 0
-    fraction: float = 0.3
+    fraction: float = 0.2
     temperature: float = 0.5
 
 

@@ -102,10 +102,10 @@ def test_select_only_tunes_on_held_out_images_per_denoiser_weights(tiny_mnist, t
                  "--refine-steps", "2", "--fid-weights", str(weights), "--json", str(out),
                  "--no-progress"]) == 0
     refined = json.loads(out.read_text())
-    assert refined["refine"] == {"steps": 2, "fraction": 0.3, "temperature": 0.5}
-    assert ("refinement: 2 steps, each redrawing 0.3 of the tokens at temperature 0.5"
+    assert refined["refine"] == {"steps": 2, "fraction": 0.2, "temperature": 0.5}
+    assert ("refinement: 2 steps, each redrawing 0.2 of the tokens at temperature 0.5"
             in capsys.readouterr().out)
-    assert len(list((tmp_path / "cache").rglob("samples-*-ema-n8-*-refine2x0.3T0.5-*.npz"))) == 2
+    assert len(list((tmp_path / "cache").rglob("samples-*-ema-n8-*-refine2x0.2T0.5-*.npz"))) == 2
     assert main(["eval", "--checkpoint", str(ckpt), "--data-root",
                  str(tiny_mnist), "--select-only"]) == 2
     assert "give them" in capsys.readouterr().err
@@ -133,7 +133,7 @@ def test_quality_table_script_with_either_denoiser_weights(tiny_mnist, tmp_path,
     assert "refine" not in rows["avg"] and rows["refined"]["refine"]["steps"] == 2
     md = (res / "quality.md").read_text()
     assert "| avg | " in md and "| last | " in md and md.count("averaged denoiser weights") == 2
-    assert md.count("2 refinement steps of 0.3 at T 0.5") == 1
+    assert md.count("2 refinement steps of 0.2 at T 0.5") == 1
     assert quality.main([f"mnist:avg={ck}", *common]) == 0  # done rows are skipped
     assert "exists, skipped" in capsys.readouterr().out
 
