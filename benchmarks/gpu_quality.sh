@@ -41,13 +41,17 @@ fashion-mnist-ema fashion-mnist benchmarks/configs/vq12-ema.toml $BUDGET
 fashion-mnist-adv fashion-mnist benchmarks/configs/vq12-ema-adv.toml $BUDGET"}
 
 # label  dataset  checkpoint (relative to the repo; "run:NAME" = trained above)
-#   [raw: the last step's denoiser weights of a run that kept an average]
+#   [ema|raw: which denoiser weights of a run that kept an average (default ema)]
+#   [K: that many refinement steps after sampling, README; on the CPU 20 took
+#    MNIST from 26.0 to 21.7 on the same base samples]
 EVALS=${EVALS:-"mnist-ema mnist run:mnist-ema
 mnist-ema-raw mnist run:mnist-ema raw
+mnist-ema-refine20 mnist run:mnist-ema ema 20
 kmnist-adv kmnist run:kmnist-adv
 cifar10-adv cifar10 run:cifar10-adv
 fashion-mnist-ema fashion-mnist run:fashion-mnist-ema
-fashion-mnist-adv fashion-mnist run:fashion-mnist-adv"}
+fashion-mnist-adv fashion-mnist run:fashion-mnist-adv
+fashion-mnist-adv-refine20 fashion-mnist run:fashion-mnist-adv ema 20"}
 
 if [ "$stage" = pack ]; then  # runs here, in the main environment
     site=$("${SPIKEDIFF_PY:-python3}" -c "import norse, os; print(os.path.dirname(os.path.dirname(norse.__file__)))")
@@ -96,13 +100,13 @@ case "$stage" in
   c)
     cat $W/fid/fid.part0 $W/fid/fid.part1 $W/fid/fid.part2 > $W/fid/default_1.pt
     echo "$FID_SHA  $W/fid/default_1.pt" | sha256sum -c || exit 1
-    echo "$EVALS" | while read -r label ds ck weights; do
+    echo "$EVALS" | while read -r label ds ck weights refine; do
         if [ "${ck#run:}" != "$ck" ]; then run=${ck#run:}; ck=$W/runs/$run/checkpoint.pt
         else run=""; [ -f "$ck" ] || continue; fi
         setsid bash -c "while [ -n '$run' ] && [ ! -f $W/runs/$run.done ]; do sleep 3; done
             $PY benchmarks/quality.py --data-root $W/data --device $DEVICE --n $N --temperatures $TEMPS \
                 --select-n $SELECT_N --batch-size 1000 $RECON_FID --fid-weights $W/fid/default_1.pt \
-                --weights ${weights:-ema} \
+                --weights ${weights:-ema} ${refine:+--refine-steps $refine} \
                 --results $W/results '$ds:$label=$ck' > $W/logs/eval-$label.log 2>&1" < /dev/null &
     done
     pack_results() {
@@ -112,7 +116,7 @@ case "$stage" in
         cp $W/logs/*.log $W/results/ 2>/dev/null
         tar czf $OUT/.results.tgz -C $W results && mv $OUT/.results.tgz $OUT/results.tgz
     }
-    want=$(echo "$EVALS" | while read -r _ _ ck _; do
+    want=$(echo "$EVALS" | while read -r _ _ ck _ _; do
         [ "${ck#run:}" != "$ck" ] || [ -f "$ck" ] && echo; done | wc -l); deadline=$(( $(date +%s) + WAIT_S ))
     while [ "$(ls $W/results/quality_*.json 2>/dev/null | wc -l)" -lt "$want" ] \
           && [ "$(date +%s)" -lt "$deadline" ]; do pack_results; sleep 10; done
