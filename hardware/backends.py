@@ -313,8 +313,8 @@ def generate(backend: Backend, n: int, *, grid, mask_id: int, diffusion_steps: i
     g = torch.Generator().manual_seed(seed)
     S = steps or diffusion_steps
     par = Parity() if reference is not None else None
-    bar = tqdm(total=S + (refine.steps if refine else 0), desc=f"diffusion steps ({backend.name})", unit="step",
-               disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=S + (refine.steps if refine else 0), desc=f"diffusion steps ({backend.name})",
+               unit="step", disable=not progress, leave=False, dynamic_ncols=True)
 
     def denoise(tokens, t):
         if par is None:

@@ -250,7 +250,8 @@ def cmd_eval(a) -> int:
                  temperatures=temps, select_n=a.select_n, steps=a.steps, seed=a.seed,
                  batch_size=a.batch_size, device=pick_device(a.device),
                  fid_weights=a.fid_weights, recon_fid=a.recon_fid, progress=not a.no_progress,
-                 weights=a.weights, select_only=a.select_only, refine=refine_from_args(a, a.checkpoint))
+                 weights=a.weights, select_only=a.select_only,
+                 refine=refine_from_args(a, a.checkpoint))
     print(format_result(r))
     if a.json:
         write_text(a.json, json.dumps(r, indent=2))

@@ -86,8 +86,8 @@ def record(model, *, n: int = 16, steps=None, seed: int = 0, temperature=None,
             return images
 
         gen = []
-        bar = tqdm(total=n * (S + refine.steps), desc="generating on Lava (counting spikes)", unit="img-step",
-                   disable=not progress, leave=False, dynamic_ncols=True)
+        bar = tqdm(total=n * (S + refine.steps), desc="generating on Lava (counting spikes)",
+                   unit="img-step", disable=not progress, leave=False, dynamic_ncols=True)
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
             tokens = sample_tokens(denoise, b, model.grid, den.mask_id, model.diffusion_steps,
