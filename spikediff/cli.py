@@ -69,14 +69,22 @@ def add_refine_args(p: argparse.ArgumentParser) -> None:
                    help="temperature of the refinement draws (default: the config's, 0.5)")
 
 
+def refine_overrides(a) -> dict:
+    """The --refine-* settings given on the command line, by Refinement field."""
+    from dataclasses import fields
+
+    from .diffusion import Refinement
+    given = {f.name: getattr(a, f"refine_{f.name}") for f in fields(Refinement)}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def refine_settings(a, base):
     """The diffusion.Refinement to use: the command line's settings where given,
     else those of `base` (a config's or an export's); checked."""
     from dataclasses import replace
 
     from .config import check_refine
-    given = {k: getattr(a, f"refine_{k}") for k in ("steps", "fraction", "temperature")}
-    r = replace(base, **{k: v for k, v in given.items() if v is not None})
+    r = replace(base, **refine_overrides(a))
     check_refine(r)
     return r
 

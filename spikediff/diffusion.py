@@ -137,7 +137,7 @@ def sample_tokens(denoise: Denoise, n: int, grid: tuple[int, int], mask_id: int,
     r = refine or Refinement()
     if r.steps:
         g = forked(g)
-    t = torch.full((n,), refine_step(n_steps, r.fraction), dtype=torch.long, device=device)
+        t = torch.full((n,), refine_step(n_steps, r.fraction), dtype=torch.long, device=device)
     for i in range(r.steps):
         remask = torch.rand(x.shape, generator=g, device=device) < r.fraction
         logits = denoise(torch.where(remask, torch.full_like(x, mask_id), x), t)

@@ -231,9 +231,9 @@ def add_eval_parser(sub) -> None:
 
 def refine_from_args(a, ckpt_path) -> Refinement | None:
     """The command line's --refine-* over the checkpoint config's; None: none given."""
-    from .cli import refine_settings
+    from .cli import refine_overrides, refine_settings
     from .config import Config
-    if all(getattr(a, f"refine_{k}") is None for k in ("steps", "fraction", "temperature")):
+    if not refine_overrides(a):
         return None
     cfg = Config.from_dict(checkpoint.load(ckpt_path)["config"])
     return refine_settings(a, cfg.diffusion.refinement())

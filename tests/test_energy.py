@@ -295,6 +295,13 @@ def test_cli_random_weights_without_data_falls_back(tmp_path, capsys, monkeypatc
     assert rc == 0
     assert "RANDOM" in text and "generated images instead of real test images" in text
     assert "SNN 45nm" not in text.split("Per component")[1].split("\n")[1]
+    # refinement steps on the command line are counted as denoiser calls
+    js = tmp_path / "refined.json"
+    assert main(["report", "--random-weights", "tiny", "--n", "2", "--steps", "1",
+                 "--refine-steps", "3", "--no-progress", "--quiet", "--json", str(js)]) == 0
+    rep = json.loads(js.read_text())
+    assert rep["meta"]["refine_steps"] == 3
+    assert rep["components"]["denoiser"]["calls_per_image"] == 1 + 3
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "constants", "unwritable", "lava", "stage1"])

@@ -120,7 +120,7 @@ def real_images(model, dataset, data_root, n):
     return ds.float01(slice(0, n)), None
 
 
-def _lava_tally(model, a, images):
+def _lava_tally(model, a, images, refine):
     """Counts recorded from a Lava run (hardware.lava), through the shared counting API."""
     try:
         from hardware.lava import client
@@ -139,13 +139,13 @@ def _lava_tally(model, a, images):
             raise SpikediffError(f"--backend lava: hardware.lava.energy failed to import ({e})") from None
         raise SpikediffError(
             "--backend lava: this checkout has the Lava worker but no energy recorder "
-            "(hardware.lava.energy.record(model, n=, steps=, seed=, temperature=, real_images=, "
-            "tally=, progress=), which runs generation on Lava and fills the "
+            "(hardware.lava.energy.record(model, n=, steps=, seed=, temperature=, refine=, "
+            "real_images=, tally=, progress=), which runs generation on Lava and fills the "
             "hardware.energy.counting.Tally via Tally.add_recording); use --backend norse") from None
     from .counting import Tally
     tally = Tally()
     info = record(model, n=a.n, steps=a.steps, seed=a.seed, temperature=a.temperature,
-                  real_images=images, tally=tally, progress=not a.no_progress)
+                  refine=refine, real_images=images, tally=tally, progress=not a.no_progress)
     return tally, dict(info or {})
 
 
@@ -162,10 +162,7 @@ def cmd_report(a) -> int:
     constants = load_constants(a.constants, a.set)
     _check_outputs([a.json, a.plot], a.force)
     model, meta, dataset = load_model_and_data(a)
-    # Refinement steps are denoiser passes too: counted like the sampling steps.
-    d = model.config.diffusion
-    r = refine_settings(a, d.refinement())
-    d.refine_steps, d.refine_fraction, d.refine_temperature = r.steps, r.fraction, r.temperature
+    refine = refine_settings(a, model.config.diffusion.refinement())
     warnings = []
     if meta["weights"] != "trained":
         warnings.append("random weights: rates come from an untrained network")
@@ -174,10 +171,10 @@ def cmd_report(a) -> int:
         warnings.append(f"encoder counted on the generated images instead of real test images: {why}")
     meta.update(backend=a.backend, time_steps={"vq": model.vq.cfg.T, "denoiser": model.denoiser.cfg.T})
     if a.backend == "lava":
-        tally, info = _lava_tally(model, a, images)
+        tally, info = _lava_tally(model, a, images, refine)
     else:
         tally, info = measure(model, n=a.n, steps=a.steps, seed=a.seed, temperature=a.temperature,
-                              real_images=images, batch_size=a.batch_size,
+                              refine=refine, real_images=images, batch_size=a.batch_size,
                               progress=not a.no_progress, verify=a.verify)
     meta.update(info)
     meta["warnings"] = warnings

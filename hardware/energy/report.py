@@ -36,12 +36,15 @@ def encoder_input(generated: torch.Tensor, real_images, n: int, info: dict) -> t
     return real_images[:n].to(torch.float32)
 
 def measure(model, *, n: int = 16, steps: int | None = None, seed: int = 0,
-            temperature: float | None = None, real_images: torch.Tensor | None = None,
+            temperature: float | None = None, refine=None,
+            real_images: torch.Tensor | None = None,
             batch_size: int = 64, progress: bool = True, verify: bool = False) -> tuple[Tally, dict]:
     """Counts from real generation of n images and from encoding real images.
 
     real_images: [N, C, H, W] in [0, 1] for the encoder (the first n are
     used); None encodes the generated images instead (noted in the result).
+    refine: a diffusion.Refinement (None: the config's); its steps are denoiser
+    passes too, counted like the sampling steps.
     """
     from tqdm import tqdm
 
@@ -50,16 +53,16 @@ def measure(model, *, n: int = 16, steps: int | None = None, seed: int = 0,
     torch.manual_seed(seed)
     S = steps or model.diffusion_steps
     tally = Tally()
-    refine = model.config.diffusion.refine_steps
-    info = {"n_generated": n, "sampling_steps": S, "refine_steps": refine, "seed": seed}
+    refine = model.config.diffusion.refinement() if refine is None else refine
+    info = {"n_generated": n, "sampling_steps": S, "refine_steps": refine.steps, "seed": seed}
     gen = []
     with Recorder(model, verify=verify, tally=tally):
-        bar = tqdm(total=n * (S + refine), desc="generating (counting spikes)", unit="img-step",
-                   disable=not progress, leave=False, dynamic_ncols=True)
+        bar = tqdm(total=n * (S + refine.steps), desc="generating (counting spikes)",
+                   unit="img-step", disable=not progress, leave=False, dynamic_ncols=True)
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
             img, _ = model.generate(b, temperature=temperature, steps=steps, generator=g,
-                                    on_step=lambda _: bar.update(b))
+                                    on_step=lambda _: bar.update(b), refine=refine)
             gen.append(img)
         bar.close()
         gen = torch.cat(gen)

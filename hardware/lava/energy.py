@@ -29,7 +29,7 @@ def _static_current(model, tokens, t):
         return model.denoiser.input_current(tokens, t).detach()
 
 
-def record(model, *, n: int = 16, steps=None, seed: int = 0, temperature=None,
+def record(model, *, n: int = 16, steps=None, seed: int = 0, temperature=None, refine=None,
            real_images=None, tally=None, progress: bool = True, batch_size: int = 64,
            mode: str = "floating_pt") -> dict:
     from tqdm import tqdm
@@ -47,7 +47,7 @@ def record(model, *, n: int = 16, steps=None, seed: int = 0, temperature=None,
     S = steps or model.diffusion_steps
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    refine = model.config.diffusion.refinement()
+    refine = model.config.diffusion.refinement() if refine is None else refine
     info = {"n_generated": n, "sampling_steps": S, "refine_steps": refine.steps, "seed": seed,
             "lava": f"all spiking layers on Lava ({mode}), spikes aligned by layer lag"}
     tmp = TempNir(model)
