@@ -63,9 +63,11 @@ def table(rows: dict) -> str:
 def training_summary(path) -> tuple[str, int, str]:
     ck = checkpoint.load(path)
     epochs, seconds, hardware = checkpoint.denoiser_training(ck)
-    minutes = (ck["seconds"].get("vq", 0.0) + seconds) / 60
+    minutes = (ck["seconds"].get("vq", 0.0) + seconds + ck["seconds"].get("decoder", 0.0)) / 60
     T = ck["config"]["denoiser"]["T"]
-    return (f"{len(ck['history']['vq'])}+{epochs} epochs, {minutes:.1f} min", T,
+    decoder = len(ck["history"].get("decoder", []))
+    decoder = f" + {decoder} decoder" if decoder else ""
+    return (f"{len(ck['history']['vq'])}+{epochs}{decoder} epochs, {minutes:.1f} min", T,
             hardware or "see model card")
 
 

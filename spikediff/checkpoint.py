@@ -62,7 +62,9 @@ def denoiser_training(ckpt: dict) -> tuple[str, float, str | None]:
     """(epochs, seconds, hardware) of the denoiser's training; a run fine-tuned
     from another counts that one's too: epochs "30+12", hardware "A, then B"."""
     n, sec = len(ckpt["history"]["denoiser"]), ckpt["seconds"].get("denoiser", 0.0)
-    hw, f = ckpt.get("hardware"), ckpt.get("finetuned_from")
+    # A decoder-stage run (--finetune CKPT --stage decoder) records where its
+    # denoiser was trained: its own hardware trained only the decoder.
+    hw, f = ckpt.get("denoiser_hardware") or ckpt.get("hardware"), ckpt.get("finetuned_from")
     if not f:
         return str(n), sec, hw
     return (f"{f['denoiser_epochs']}+{n}", f["denoiser_seconds"] + sec,

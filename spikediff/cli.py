@@ -114,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default", choices=list(PRESETS))
     p.add_argument("--config", help="TOML file overriding the preset (sections vq, denoiser, "
                    "diffusion, train)")
-    p.add_argument("--stage", choices=["both", "vq", "denoiser"], default="both")
+    p.add_argument("--stage", choices=["both", "vq", "denoiser", "decoder"], default="both",
+                   help="both: the VQ-SVAE, then the denoiser, then the decoder stage where "
+                   "train.epochs_decoder > 0; decoder: train the VQ-SVAE's decoding side further "
+                   "on frozen codes (with --finetune CKPT: CKPT's whole model, denoiser unchanged)")
     p.add_argument("--vq-from", metavar="CKPT", help="start a new run at the denoiser stage on "
                    "the trained VQ-SVAE of CKPT (its VQ settings, data set and holdout)")
     p.add_argument("--finetune", metavar="CKPT", help="start a new run from CKPT's trained model "
@@ -123,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "from CKPT's averaged weights where it kept them")
     p.add_argument("--epochs-vq", type=int)
     p.add_argument("--epochs-denoiser", type=int)
+    p.add_argument("--epochs-decoder", type=int, help="epochs of the decoder stage (default 0: none)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--limit", type=int, help="train on the first N images only (quick runs)")
@@ -162,10 +166,11 @@ def cmd_train(a) -> int:
     from .train import train
 
     cfg, extend = None, None
-    overrides = {k: getattr(a, k) for k in ("epochs_vq", "epochs_denoiser", "batch_size", "seed")
+    epochs = ("epochs_vq", "epochs_denoiser", "epochs_decoder")
+    overrides = {k: getattr(a, k) for k in (*epochs, "batch_size", "seed")
                  if getattr(a, k) is not None}
     if a.resume:
-        fixed = sorted(set(overrides) - {"epochs_vq", "epochs_denoiser"})
+        fixed = sorted(set(overrides) - set(epochs))
         if fixed:
             raise SpikediffError(f"--{fixed[0].replace('_', '-')} cannot change when resuming: "
                                  "the run continues with its recorded config")
@@ -180,7 +185,10 @@ def cmd_train(a) -> int:
         if value and a.stage == "vq":
             raise SpikediffError(f"{flag} takes a trained VQ-SVAE and trains the denoiser; "
                                  "it cannot go with --stage vq")
-    stages = ("vq", "denoiser") if a.stage == "both" else (a.stage,)
+    if a.vq_from and a.stage == "decoder":
+        raise SpikediffError("--vq-from trains a new denoiser; to train only the decoder of a "
+                             "finished run, use --finetune CKPT --stage decoder")
+    stages = ("vq", "denoiser", "decoder") if a.stage == "both" else (a.stage,)
     path = train(cfg, a.dataset, a.data_root, a.out, stages=stages, device=pick_device(a.device),
                  resume=a.resume, limit=a.limit, image_size=a.image_size,
                  rgb=False if a.grayscale else None, download=a.download, folder=a.folder,
@@ -238,13 +246,18 @@ def cmd_info(a) -> int:
         f = ckpt["finetuned_from"]
         print(f"denoiser fine-tuned from: {f['path']} ({f['weights']} weights after "
               f"{f['denoiser_epochs']} epochs, {f['denoiser_seconds']:.0f} s on {f['hardware']})")
+    if ckpt.get("decoder_from"):
+        print(f"decoder stage run on the whole model of: {ckpt['decoder_from']}")
     if ckpt.get("denoiser_ema") is not None:
         print(f"denoiser: averaged weights (EMA decay {ckpt['config']['train']['ema_decay']}) are "
               "used for sampling and export; --weights raw gives the last step's")
     if ckpt["config"]["train"].get("adversarial_weight"):
         t = ckpt["config"]["train"]
-        print(f"VQ-SVAE trained with an adversarial term (weight {t['adversarial_weight']}, from "
-              f"step {t['adversarial_start']}); its discriminator is not part of the model")
+        where = ("in its decoder stage" if ckpt.get("decoder_from")
+                 else f"from VQ step {t['adversarial_start']}"
+                 + (" and in the decoder stage" if ckpt["history"].get("decoder") else ""))
+        print(f"VQ-SVAE trained with an adversarial term (weight {t['adversarial_weight']}, "
+              f"{where}); its discriminator is not part of the model")
     print(f"code version: {ckpt.get('code_version', '?')}")
     return 0
 

@@ -68,6 +68,10 @@ class TrainConfig:
     batch_size: int = 32
     epochs_vq: int = 100
     epochs_denoiser: int = 200
+    # > 0: a third stage trains the VQ-SVAE's decoding side (spike generator,
+    # decoder, readout) this many epochs more on the frozen codes, with the
+    # adversarial term where adversarial_weight > 0 (from its first step).
+    epochs_decoder: int = 0
     seed: int = 42
     denoiser_batch_size: int = 0  # 0: same as batch_size
     # "constant" (the paper's) or "cosine": each stage's rate decays to 0 over

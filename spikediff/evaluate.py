@@ -11,6 +11,7 @@ images (the checkpoint's holdout), never on the test split.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 
@@ -49,23 +50,58 @@ def fid_of(feats_a, feats_b) -> float:
     return metrics.frechet_distance(*metrics.feature_stats(feats_a), *metrics.feature_stats(feats_b))
 
 
+def denoiser_id(model) -> str:
+    """A hash of all that token sampling depends on: the denoiser's weights and
+    the denoiser and diffusion settings (not the VQ-SVAE's)."""
+    cfg = model.config
+    h = hashlib.sha256(json.dumps([dataclasses.asdict(cfg.denoiser),
+                                   dataclasses.asdict(cfg.diffusion), model.diffusion_steps,
+                                   list(model.grid)]).encode())
+    for name, value in sorted(model.denoiser.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def sampled_images(cache, model, n, temperature, steps, seed, batch_size, device, progress,
+                   refine: Refinement) -> torch.Tensor:
+    """n generated images. Their token grids are cached by the denoiser's hash,
+    so checkpoints that share a denoiser (a decoder-stage run and the run it
+    came from) draw them once and then only decode them."""
+    key = (f"tokens-{denoiser_id(model)}-n{n}-T{temperature}-s{steps}{_refine_tag(refine)}"
+           f"-seed{seed}-b{batch_size}")
+    hit = cache.get(key)
+    if hit is None:
+        images, tokens = generate(model, n, temperature=temperature, steps=steps, seed=seed,
+                                  batch_size=batch_size, device=device, progress=progress,
+                                  refine=refine)
+        cache.put(key, tokens=tokens.numpy())
+        return images
+    tokens = torch.from_numpy(hit["tokens"])
+    vq = model.vq.to(device).eval()  # decoded in the sampler's batches, as it would have
+    return torch.cat([vq.decode(tokens[i:i + batch_size].to(device)).cpu()
+                      for i in range(0, n, batch_size)])
+
+
+def _refine_tag(refine: Refinement) -> str:
+    # Without refinement the keys are what they were before refinement existed,
+    # so caches filled then stay valid.
+    return (f"-refine{refine.steps}x{refine.fraction}T{refine.temperature}" if refine.steps
+            else "")
+
+
 def sample_features(net, cache, model, n, temperature, steps, seed, batch_size, device, progress,
                     ckpt_id: str, refine: Refinement = Refinement()):
     """FID features of n generated images; the images are cached too, since
     drawing them costs as much CPU time as their features."""
-    # Without refinement the key is what it was before refinement existed, so
-    # caches filled then stay valid.
-    ref = (f"-refine{refine.steps}x{refine.fraction}T{refine.temperature}" if refine.steps
-           else "")
-    key = (f"samples-{ckpt_id}-n{n}-T{temperature}-s{steps}{ref}-seed{seed}-b{batch_size}"
-           f"-net{net.sha256[:16]}")
+    key = (f"samples-{ckpt_id}-n{n}-T{temperature}-s{steps}{_refine_tag(refine)}-seed{seed}"
+           f"-b{batch_size}-net{net.sha256[:16]}")
     hit = cache.get(key + "/images")
     if hit is not None:
         images = torch.from_numpy(hit["images"])
     else:
-        images, _ = generate(model, n, temperature=temperature, steps=steps, seed=seed,
-                             batch_size=batch_size, device=device, progress=progress,
-                             refine=refine)
+        images = sampled_images(cache, model, n, temperature, steps, seed, batch_size, device,
+                                progress, refine)
         cache.put(key + "/images", images=images.numpy())
     return _feats(net, images, cache, key, progress), images
 

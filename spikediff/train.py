@@ -1,5 +1,9 @@
 """Two-stage training: VQ-SVAE (stage 1), then the denoiser on frozen codes.
 
+An optional third stage (train.epochs_decoder > 0, or `--finetune CKPT
+--stage decoder`) trains the VQ-SVAE's decoding side further on the same
+frozen codes, so the denoiser's data, and the denoiser, stay valid.
+
 Everything needed to continue lives in RUN_DIR/checkpoint.pt, rewritten
 atomically after every epoch: weights, optimizer, RNG state, epoch counters,
 loss history, config and data provenance. Each epoch draws its shuffling from
@@ -26,11 +30,16 @@ from .errors import SpikediffError
 from .model import SpikingDiffusion, build_model
 from .plots import save_grid, save_loss_plot
 
-STAGES = ("vq", "denoiser")
+STAGES = ("vq", "denoiser", "decoder")
+ORDER = STAGES + ("done",)  # a checkpoint's "stage" moves along this
 
 
 def _epochs(cfg: Config, stage: str) -> int:
-    return cfg.train.epochs_vq if stage == "vq" else cfg.train.epochs_denoiser
+    return getattr(cfg.train, f"epochs_{stage}")
+
+
+def _last_stage(cfg: Config) -> str:
+    return "decoder" if cfg.train.epochs_decoder else "denoiser"
 
 
 def _optimizer(cfg: Config, params) -> torch.optim.Optimizer:
@@ -66,7 +75,7 @@ class Trainer:
         s = self.state
         s["vq"] = self.model.vq.state_dict()
         s["denoiser"] = self.model.denoiser.state_dict() if s["stage"] != "vq" else None
-        s["denoiser_ema"] = self.ema.state_dict() if self.ema is not None else None
+        s["denoiser_ema"] = self.ema.state_dict() if self.ema is not None else s.get("denoiser_ema")
         s["discriminator"] = self.adversary.state_dict() if self.adversary is not None else None
         s["optimizer"] = opt.state_dict() if opt is not None else None
         s["rng"] = torch.get_rng_state()
@@ -77,10 +86,10 @@ class Trainer:
 
     def run(self, stages: tuple[str, ...]) -> None:
         for stage in STAGES:
-            if stage not in stages:
+            if stage not in stages or not _epochs(self.cfg, stage):
                 continue
             if self.state["stage"] != stage:
-                if STAGES.index(self.state["stage"]) > STAGES.index(stage):
+                if ORDER.index(self.state["stage"]) > ORDER.index(stage):
                     continue  # this stage finished in an earlier run
                 self.state.update(stage=stage, epoch=0, optimizer=None)
             self._run_stage(stage)
@@ -97,9 +106,18 @@ class Trainer:
                                            cfg.train.adversarial_weight,
                                            cfg.train.adversarial_start, cfg.train.lr,
                                            cfg.train.seed, self.state.get("discriminator"), dev)
+        elif stage == "decoder":
+            net = model.vq.decoding_side()
+            model.vq.eval()  # the encoder and codebook stay as they are
+            data = self._tokens()
+            bs = cfg.train.batch_size
+            if cfg.train.adversarial_weight:  # on from the first step: the decoder is trained
+                self.adversary = Adversary(model.vq.readout.out_channels,
+                                           cfg.train.adversarial_weight, 0, cfg.train.lr,
+                                           cfg.train.seed, self.state.get("discriminator"), dev)
         else:
             net = model.denoiser
-            self.adversary = None  # a training aid for stage 1 only: not kept past it
+            self.adversary = None  # a training aid for the VQ-SVAE only: not kept past it
             model.vq.eval()
             data = self._tokens()
             bs = cfg.train.denoiser_batch_size or cfg.train.batch_size
@@ -127,14 +145,13 @@ class Trainer:
                                                total * per_epoch)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                batch = data[idx].to(dev)
-                out = self._step(stage, batch)
+                out = self._step(stage, data[idx].to(dev), idx)
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
                 opt.step()
                 if self.ema is not None:
                     self.ema.update_parameters(net)
-                if self.adversary is not None:  # set in stage 1 only
+                if self.adversary is not None:  # set in the VQ-SVAE's stages only
                     out |= self.adversary.update()
                 self.state["step"] += 1
                 seen += len(idx)
@@ -147,7 +164,7 @@ class Trainer:
             wall = time.perf_counter() - t0
             record = {k: v / counts[k] for k, v in sums.items()} | {
                 "epoch": epoch + 1, "lr": lr, "seconds": wall, "images_per_s": seen / wall}
-            self.state["history"][stage].append(record)
+            self.state["history"].setdefault(stage, []).append(record)
             self.state["seconds"][stage] = self.state["seconds"].get(stage, 0.0) + wall
             self.state["epoch"] = epoch + 1
             tqdm.write(f"{stage} epoch {epoch + 1}/{total}: " + ", ".join(
@@ -162,11 +179,18 @@ class Trainer:
                 self.save(opt)
                 break
             self.save(opt)
-        if stage == "denoiser":
+        if stage == _last_stage(cfg):
             self.state["stage"] = "done"
-            self.save(opt)  # the optimizer stays, so `--resume --epochs-denoiser N` continues exactly
+            self.save(opt)  # the optimizer stays, so `--resume --epochs-... N` continues exactly
 
-    def _step(self, stage: str, batch: torch.Tensor) -> dict:
+    def _step(self, stage: str, batch: torch.Tensor, idx: torch.Tensor) -> dict:
+        if stage == "decoder":  # batch: code grids; the images they encode are the targets
+            x = self.images[idx].to(self.device).float() / 255
+            out = self.model.vq.decode_with_loss(batch, x)
+            if self.adversary is not None:
+                out = self.adversary.generator_terms(out, x * 2 - 1, self.model.vq.readout.weight,
+                                                     self.state["step"])
+            return {k: v for k, v in out.items() if k != "output"}
         if stage == "vq":
             x = batch.float() / 255
             out = self.model.vq(x)
@@ -186,13 +210,14 @@ class Trainer:
 
     @torch.no_grad()
     def _snapshot(self, stage: str, epoch: int) -> None:
-        """A PNG per epoch: reconstructions (stage 1) or fresh samples (stage 2)."""
-        if stage == "vq":
+        """A PNG per epoch: reconstructions (VQ-SVAE stages) or fresh samples (denoiser)."""
+        if stage != "denoiser":
             vq = self.model.vq.eval()
             x = self.images[:32].to(self.device).float() / 255
             recon = vq.decode(vq.encode(x))
             grid = torch.cat([x.view(4, 8, *x.shape[1:]), recon.view(4, 8, *x.shape[1:])], 1)
-            save_grid(grid.flatten(0, 1), self.out_dir / f"recon_e{epoch:03d}.png", nrow=8)
+            name = "recon" if stage == "vq" else "recon-decoder"
+            save_grid(grid.flatten(0, 1), self.out_dir / f"{name}_e{epoch:03d}.png", nrow=8)
         else:
             model = self.model
             if self.ema is not None:  # show what sampling from the checkpoint will give
@@ -215,32 +240,39 @@ def encode_codes(vq, images_u8: torch.Tensor, device, progress: bool = False) ->
 
 
 def _extend(state: dict, extend: dict[str, int]) -> None:
-    """Raises epoch counts of a resumed run; a finished run goes back to its denoiser stage."""
+    """Raises epoch counts of a resumed run; a finished run goes back to its last stage
+    (the decoder stage, which starts afresh, where --epochs-decoder adds one)."""
     hist, train_cfg = state["history"], state["config"]["train"]
     if extend and train_cfg.get("lr_schedule", "constant") != "constant":
         raise SpikediffError(f"this run's learning rate follows a {train_cfg['lr_schedule']} "
                              "schedule fixed by its epoch counts; training it further would not "
                              "match any fresh run: start a new run with more epochs")
     for key, n in extend.items():
-        stage = "vq" if key == "epochs_vq" else "denoiser"
+        stage = key.removeprefix("epochs_")
         flag = "--" + key.replace("_", "-")
-        if n < len(hist[stage]):
+        if n < len(hist.get(stage, [])):
             raise SpikediffError(f"{flag} {n} is fewer than the {len(hist[stage])} {stage} epochs "
                                  "this run has already trained")
         if stage == "vq" and state["stage"] != "vq" and n > len(hist["vq"]):
             raise SpikediffError(f"{flag}: this run's VQ stage is over and the denoiser was trained "
                                  "on its codes; start a new run to train the VQ-SVAE longer")
+        if stage == "denoiser" and hist.get("decoder") and n > len(hist["denoiser"]):
+            raise SpikediffError(f"{flag}: this run's decoder stage came after its denoiser; "
+                                 "start a new run with --finetune to train the denoiser further")
         train_cfg[key] = n
     if state["stage"] == "done":
-        done = len(hist["denoiser"])
-        if train_cfg["epochs_denoiser"] <= done:
-            raise SpikediffError(f"this run has finished ({done} denoiser epochs); pass "
-                                 f"--epochs-denoiser N with N > {done} to train it further")
-        if state.get("optimizer") is None:
+        stage = "decoder" if train_cfg.get("epochs_decoder") else "denoiser"
+        done = len(hist.get(stage, []))
+        if train_cfg[f"epochs_{stage}"] <= done:
+            raise SpikediffError(f"this run has finished ({done} {stage} epochs); pass "
+                                 f"--epochs-{stage} N with N > {done} to train it further")
+        if done == 0:  # a decoder stage added to a finished run: its own new optimizer
+            state["optimizer"] = None
+        elif state.get("optimizer") is None:
             raise SpikediffError("this finished checkpoint has no optimizer state (shipped weights "
                                  "drop it), so it cannot be continued exactly; start a new run on it "
                                  "with --finetune CKPT")
-        state.update(stage="denoiser", epoch=done)
+        state.update(stage=stage, epoch=done)
         state.pop("stopped_by_time_budget", None)
 
 
@@ -276,6 +308,17 @@ def _start_from_denoiser(state: dict, source: dict, path) -> None:
                                "denoiser_seconds": seconds, "hardware": hardware}
 
 
+def _take_denoiser(state: dict, source: dict, path) -> None:
+    """A decoder-stage run keeps the source's denoiser as it is, with its record."""
+    state.update(stage="decoder", decoder_from=str(checkpoint.resolve(path)),
+                 denoiser=source["denoiser"], denoiser_ema=source.get("denoiser_ema"),
+                 denoiser_hardware=source.get("denoiser_hardware") or source.get("hardware"))
+    state["history"]["denoiser"] = source["history"]["denoiser"]
+    state["seconds"]["denoiser"] = source["seconds"].get("denoiser", 0.0)
+    if source.get("finetuned_from"):
+        state["finetuned_from"] = source["finetuned_from"]
+
+
 def describe_hardware(device: str) -> str:
     if str(device).startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
@@ -297,7 +340,9 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
     With vq_from (a checkpoint path), a new run starts at the denoiser stage on
     that checkpoint's VQ-SVAE, its data settings and holdout. With finetune (a
     checkpoint path), the same, and the denoiser starts from that checkpoint's
-    denoiser (its average where it kept one) with a fresh optimizer."""
+    denoiser (its average where it kept one) with a fresh optimizer; with
+    finetune and stages=("decoder",), the whole model is taken over as it is
+    and only the decoder stage runs."""
     deadline = time.monotonic() + 60 * time_budget_min if time_budget_min else None
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
@@ -318,13 +363,21 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
         source = _take_over(base, flag, dataset, need_denoiser=finetune is not None)
         d, src_cfg = source["data"], Config.from_dict(source["config"])
         cfg.vq = src_cfg.vq
-        if finetune is not None:  # the same network; only how it trains (loss, [train]) may change
+        decoder_only = finetune is not None and tuple(stages) == ("decoder",)
+        if decoder_only:
+            if not cfg.train.epochs_decoder:
+                raise SpikediffError("--stage decoder trains for train.epochs_decoder epochs, "
+                                     "which is 0: pass --epochs-decoder N")
+            cfg.denoiser, cfg.diffusion = src_cfg.denoiser, src_cfg.diffusion
+            cfg.train.epochs_denoiser = len(source["history"]["denoiser"])
+            cfg.train.ema_decay = src_cfg.train.ema_decay
+        elif finetune is not None:  # the same network; only how it trains (loss, [train]) may change
             cfg.denoiser = src_cfg.denoiser
             cfg.diffusion = dataclasses.replace(src_cfg.diffusion, loss=cfg.diffusion.loss)
         cfg.train.epochs_vq = len(source["history"]["vq"])
         cfg.train.holdout = d["holdout"]  # the same images stay unseen by both stages
         image_size, rgb = d["image_size"], d["channels"] == 3
-        stages = ("denoiser",)
+        stages = ("decoder",) if decoder_only else ("denoiser",)
     torch.manual_seed(cfg.train.seed)
     imgs = load_images(dataset, data_root, "train", image_size=image_size, rgb=rgb,
                        download=download, folder=folder)
@@ -343,7 +396,9 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
                          vq_from=str(checkpoint.resolve(base)))
             state["history"]["vq"] = source["history"]["vq"]
             state["seconds"]["vq"] = source["seconds"].get("vq", 0.0)
-            if finetune is not None:
+            if stages == ("decoder",):
+                _take_denoiser(state, source, base)
+            elif finetune is not None:
                 _start_from_denoiser(state, source, base)
     model = build_model(cfg, images.shape[1], images.shape[-1])
     if state.get("vq") is not None:

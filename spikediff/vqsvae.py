@@ -114,6 +114,17 @@ class VQSVAE(nn.Module):
                 "images": (recon.detach() + 1) / 2, "codes": idx, "features": z,
                 "output": recon}
 
+    def decoding_side(self) -> nn.ModuleList:
+        """What turns codes into images: trained further, alone, by the decoder stage."""
+        return nn.ModuleList([self.spike_generator, self.decoder, self.readout])
+
+    def decode_with_loss(self, idx: torch.Tensor, images01: torch.Tensor) -> dict:
+        """Reconstruction loss of fixed code grids against the images they encode."""
+        spikes = self.generate_spikes(self.codebook.lookup(idx).detach())
+        recon = self.readout_image(self.decode_spikes(spikes)[-1])
+        rec = F.mse_loss(recon, images01 * 2 - 1) / self.data_variance
+        return {"loss": rec, "recon": rec.detach(), "output": recon}
+
     @torch.no_grad()
     def encode(self, images01: torch.Tensor) -> torch.Tensor:
         return self.codebook.nearest(self.features(self.encode_spikes(images01)[-1]))

@@ -61,7 +61,7 @@ def test_training_with_it_resumes_exactly_and_keeps_it_out_of_the_model(tiny_mni
     rows = state["history"]["vq"]
     assert rows[0]["adversarial_scale"] > 0 and rows[1]["discriminator"] > 0
     assert main(["info", "--checkpoint", str(full)]) == 0
-    assert "adversarial term (weight 0.5, from step 3)" in capsys.readouterr().out
+    assert "adversarial term (weight 0.5, from VQ step 3)" in capsys.readouterr().out
     half = tmp_path / "half"
     train(cfg(1), "mnist", tiny_mnist, half, stages=("vq",), progress=False)
     s = checkpoint.load(half / "checkpoint.pt")

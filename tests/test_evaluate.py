@@ -208,3 +208,37 @@ def test_denoiser_nll_script_is_paired_and_scaled_to_nats_per_token(tiny_mnist, 
     capsys.readouterr()
     assert nll.main([str(vq_only / "checkpoint.pt"), *args]) == 2
     assert "no denoiser weights" in capsys.readouterr().err
+
+
+def test_runs_sharing_a_denoiser_draw_their_tokens_once(tiny_mnist, tmp_path, monkeypatch):
+    """A decoder-stage run's samples are its source's token grids, decoded by its
+    own decoder: the eval draws them once, for either checkpoint."""
+    from spikediff import checkpoint, evaluate, metrics
+    from spikediff.diffusion import Refinement
+    monkeypatch.setenv("SPIKEDIFF_CACHE", str(tmp_path / "cache"))
+    first, dec = tmp_path / "a", tmp_path / "dec"
+    assert main(["train", "--dataset", "mnist", "--data-root", str(tiny_mnist), "--out",
+                 str(first), "--preset", "tiny", "--no-progress"]) == 0
+    assert main(["train", "--dataset", "mnist", "--data-root", str(tiny_mnist), "--out", str(dec),
+                 "--preset", "tiny", "--finetune", str(first / "checkpoint.pt"), "--stage",
+                 "decoder", "--epochs-decoder", "1", "--no-progress"]) == 0
+    a, b = (checkpoint.load_model(p / "checkpoint.pt") for p in (first, dec))
+    other = checkpoint.load_model(first / "checkpoint.pt")
+    other.denoiser.head.bias.data += 1e-3  # another denoiser: another hash
+    assert evaluate.denoiser_id(a) == evaluate.denoiser_id(b) != evaluate.denoiser_id(other)
+    draws = []
+    real = evaluate.generate
+    monkeypatch.setattr(evaluate, "generate", lambda *args, **kw: draws.append(1) or real(*args, **kw))
+    cache = metrics.FeatureCache()
+    args = (6, 0.9, 3, 0, 4, "cpu", False, Refinement(1))
+    imgs_a = evaluate.sampled_images(cache, a, *args)
+    imgs_b = evaluate.sampled_images(cache, b, *args)
+    assert len(draws) == 1  # b decoded a's cached tokens
+    hit = cache.get(f"tokens-{evaluate.denoiser_id(a)}-n6-T0.9-s3-refine1x0.2T0.5-seed0-b4")
+    tokens = torch.from_numpy(hit["tokens"])
+    assert torch.allclose(imgs_b, torch.cat([b.vq.decode(tokens[:4]), b.vq.decode(tokens[4:])]))
+    assert torch.allclose(imgs_a, real(a, 6, temperature=0.9, steps=3, seed=0, batch_size=4,
+                                       progress=False, refine=Refinement(1))[0])
+    assert not torch.allclose(imgs_a, imgs_b)  # the decoders differ
+    evaluate.sampled_images(cache, a, 6, 0.9, 3, 1, 4, "cpu", False, Refinement(1))
+    assert len(draws) == 2  # another seed is another draw

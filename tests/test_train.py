@@ -349,3 +349,83 @@ def test_finetune_starts_from_the_trained_denoiser(tiny_mnist, tmp_path, capsys)
         code = main(["train", "--data-root", str(tiny_mnist), "--out", str(tmp_path / "d"),
                      "--preset", "tiny", "--no-progress", *args])
         assert code == 2 and message in capsys.readouterr().err, args
+
+
+def _decoding_side(vq_state: dict) -> dict:
+    return {k: v for k, v in vq_state.items()
+            if k.startswith(("spike_generator.", "decoder.", "readout."))}
+
+
+def test_decoder_stage_trains_only_what_decodes_codes(tiny_mnist, tmp_path, capsys):
+    first = train(tiny_cfg(epochs_denoiser=1, ema_decay=0.5), "mnist", tiny_mnist,
+                  tmp_path / "a", progress=False)
+    src = checkpoint.load(first)
+    (tmp_path / "adv.toml").write_text("[train]\nadversarial_weight = 0.8\n")
+    run = tmp_path / "dec"
+    assert main(["train", "--data-root", str(tiny_mnist), "--out", str(run), "--preset", "tiny",
+                 "--finetune", str(first), "--stage", "decoder", "--epochs-decoder", "2",
+                 "--config", str(tmp_path / "adv.toml"), "--no-progress"]) == 0
+    new = checkpoint.load(run / "checkpoint.pt")
+    assert new["stage"] == "done" and len(new["history"]["decoder"]) == 2
+    assert "adversarial" in new["history"]["decoder"][0]  # the term was on from the first step
+    assert (run / "recon-decoder_e002.png").is_file() and new["discriminator"] is not None
+    # the denoiser (raw and averaged) and everything that makes the codes stay bit for bit
+    for key in ("denoiser", "denoiser_ema"):
+        assert all(torch.equal(v, new[key][k]) for k, v in src[key].items()), key
+    moved = _decoding_side(src["vq"])
+    for k, v in src["vq"].items():
+        if k not in moved and not k.endswith("num_batches_tracked"):
+            assert torch.equal(v, new["vq"][k]), k
+    assert any(not torch.equal(v, new["vq"][k]) for k, v in moved.items() if v.is_floating_point())
+    a, b = checkpoint.model_from(src), checkpoint.model_from(new)
+    x = torch.rand(8, 1, 28, 28)
+    assert torch.equal(a.vq.encode(x), b.vq.encode(x))
+    ga, gb = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    (img_a, tok_a), (img_b, tok_b) = (a.generate(4, generator=ga, steps=4),
+                                      b.generate(4, generator=gb, steps=4))
+    assert torch.equal(tok_a, tok_b) and not torch.equal(img_a, img_b)
+    # the record: where the model came from, and the denoiser's own training
+    assert new["decoder_from"] == str(first) and len(new["history"]["denoiser"]) == 1
+    assert checkpoint.denoiser_training(new) == checkpoint.denoiser_training(src)
+    assert main(["info", "--checkpoint", str(run / "checkpoint.pt")]) == 0
+    out = capsys.readouterr().out
+    assert f"decoder stage run on the whole model of: {first}" in out and "decoder: 2 epochs" in out
+    # a finished decoder stage extends; the denoiser before it cannot
+    (tmp_path / "const.toml").write_text("[train]\nepochs_decoder = 1\n")
+    plain = tmp_path / "plain"
+    assert main(["train", "--data-root", str(tiny_mnist), "--out", str(plain), "--preset", "tiny",
+                 "--finetune", str(first), "--stage", "decoder", "--config",
+                 str(tmp_path / "const.toml"), "--no-progress"]) == 0
+    assert main(["train", "--data-root", str(tiny_mnist), "--out", str(plain), "--resume",
+                 "--epochs-decoder", "2", "--no-progress"]) == 0
+    assert len(checkpoint.load(plain / "checkpoint.pt")["history"]["decoder"]) == 2
+    for args, message in [
+            (["--out", str(plain), "--resume", "--epochs-denoiser", "3"], "decoder stage came after"),
+            (["--out", str(tmp_path / "e"), "--preset", "tiny", "--finetune", str(first),
+              "--stage", "decoder"], "pass --epochs-decoder N"),
+            (["--out", str(tmp_path / "e"), "--preset", "tiny", "--vq-from", str(first),
+              "--stage", "decoder"], "--finetune CKPT --stage decoder")]:
+        code = main(["train", "--data-root", str(tiny_mnist), "--no-progress", *args])
+        assert code == 2 and message in capsys.readouterr().err, args
+
+
+def test_three_stage_run_resumes_exactly(tiny_mnist, tmp_path):
+    cfg = dict(epochs_vq=1, epochs_denoiser=1, epochs_decoder=2)
+    full = train(tiny_cfg(**cfg), "mnist", tiny_mnist, tmp_path / "full", progress=False)
+    a = checkpoint.load(full)
+    assert a["stage"] == "done" and [len(a["history"][s]) for s in ("vq", "denoiser", "decoder")] \
+        == [1, 1, 2]
+    # killed after the denoiser stage and one decoder epoch, then resumed
+    part = tmp_path / "part"
+    train(tiny_cfg(**cfg), "mnist", tiny_mnist, part, stages=("vq", "denoiser"), progress=False)
+    assert checkpoint.load(part / "checkpoint.pt")["stage"] == "denoiser"  # the decoder's to come
+    train(tiny_cfg(**cfg | {"epochs_decoder": 1}), "mnist", tiny_mnist, tmp_path / "one",
+          progress=False)
+    state = checkpoint.load(tmp_path / "one" / "checkpoint.pt")
+    state.update(stage="decoder", epoch=1)
+    state["config"]["train"]["epochs_decoder"] = 2
+    checkpoint.atomic_save(state, part / "checkpoint.pt")
+    train(None, None, tiny_mnist, part, resume=True, progress=False)
+    b = checkpoint.load(part / "checkpoint.pt")
+    assert b["stage"] == "done" and len(b["history"]["decoder"]) == 2
+    assert all(torch.equal(v, b["vq"][k]) for k, v in a["vq"].items())
