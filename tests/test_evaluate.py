@@ -7,6 +7,17 @@ import torch
 from spikediff.cli import main
 
 
+def _script(name: str):
+    """A benchmarks/ script, imported as a module."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class TinyFeatures(torch.nn.Module):
     """[N, 3, 299, 299] -> [N, 2048]: pooled random projections (not Inception)."""
 
@@ -113,12 +124,7 @@ def test_select_only_tunes_on_held_out_images_per_denoiser_weights(tiny_mnist, t
 
 def test_quality_table_script_with_either_denoiser_weights(tiny_mnist, tmp_path, monkeypatch,
                                                            capsys):
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "quality", Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py")
-    quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality)
+    quality = _script("quality")
     ckpt, weights = tiny_ema_run(tiny_mnist, tmp_path, monkeypatch, "")
     ck, res = str(ckpt), tmp_path / "results"
     common = ["--data-root", str(tiny_mnist), "--n", "8", "--temperatures", "1.0",
@@ -140,12 +146,7 @@ def test_quality_table_script_with_either_denoiser_weights(tiny_mnist, tmp_path,
 
 def test_vq_recon_script_compares_stage_one_runs_on_held_out_images(tiny_mnist, tmp_path,
                                                                     monkeypatch, capsys):
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "vq_recon", Path(__file__).resolve().parent.parent / "benchmarks" / "vq_recon.py")
-    vq_recon = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vq_recon)
+    vq_recon = _script("vq_recon")
     monkeypatch.setenv("SPIKEDIFF_CACHE", str(tmp_path / "cache"))
     weights = tmp_path / "tiny_fid.pt"
     torch.jit.script(TinyFeatures()).save(str(weights))
@@ -169,16 +170,10 @@ def test_vq_recon_script_compares_stage_one_runs_on_held_out_images(tiny_mnist, 
 
 
 def test_denoiser_nll_script_is_paired_and_scaled_to_nats_per_token(tiny_mnist, tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
     import pytest
 
     from spikediff import checkpoint
-    spec = importlib.util.spec_from_file_location(
-        "denoiser_nll", Path(__file__).resolve().parent.parent / "benchmarks" / "denoiser_nll.py")
-    nll = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(nll)
+    nll = _script("denoiser_nll")
     cfg = tmp_path / "c.toml"
     cfg.write_text("[train]\nholdout = 16\n")
     run = tmp_path / "run"
@@ -210,7 +205,8 @@ def test_denoiser_nll_script_is_paired_and_scaled_to_nats_per_token(tiny_mnist, 
     assert "no denoiser weights" in capsys.readouterr().err
 
 
-def test_runs_sharing_a_denoiser_draw_their_tokens_once(tiny_mnist, tmp_path, monkeypatch):
+def test_runs_sharing_a_denoiser_draw_their_tokens_once(tiny_mnist, tmp_path, monkeypatch,
+                                                         capsys):
     """A decoder-stage run's samples are its source's token grids, decoded by its
     own decoder: the eval draws them once, for either checkpoint."""
     from spikediff import checkpoint, evaluate, metrics
@@ -242,3 +238,14 @@ def test_runs_sharing_a_denoiser_draw_their_tokens_once(tiny_mnist, tmp_path, mo
     assert not torch.allclose(imgs_a, imgs_b)  # the decoders differ
     evaluate.sampled_images(cache, a, 6, 0.9, 3, 1, 4, "cpu", False, Refinement(1))
     assert len(draws) == 2  # another seed is another draw
+    # the grid of one draw decoded by both; runs with another denoiser are refused
+    grid = _script("decoder_grid")
+    ckpts = [str(p / "checkpoint.pt") for p in (first, dec)]
+    assert grid.main([*ckpts, "--n", "8", "--out", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").is_file()
+    other_run = tmp_path / "b"
+    assert main(["train", "--dataset", "mnist", "--data-root", str(tiny_mnist), "--out",
+                 str(other_run), "--preset", "tiny", "--seed", "1", "--no-progress"]) == 0
+    assert grid.main([ckpts[0], str(other_run / "checkpoint.pt"), "--n", "8", "--out",
+                      str(tmp_path / "h.png")]) == 2
+    assert "different denoisers" in capsys.readouterr().err and not (tmp_path / "h.png").exists()
