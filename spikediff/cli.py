@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune", metavar="CKPT", help="start a new run from CKPT's trained model "
                    "and train its denoiser further under this run's [train] settings (learning "
                    "rate, schedule, weight average) with a fresh optimizer; the denoiser starts "
-                   "from CKPT's averaged weights where it kept them")
+                   "from CKPT's averaged weights where it kept them (with --stage decoder: train "
+                   "its decoder instead, the denoiser as it is)")
     p.add_argument("--epochs-vq", type=int)
     p.add_argument("--epochs-denoiser", type=int)
     p.add_argument("--epochs-decoder", type=int, help="epochs of the decoder stage (default 0: none)")
