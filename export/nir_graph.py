@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikediff import __version__
+from spikediff.checkpoint import weights_hash
 from spikediff.errors import SpikediffError
 from spikediff.neuron import DT, TAU_MEM, V_RESET, V_TH
 
@@ -397,6 +398,8 @@ def build_graph(model, dtype=np.float64) -> nir.NIRGraph:
         "diffusion_steps": int(model.diffusion_steps), "codebook_size": int(model.vq.cfg.codebook_size),
         "phase_factor": int(dec.metadata["phase_factor"]),
         "token_input": model.denoiser.cfg.token_input,
+        # spikediff-run --compare checks that its Norse model is the one exported
+        "weights_sha256": weights_hash(model.vq, model.denoiser),
     })
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=md)
 

@@ -81,7 +81,8 @@ def load_model(a):
 
 
 def _nir_info(path):
-    """(grid, mask_id, diffusion_steps, temperature, refinement) from the NIR metadata."""
+    """(grid, mask_id, diffusion_steps, temperature, refinement, weights hash) from the
+    NIR metadata."""
     from export.nir_graph import refinement_of
     import nir
     try:
@@ -94,7 +95,16 @@ def _nir_info(path):
         raise SpikediffError(f"{path} is not a spikediff export (no 'denoiser' subgraph)")
     md, dmd = g.metadata, g.nodes["denoiser"].metadata
     return (tuple(int(x) for x in md["grid"]), int(dmd["mask_id"]), int(dmd["diffusion_steps"]),
-            float(md["temperature"]), refinement_of(md))
+            float(md["temperature"]), refinement_of(md), md.get("weights_sha256"))
+
+
+def _check_same_weights(nir_path, exported: str | None, model, source: str) -> None:
+    """A Norse model beside a given NIR file must be the one it was exported from
+    (files written before the hash was recorded are not checked)."""
+    from spikediff.checkpoint import weights_hash
+    if exported is not None and str(exported) != weights_hash(model.vq, model.denoiser):
+        raise SpikediffError(f"{nir_path} was exported from other weights than {source}; pass "
+                             "--checkpoint with the checkpoint it was exported from")
 
 
 @handle_errors
@@ -119,7 +129,9 @@ def main(argv=None) -> int:
             tmp = B.TempNir(model)
             nir_path = tmp.path
         if nir_path:
-            grid, mask_id, N, temp0, refine0 = _nir_info(nir_path)
+            grid, mask_id, N, temp0, refine0, exported = _nir_info(nir_path)
+            if model is not None and a.nir:
+                _check_same_weights(a.nir, exported, model, source)
         else:
             grid, mask_id, N = model.grid, model.denoiser.mask_id, model.diffusion_steps
             temp0, refine0 = model.config.diffusion.temperature, model.config.diffusion.refinement()

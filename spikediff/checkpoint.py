@@ -5,6 +5,7 @@ so a kill mid-write never leaves a truncated checkpoint behind.
 """
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 
@@ -69,6 +70,17 @@ def denoiser_training(ckpt: dict) -> tuple[str, float, str | None]:
         return str(n), sec, hw
     return (f"{f['denoiser_epochs']}+{n}", f["denoiser_seconds"] + sec,
             f"{f['hardware'] or 'unrecorded hardware'}, then {hw}")
+
+
+def weights_hash(*modules: torch.nn.Module) -> str:
+    """A short hash of modules' weights and buffers: the same for the same
+    trained values, whichever file or export they came through."""
+    h = hashlib.sha256()
+    for module in modules:
+        for name, value in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 WEIGHTS = ("ema", "raw")

@@ -54,13 +54,10 @@ def denoiser_id(model) -> str:
     """A hash of all that token sampling depends on: the denoiser's weights and
     the denoiser and diffusion settings (not the VQ-SVAE's)."""
     cfg = model.config
-    h = hashlib.sha256(json.dumps([dataclasses.asdict(cfg.denoiser),
-                                   dataclasses.asdict(cfg.diffusion), model.diffusion_steps,
-                                   list(model.grid)]).encode())
-    for name, value in sorted(model.denoiser.state_dict().items()):
-        h.update(name.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    settings = json.dumps([dataclasses.asdict(cfg.denoiser), dataclasses.asdict(cfg.diffusion),
+                           model.diffusion_steps, list(model.grid)])
+    return hashlib.sha256((settings + checkpoint.weights_hash(model.denoiser)).encode()
+                          ).hexdigest()[:16]
 
 
 def sampled_images(cache, model, n, temperature, steps, seed, batch_size, device, progress,

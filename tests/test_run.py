@@ -163,6 +163,18 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["--backend", "norse", "--random-weights", "tiny", "--n", "0"]) == 2
 
 
+def test_compare_refuses_a_nir_file_of_other_weights(nir_file, ckpt, tmp_path, capsys):
+    # the checkpoint it was exported from: compared, identical
+    args = ["--backend", "nir", "--nir", str(nir_file), "--n", "1", "--steps", "2",
+            "--no-progress", "--compare"]
+    assert main([*args, "--checkpoint", str(ckpt), "--out", str(tmp_path / "a.png")]) == 0
+    assert "identical spike trains on every layer" in capsys.readouterr().out
+    # another model (here: other random weights) would compare two different networks
+    out = tmp_path / "b.png"
+    assert main([*args, "--random-weights", "tiny", "--seed", "1", "--out", str(out)]) == 2
+    assert "exported from other weights" in capsys.readouterr().err and not out.exists()
+
+
 @needs_lava
 def test_worker_crash_is_one_clear_error(nir_file, monkeypatch, capsys):
     from hardware.lava.client import LavaWorker
