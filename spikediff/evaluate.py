@@ -75,7 +75,7 @@ def sampled_images(cache, model, n, temperature, steps, seed, batch_size, device
         cache.put(key, tokens=tokens.numpy())
         return images
     tokens = torch.from_numpy(hit["tokens"])
-    vq = model.vq.to(device).eval()  # decoded in the sampler's batches, as it would have
+    vq = model.vq.to(device).eval()  # decoded in the batches the sampler decodes in
     return torch.cat([vq.decode(tokens[i:i + batch_size].to(device)).cpu()
                       for i in range(0, n, batch_size)])
 
