@@ -101,20 +101,13 @@ class Trainer:
             data = self.images
             net.data_variance.fill_((data.float() / 127.5 - 1).var().item())
             bs = cfg.train.batch_size
-            if cfg.train.adversarial_weight:
-                self.adversary = Adversary(model.vq.readout.out_channels,
-                                           cfg.train.adversarial_weight,
-                                           cfg.train.adversarial_start, cfg.train.lr,
-                                           cfg.train.seed, self.state.get("discriminator"), dev)
+            self.adversary = self._adversary(cfg.train.adversarial_start)
         elif stage == "decoder":
             net = model.vq.decoding_side()
             model.vq.eval()  # the encoder and codebook stay as they are
             data = self._tokens()
             bs = cfg.train.batch_size
-            if cfg.train.adversarial_weight:  # on from the first step: the decoder is trained
-                self.adversary = Adversary(model.vq.readout.out_channels,
-                                           cfg.train.adversarial_weight, 0, cfg.train.lr,
-                                           cfg.train.seed, self.state.get("discriminator"), dev)
+            self.adversary = self._adversary(0)  # on from the first step: the decoder is trained
         else:
             net = model.denoiser
             self.adversary = None  # a training aid for the VQ-SVAE only: not kept past it
@@ -182,6 +175,14 @@ class Trainer:
         if stage == _last_stage(cfg):
             self.state["stage"] = "done"
             self.save(opt)  # the optimizer stays, so `--resume --epochs-... N` continues exactly
+
+    def _adversary(self, start: int) -> Adversary | None:
+        """The VQ-SVAE stages' discriminator (resumed from the checkpoint), if the config has one."""
+        t = self.cfg.train
+        if not t.adversarial_weight:
+            return None
+        return Adversary(self.model.vq.readout.out_channels, t.adversarial_weight, start, t.lr,
+                         t.seed, self.state.get("discriminator"), self.device)
 
     def _step(self, stage: str, batch: torch.Tensor, idx: torch.Tensor) -> dict:
         if stage == "decoder":  # batch: code grids; the images they encode are the targets
