@@ -63,10 +63,10 @@ def table(rows: dict) -> str:
 def training_summary(path) -> tuple[str, int, str]:
     ck = checkpoint.load(path)
     epochs, seconds, hardware = checkpoint.denoiser_training(ck)
-    minutes = (ck["seconds"].get("vq", 0.0) + seconds + ck["seconds"].get("decoder", 0.0)) / 60
+    decoder, decoder_seconds = checkpoint.decoder_training(ck)
+    minutes = (ck["seconds"].get("vq", 0.0) + seconds + decoder_seconds) / 60
     T = ck["config"]["denoiser"]["T"]
-    decoder = len(ck["history"].get("decoder", []))
-    decoder = f" + {decoder} decoder" if decoder else ""
+    decoder = f" + {decoder} decoder" if decoder != "0" else ""
     return (f"{len(ck['history']['vq'])}+{epochs}{decoder} epochs, {minutes:.1f} min", T,
             hardware or "see model card")
 

@@ -48,7 +48,7 @@ def load(path: str | Path | None) -> dict:
     path = resolve(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: give the path to a .pt file written by "
-                              "`spikediff train` (or omit --checkpoint for the shipped one)")
+                              "`spikediff train`")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a damaged file
@@ -70,6 +70,16 @@ def denoiser_training(ckpt: dict) -> tuple[str, float, str | None]:
         return str(n), sec, hw
     return (f"{f['denoiser_epochs']}+{n}", f["denoiser_seconds"] + sec,
             f"{f['hardware'] or 'unrecorded hardware'}, then {hw}")
+
+
+def decoder_training(ckpt: dict) -> tuple[str, float]:
+    """(epochs, seconds) of the decoder stages behind this model: a decoder stage
+    run on a decoder-stage run counts the earlier one too, epochs "3+3"."""
+    n, sec = len(ckpt["history"].get("decoder", [])), ckpt["seconds"].get("decoder", 0.0)
+    earlier = ckpt.get("earlier_decoder")
+    if not earlier:
+        return str(n), sec
+    return f"{earlier['epochs']}+{n}", earlier["seconds"] + sec
 
 
 def weights_hash(*modules: torch.nn.Module) -> str:

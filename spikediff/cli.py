@@ -249,6 +249,9 @@ def cmd_info(a) -> int:
               f"{f['denoiser_epochs']} epochs, {f['denoiser_seconds']:.0f} s on {f['hardware']})")
     if ckpt.get("decoder_from"):
         print(f"decoder stage run on the whole model of: {ckpt['decoder_from']}")
+    if ckpt.get("earlier_decoder"):
+        e = ckpt["earlier_decoder"]
+        print(f"its decoder had {e['epochs']} decoder-stage epochs before ({e['seconds']:.0f} s)")
     if ckpt.get("denoiser_ema") is not None:
         print(f"denoiser: averaged weights (EMA decay {ckpt['config']['train']['ema_decay']}) are "
               "used for sampling and export; --weights raw gives the last step's")

@@ -318,6 +318,9 @@ def _take_denoiser(state: dict, source: dict, path) -> None:
     state["seconds"]["denoiser"] = source["seconds"].get("denoiser", 0.0)
     if source.get("finetuned_from"):
         state["finetuned_from"] = source["finetuned_from"]
+    if source["history"].get("decoder"):  # its decoder had a stage already: count it
+        epochs, seconds = checkpoint.decoder_training(source)
+        state["earlier_decoder"] = {"epochs": epochs, "seconds": seconds}
 
 
 def describe_hardware(device: str) -> str:

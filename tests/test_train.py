@@ -1,4 +1,5 @@
 """Training, checkpoints, resume and the `spikediff` CLI on a tiny data set."""
+import pytest
 import torch
 
 from spikediff import checkpoint
@@ -399,6 +400,18 @@ def test_decoder_stage_trains_only_what_decodes_codes(tiny_mnist, tmp_path, caps
     assert main(["train", "--data-root", str(tiny_mnist), "--out", str(plain), "--resume",
                  "--epochs-decoder", "2", "--no-progress"]) == 0
     assert len(checkpoint.load(plain / "checkpoint.pt")["history"]["decoder"]) == 2
+    # a decoder stage on a decoder-stage run counts the earlier one's epochs and time
+    again = tmp_path / "again"
+    assert main(["train", "--data-root", str(tiny_mnist), "--out", str(again), "--preset", "tiny",
+                 "--finetune", str(plain / "checkpoint.pt"), "--stage", "decoder",
+                 "--config", str(tmp_path / "const.toml"), "--no-progress"]) == 0
+    twice, once = checkpoint.load(again / "checkpoint.pt"), checkpoint.load(plain / "checkpoint.pt")
+    epochs, seconds = checkpoint.decoder_training(twice)
+    assert epochs == "2+1" and checkpoint.decoder_training(once)[0] == "2"
+    assert seconds == pytest.approx(once["seconds"]["decoder"] + twice["seconds"]["decoder"])
+    capsys.readouterr()
+    assert main(["info", "--checkpoint", str(again / "checkpoint.pt")]) == 0
+    assert "its decoder had 2 decoder-stage epochs before" in capsys.readouterr().out
     for args, message in [
             (["--out", str(plain), "--resume", "--epochs-denoiser", "3"], "decoder stage came after"),
             (["--out", str(tmp_path / "e"), "--preset", "tiny", "--finetune", str(first),
