@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 
 from .errors import SpikediffError
@@ -20,6 +21,10 @@ def handle_errors(main):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+            # Python would flush stdout again at exit and fail the same way: point it at devnull.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
     return wrapper
 
 

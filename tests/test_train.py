@@ -1,4 +1,9 @@
 """Training, checkpoints, resume and the `spikediff` CLI on a tiny data set."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -126,6 +131,17 @@ def test_cli_errors_are_clear(tiny_mnist, tmp_path, capsys):
     code, err = run("train", "--data-root", str(tiny_mnist), "--out", str(tmp_path / "r2"),
                     "--preset", "tiny", "--config", str(tmp_path / "missing.toml"))
     assert code == 2 and "does not exist" in err
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`spikediff info | head -1`: the reader goes away and the command stops
+    without a traceback (the read end is closed before the command starts)."""
+    read, write = os.pipe()
+    os.close(read)
+    r = subprocess.run([sys.executable, "-m", "spikediff", "info"], stdout=write,
+                       stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    os.close(write)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
 
 
 def test_config_file_overrides(tmp_path):
