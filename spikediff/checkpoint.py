@@ -16,6 +16,7 @@ from .atomic import atomic_path
 from .config import Config
 from .errors import SpikediffError
 from .model import SpikingDiffusion, build_model
+from .vqsvae import DECODING_SIDE
 
 FORMAT = "spikediff-checkpoint/1"
 SHIPPED = Path(__file__).parent / "weights" / "mnist-default.pt"
@@ -74,12 +75,51 @@ def denoiser_training(ckpt: dict) -> tuple[str, float, str | None]:
 
 def decoder_training(ckpt: dict) -> tuple[str, float]:
     """(epochs, seconds) of the decoder stages behind this model: a decoder stage
-    run on a decoder-stage run counts the earlier one too, epochs "3+3"."""
+    run on a decoder-stage run counts the earlier one too, epochs "3+3"; "0":
+    none."""
     n, sec = len(ckpt["history"].get("decoder", [])), ckpt["seconds"].get("decoder", 0.0)
     earlier = ckpt.get("earlier_decoder")
     if not earlier:
         return str(n), sec
+    if not n:  # a denoiser fine-tuned on a decoder-stage run: that decoder, as it was
+        return earlier["epochs"], earlier["seconds"]
     return f"{earlier['epochs']}+{n}", earlier["seconds"] + sec
+
+
+def combine(denoiser_path: str | Path, decoder_path: str | Path) -> dict:
+    """One model from two runs on one VQ-SVAE: the denoiser (and its record) of
+    the first, the VQ-SVAE with its decoder (and its decoder stages) of the
+    second. The decoder stage never sees the denoiser, so a decoder trained on
+    one run serves every denoiser trained on the same codes."""
+    a, b = load(denoiser_path), load(decoder_path)
+    if a.get("denoiser") is None:
+        raise CheckpointError(f"{resolve(denoiser_path)} holds no trained denoiser")
+    if b.get("vq") is None:
+        raise CheckpointError(f"{resolve(decoder_path)} holds no trained VQ-SVAE")
+    same = ("name", "channels", "image_size", "holdout")
+    if any(a["data"][k] != b["data"][k] for k in same) or a["config"]["vq"] != b["config"]["vq"]:
+        raise CheckpointError("the two checkpoints were trained on other data or VQ-SVAE settings; "
+                              "combine runs built on one VQ-SVAE")
+    decoding = tuple(f"{name}." for name in DECODING_SIDE)
+    for k, v in a["vq"].items():
+        if not k.startswith(decoding) and not torch.equal(v, b["vq"][k]):
+            raise CheckpointError(
+                f"the two VQ-SVAEs encode images differently ({k} differs), so the denoiser of "
+                f"{resolve(denoiser_path)} was trained on other codes than the decoder of "
+                f"{resolve(decoder_path)} decodes; combine runs built on one VQ-SVAE "
+                "(--vq-from, --finetune, --stage decoder)")
+    out = {k: v for k, v in a.items() if k not in ("optimizer", "rng", "discriminator",
+                                                     "decoder_from", "earlier_decoder")}
+    out.update(vq=b["vq"], stage="done", optimizer=None, rng=None, code_version=code_version(),
+               combined={"denoiser": str(resolve(denoiser_path)),
+                         "decoder": str(resolve(decoder_path)),
+                         "decoder_train": b["config"]["train"],
+                         "decoder_from": b.get("decoder_from")})
+    out["history"] = {**a["history"], "decoder": b["history"].get("decoder", [])}
+    out["seconds"] = {**a["seconds"], "decoder": b["seconds"].get("decoder", 0.0)}
+    if b.get("earlier_decoder"):
+        out["earlier_decoder"] = b["earlier_decoder"]
+    return out
 
 
 def weights_hash(*modules: torch.nn.Module) -> str:

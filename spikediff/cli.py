@@ -154,6 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sample)
 
+    p = sub.add_parser("combine", help="one model from two runs: one's denoiser, another's decoder",
+                       description="Write a checkpoint with the denoiser of one run and the "
+                       "VQ-SVAE (decoder included) of another. Both must share the VQ-SVAE's "
+                       "encoding side bit for bit, as runs built on one VQ-SVAE do (--vq-from, "
+                       "--finetune, --stage decoder): the decoder stage never sees the "
+                       "denoiser, so a decoder trained on one such run serves them all.")
+    p.add_argument("--denoiser", required=True, metavar="CKPT", help="take the denoiser from here")
+    p.add_argument("--decoder", required=True, metavar="CKPT",
+                   help="take the VQ-SVAE, with its decoder, from here")
+    p.add_argument("--out", required=True, help="checkpoint file to write")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=cmd_combine)
+
     p = sub.add_parser("info", help="describe a checkpoint")
     p.add_argument("--checkpoint")
     p.set_defaults(func=cmd_info)
@@ -233,6 +246,14 @@ def cmd_sample(a) -> int:
     return 0
 
 
+def cmd_combine(a) -> int:
+    from . import checkpoint
+    _refuse_overwrite([a.out], a.force)
+    checkpoint.atomic_save(checkpoint.combine(a.denoiser, a.decoder), a.out)
+    print(f"checkpoint: {a.out} (denoiser of {a.denoiser}, decoder of {a.decoder})")
+    return 0
+
+
 def cmd_info(a) -> int:
     from . import checkpoint
     ckpt = checkpoint.load(a.checkpoint)
@@ -254,15 +275,19 @@ def cmd_info(a) -> int:
               f"{f['denoiser_epochs']} epochs, {f['denoiser_seconds']:.0f} s on {f['hardware']})")
     if ckpt.get("decoder_from"):
         print(f"decoder stage run on the whole model of: {ckpt['decoder_from']}")
+    if ckpt.get("combined"):
+        c = ckpt["combined"]
+        print(f"combined: the denoiser of {c['denoiser']}, the VQ-SVAE (decoder) of {c['decoder']}")
     if ckpt.get("earlier_decoder"):
         e = ckpt["earlier_decoder"]
         print(f"its decoder had {e['epochs']} decoder-stage epochs before ({e['seconds']:.0f} s)")
     if ckpt.get("denoiser_ema") is not None:
         print(f"denoiser: averaged weights (EMA decay {ckpt['config']['train']['ema_decay']}) are "
               "used for sampling and export; --weights raw gives the last step's")
-    if ckpt["config"]["train"].get("adversarial_weight"):
-        t = ckpt["config"]["train"]
-        where = ("in its decoder stage" if ckpt.get("decoder_from")
+    c = ckpt.get("combined")  # then the VQ-SVAE's training is the decoder source's
+    t = c["decoder_train"] if c else ckpt["config"]["train"]
+    if t.get("adversarial_weight"):
+        where = ("in its decoder stage" if (c or ckpt).get("decoder_from")
                  else f"from VQ step {t['adversarial_start']}"
                  + (" and in the decoder stage" if ckpt["history"].get("decoder") else ""))
         print(f"VQ-SVAE trained with an adversarial term (weight {t['adversarial_weight']}, "

@@ -307,6 +307,7 @@ def _start_from_denoiser(state: dict, source: dict, path) -> None:
     state["finetuned_from"] = {"path": str(checkpoint.resolve(path)),
                                "weights": "ema" if averaged else "raw", "denoiser_epochs": epochs,
                                "denoiser_seconds": seconds, "hardware": hardware}
+    _record_earlier_decoder(state, source)  # its VQ-SVAE, decoder included, is kept
 
 
 def _take_denoiser(state: dict, source: dict, path) -> None:
@@ -318,8 +319,13 @@ def _take_denoiser(state: dict, source: dict, path) -> None:
     state["seconds"]["denoiser"] = source["seconds"].get("denoiser", 0.0)
     if source.get("finetuned_from"):
         state["finetuned_from"] = source["finetuned_from"]
-    if source["history"].get("decoder"):  # its decoder had a stage already: count it
-        epochs, seconds = checkpoint.decoder_training(source)
+    _record_earlier_decoder(state, source)
+
+
+def _record_earlier_decoder(state: dict, source: dict) -> None:
+    """Where the taken-over decoder had decoder stages already: count them."""
+    epochs, seconds = checkpoint.decoder_training(source)
+    if epochs != "0":
         state["earlier_decoder"] = {"epochs": epochs, "seconds": seconds}
 
 

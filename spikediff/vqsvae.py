@@ -56,6 +56,11 @@ class Codebook(nn.Module):
         return len(dead)
 
 
+# The modules that turn codes into images; the rest (encoder, codebook, mix,
+# data_variance) decides which code an image gets.
+DECODING_SIDE = ("spike_generator", "decoder", "readout")
+
+
 class VQSVAE(nn.Module):
     def __init__(self, cfg: VQConfig, channels: int = 1):
         super().__init__()
@@ -116,7 +121,7 @@ class VQSVAE(nn.Module):
 
     def decoding_side(self) -> nn.ModuleList:
         """What turns codes into images: trained further, alone, by the decoder stage."""
-        return nn.ModuleList([self.spike_generator, self.decoder, self.readout])
+        return nn.ModuleList([getattr(self, name) for name in DECODING_SIDE])
 
     def decode_with_loss(self, idx: torch.Tensor, images01: torch.Tensor) -> dict:
         """Reconstruction loss of fixed code grids against the images they encode."""

@@ -438,6 +438,50 @@ def test_decoder_stage_trains_only_what_decodes_codes(tiny_mnist, tmp_path, caps
         assert code == 2 and message in capsys.readouterr().err, args
 
 
+def test_combine_puts_one_runs_decoder_under_anothers_denoiser(tiny_mnist, tmp_path, capsys):
+    first = train(tiny_cfg(epochs_denoiser=1), "mnist", tiny_mnist, tmp_path / "a", progress=False)
+    common = ["--data-root", str(tiny_mnist), "--preset", "tiny", "--no-progress"]
+    assert main(["train", *common, "--out", str(tmp_path / "dec"), "--finetune", str(first),
+                 "--stage", "decoder", "--epochs-decoder", "1"]) == 0
+    assert main(["train", *common, "--out", str(tmp_path / "den"), "--finetune", str(first),
+                 "--epochs-denoiser", "1"]) == 0
+    dec_path, den_path = tmp_path / "dec" / "checkpoint.pt", tmp_path / "den" / "checkpoint.pt"
+    out = tmp_path / "both.pt"
+    assert main(["combine", "--denoiser", str(den_path), "--decoder", str(dec_path),
+                 "--out", str(out)]) == 0
+    both, dec, den = (checkpoint.load(p) for p in (out, dec_path, den_path))
+    assert all(torch.equal(v, both["vq"][k]) for k, v in dec["vq"].items())
+    assert all(torch.equal(v, both["denoiser"][k]) for k, v in den["denoiser"].items())
+    assert checkpoint.decoder_training(both) == checkpoint.decoder_training(dec)
+    assert checkpoint.denoiser_training(both) == checkpoint.denoiser_training(den)
+    # its samples: the denoiser run's token grids, decoded as the decoder run decodes them
+    models = [checkpoint.model_from(c) for c in (both, den, dec)]
+    (img, tok), (_, tok_den) = (m.generate(4, generator=torch.Generator().manual_seed(0), steps=4)
+                                for m in models[:2])
+    assert torch.equal(tok, tok_den) and torch.equal(img, models[2].vq.decode(tok))
+    capsys.readouterr()
+    assert main(["info", "--checkpoint", str(out)]) == 0
+    assert f"the VQ-SVAE (decoder) of {dec_path}" in capsys.readouterr().out
+    # a denoiser fine-tuned on a decoder-stage run keeps that decoder, and says so
+    assert main(["train", *common, "--out", str(tmp_path / "den2"), "--finetune", str(dec_path),
+                 "--epochs-denoiser", "1"]) == 0
+    den2 = checkpoint.load(tmp_path / "den2" / "checkpoint.pt")
+    assert checkpoint.decoder_training(den2) == checkpoint.decoder_training(dec)
+    assert all(torch.equal(v, den2["vq"][k]) for k, v in dec["vq"].items())
+    # refused: another VQ-SVAE's codes; an existing file, which stays as it was
+    other = train(tiny_cfg(epochs_denoiser=1, seed=7), "mnist", tiny_mnist, tmp_path / "o",
+                  progress=False)
+    before = out.read_bytes()
+    for args, message in [(["--denoiser", str(other), "--decoder", str(dec_path),
+                            "--out", str(tmp_path / "x.pt")], "encode images differently"),
+                          (["--denoiser", str(den_path), "--decoder", str(dec_path),
+                            "--out", str(out)], "exists"),
+                          (["--denoiser", str(tmp_path / "none.pt"), "--decoder", str(dec_path),
+                            "--out", str(tmp_path / "y.pt")], "no checkpoint at")]:
+        assert main(["combine", *args]) == 2 and message in capsys.readouterr().err, args
+    assert out.read_bytes() == before and not (tmp_path / "x.pt").exists()
+
+
 def test_three_stage_run_resumes_exactly(tiny_mnist, tmp_path):
     cfg = dict(epochs_vq=1, epochs_denoiser=1, epochs_decoder=2)
     full = train(tiny_cfg(**cfg), "mnist", tiny_mnist, tmp_path / "full", progress=False)
