@@ -21,12 +21,14 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 # Overridable for a dry run on a CPU: W, N, TEMPS, SELECT_N, BUDGET, WAIT_S, DEVICE,
 # LIMIT (train on that many images), RECON_FID, TRAININGS, EVALS.
 W=${W:-/root/sd}; DEVICE=${DEVICE:-cuda}; LIMIT=${LIMIT:-}; RECON_FID=${RECON_FID---recon-fid}
-# Round 3 chose 0.5 (CIFAR-10, the lowest tried) to 0.9 and never 1.0.
-N=${N:-5000}; TEMPS=${TEMPS:-0.3,0.4,0.5,0.6,0.7,0.8,0.9}; SELECT_N=${SELECT_N:-1000}
+# Round 3 chose 0.5 (CIFAR-10, the lowest tried) to 0.9 without refinement; with
+# refinement at 0.3 MNIST chose 1.0 on the CPU (README).
+N=${N:-5000}; TEMPS=${TEMPS:-0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0}; SELECT_N=${SELECT_N:-1000}
 BUDGET=${BUDGET:-7}; WAIT_S=${WAIT_S:-540}
 FID_SHA=7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34
 
 # name  dataset  config (over the default preset)  time budget in minutes
+#   [decoder config: then a decoder stage on the finished run, as run NAME-dec]
 # Round 4: every run keeps the denoiser's weight average; KMNIST and CIFAR-10,
 # whose reconstructions cost most of their FID, also train the VQ-SVAE with
 # the adversarial term, and Fashion-MNIST runs with and without it side by
@@ -34,7 +36,7 @@ FID_SHA=7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34
 # rounds' lists are in git history; their configs (vq12-constant, vq12-cosine,
 # kmnist, kmnist-vq100-cosine, cifar10-wide-cosine, wide, denoiser96) pin what
 # they were trained with, see README.
-TRAININGS=${TRAININGS:-"mnist-ema mnist benchmarks/configs/vq12-ema.toml $BUDGET
+TRAININGS=${TRAININGS:-"mnist-ema mnist benchmarks/configs/vq12-ema.toml $BUDGET benchmarks/configs/decoder-adversarial.toml
 kmnist-adv kmnist benchmarks/configs/kmnist-vq100-ema-adv.toml $BUDGET
 cifar10-adv cifar10 benchmarks/configs/cifar10-wide-ema-adv.toml $BUDGET
 fashion-mnist-ema fashion-mnist benchmarks/configs/vq12-ema.toml $BUDGET
@@ -44,9 +46,11 @@ fashion-mnist-adv fashion-mnist benchmarks/configs/vq12-ema-adv.toml $BUDGET"}
 #   [ema|raw: which denoiser weights of a run that kept an average (default ema)]
 #   [K: that many refinement steps after sampling, README; on the CPU 20 took
 #    MNIST from 26.0 to 21.7 on the same base samples]
+#   [R: their temperature (default the config's 0.5); 0.3 took MNIST to 12.28]
 EVALS=${EVALS:-"mnist-ema mnist run:mnist-ema
 mnist-ema-raw mnist run:mnist-ema raw
 mnist-ema-refine20 mnist run:mnist-ema ema 20
+mnist-ema-dec-refine20 mnist run:mnist-ema-dec ema 20 0.3
 kmnist-adv kmnist run:kmnist-adv
 cifar10-adv cifar10 run:cifar10-adv
 fashion-mnist-ema fashion-mnist run:fashion-mnist-ema
@@ -76,14 +80,18 @@ export SPIKEDIFF_CACHE=${SPIKEDIFF_CACHE:-$W/cache}; PY=${SPIKEDIFF_PY:-python3}
 cp "$src"/fid.part* $W/fid/ 2>/dev/null
 cd "$repo"
 
-train() {  # name dataset config budget: in the background, outliving the call
+train() {  # name dataset config budget [decoder config]: in the background, outliving the call
+    local dec=""
+    [ -n "${5:-}" ] && dec="$PY -m spikediff train --dataset $2 --data-root $W/data --out $W/runs/$1-dec \
+        --finetune $W/runs/$1/checkpoint.pt --stage decoder --config $5 --device $DEVICE --no-progress \
+        > $W/logs/train-$1-dec.log 2>&1; touch $W/runs/$1-dec.done"
     setsid bash -c "$PY -m spikediff train --dataset $2 --data-root $W/data --out $W/runs/$1 \
         --preset default --config $3 --time-budget $4 --device $DEVICE --no-progress ${LIMIT:+--limit $LIMIT} \
-        > $W/logs/train-$1.log 2>&1; touch $W/runs/$1.done" < /dev/null &
+        > $W/logs/train-$1.log 2>&1; touch $W/runs/$1.done; $dec" < /dev/null &
 }
 start_trainings() {  # datasets...
-    echo "$TRAININGS" | while read -r name ds cfg budget; do
-        for want in "$@"; do [ "$ds" = "$want" ] && train "$name" "$ds" "$cfg" "$budget"; done
+    echo "$TRAININGS" | while read -r name ds cfg budget dec; do
+        for want in "$@"; do [ "$ds" = "$want" ] && train "$name" "$ds" "$cfg" "$budget" "$dec"; done
     done
 }
 
@@ -100,13 +108,13 @@ case "$stage" in
   c)
     cat $W/fid/fid.part0 $W/fid/fid.part1 $W/fid/fid.part2 > $W/fid/default_1.pt
     echo "$FID_SHA  $W/fid/default_1.pt" | sha256sum -c || exit 1
-    echo "$EVALS" | while read -r label ds ck weights refine; do
+    echo "$EVALS" | while read -r label ds ck weights refine rtemp; do
         if [ "${ck#run:}" != "$ck" ]; then run=${ck#run:}; ck=$W/runs/$run/checkpoint.pt
         else run=""; [ -f "$ck" ] || continue; fi
         setsid bash -c "while [ -n '$run' ] && [ ! -f $W/runs/$run.done ]; do sleep 3; done
             $PY benchmarks/quality.py --data-root $W/data --device $DEVICE --n $N --temperatures $TEMPS \
                 --select-n $SELECT_N --batch-size 1000 $RECON_FID --fid-weights $W/fid/default_1.pt \
-                --weights ${weights:-ema} ${refine:+--refine-steps $refine} \
+                --weights ${weights:-ema} ${refine:+--refine-steps $refine} ${rtemp:+--refine-temperature $rtemp} \
                 --results $W/results '$ds:$label=$ck' > $W/logs/eval-$label.log 2>&1" < /dev/null &
     done
     pack_results() {
@@ -116,7 +124,7 @@ case "$stage" in
         cp $W/logs/*.log $W/results/ 2>/dev/null
         tar czf $OUT/.results.tgz -C $W results && mv $OUT/.results.tgz $OUT/results.tgz
     }
-    want=$(echo "$EVALS" | while read -r _ _ ck _ _; do
+    want=$(echo "$EVALS" | while read -r _ _ ck _ _ _; do
         [ "${ck#run:}" != "$ck" ] || [ -f "$ck" ] && echo; done | wc -l); deadline=$(( $(date +%s) + WAIT_S ))
     while [ "$(ls $W/results/quality_*.json 2>/dev/null | wc -l)" -lt "$want" ] \
           && [ "$(date +%s)" -lt "$deadline" ]; do pack_results; sleep 10; done
