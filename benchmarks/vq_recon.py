@@ -35,11 +35,12 @@ def recon_quality(path, data_root, split, net, cache, device, progress) -> dict:
     r, recons = reconstruction(model, images, device)
     file_id = metrics.file_sha256(checkpoint.resolve(path))[:16]
     r["fid"] = reconstruction_fid(net, cache, recons, ref, file_id, split, progress)
-    t = ckpt["config"]["train"]
+    decoder_epochs, decoder_seconds = checkpoint.decoder_training(ckpt)
     return {"checkpoint": str(path), "dataset": d["name"], "split": split} | r | {
             "vq_epochs": len(ckpt["history"]["vq"]),
             "vq_seconds": ckpt["seconds"].get("vq", 0.0),
-            "adversarial_weight": t.get("adversarial_weight", 0.0)}
+            "decoder_epochs": decoder_epochs, "decoder_seconds": decoder_seconds,
+            "adversarial_weight": checkpoint.vq_train_settings(ckpt).get("adversarial_weight", 0.0)}
 
 
 @handle_errors
@@ -59,10 +60,12 @@ def main(argv=None) -> int:
     cache = metrics.FeatureCache()
     rows = [recon_quality(c, a.data_root, a.split, net, cache, device, not a.no_progress)
             for c in a.checkpoints]
-    print(f"| checkpoint | VQ epochs | adversarial weight | MSE | SSIM | recon FID ({a.split}) |")
+    print(f"| checkpoint | VQ + decoder-stage epochs | adversarial weight | MSE | SSIM | "
+          f"recon FID ({a.split}) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['checkpoint']} | {r['vq_epochs']} | {r['adversarial_weight']} | "
+        print(f"| {r['checkpoint']} | {r['vq_epochs']} + {r['decoder_epochs']} | "
+              f"{r['adversarial_weight']} | "
               f"{r['mse']:.4f} | {r['ssim']:.3f} | {r['fid']:.2f} (N={r['n']}) |")
     if a.json:
         write_text(a.json, json.dumps(rows, indent=2))

@@ -122,6 +122,13 @@ def combine(denoiser_path: str | Path, decoder_path: str | Path) -> dict:
     return out
 
 
+def vq_train_settings(ckpt: dict) -> dict:
+    """The [train] settings the VQ-SVAE, decoder included, last trained under: a
+    combined model's are its decoder source's."""
+    c = ckpt.get("combined")
+    return c["decoder_train"] if c else ckpt["config"]["train"]
+
+
 def weights_hash(*modules: torch.nn.Module) -> str:
     """A short hash of modules' weights and buffers: the same for the same
     trained values, whichever file or export they came through."""

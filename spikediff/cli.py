@@ -284,10 +284,9 @@ def cmd_info(a) -> int:
     if ckpt.get("denoiser_ema") is not None:
         print(f"denoiser: averaged weights (EMA decay {ckpt['config']['train']['ema_decay']}) are "
               "used for sampling and export; --weights raw gives the last step's")
-    c = ckpt.get("combined")  # then the VQ-SVAE's training is the decoder source's
-    t = c["decoder_train"] if c else ckpt["config"]["train"]
+    t = checkpoint.vq_train_settings(ckpt)
     if t.get("adversarial_weight"):
-        where = ("in its decoder stage" if (c or ckpt).get("decoder_from")
+        where = ("in its decoder stage" if (ckpt.get("combined") or ckpt).get("decoder_from")
                  else f"from VQ step {t['adversarial_start']}"
                  + (" and in the decoder stage" if ckpt["history"].get("decoder") else ""))
         print(f"VQ-SVAE trained with an adversarial term (weight {t['adversarial_weight']}, "

@@ -454,6 +454,7 @@ def test_combine_puts_one_runs_decoder_under_anothers_denoiser(tiny_mnist, tmp_p
     assert all(torch.equal(v, both["denoiser"][k]) for k, v in den["denoiser"].items())
     assert checkpoint.decoder_training(both) == checkpoint.decoder_training(dec)
     assert checkpoint.denoiser_training(both) == checkpoint.denoiser_training(den)
+    assert checkpoint.vq_train_settings(both) == dec["config"]["train"] != den["config"]["train"]
     # its samples: the denoiser run's token grids, decoded as the decoder run decodes them
     models = [checkpoint.model_from(c) for c in (both, den, dec)]
     (img, tok), (_, tok_den) = (m.generate(4, generator=torch.Generator().manual_seed(0), steps=4)
