@@ -332,7 +332,8 @@ def _record_earlier_decoder(state: dict, source: dict) -> None:
 def describe_hardware(device: str) -> str:
     if str(device).startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    n = torch.get_num_threads()
+    return f"CPU, {os.cpu_count()} cores, {n} torch thread{'s' if n > 1 else ''}"
 
 
 def new_state(cfg: Config, data_info: dict) -> dict:

@@ -503,3 +503,21 @@ def test_three_stage_run_resumes_exactly(tiny_mnist, tmp_path):
     b = checkpoint.load(part / "checkpoint.pt")
     assert b["stage"] == "done" and len(b["history"]["decoder"]) == 2
     assert all(torch.equal(v, b["vq"][k]) for k, v in a["vq"].items())
+
+
+FINETUNED = checkpoint.SHIPPED.parent / "mnist-finetuned.pt"
+
+
+@pytest.mark.skipif(not FINETUNED.is_file(), reason="fine-tuned checkpoint not shipped")
+def test_finetuned_checkpoint_is_the_shipped_vq_svae_with_its_record():
+    """The second shipped file: the default model's codes, its own denoiser and decoder."""
+    ck, base = checkpoint.load(FINETUNED), checkpoint.load(None)
+    encoding = [k for k in base["vq"] if not k.startswith(("spike_generator.", "decoder.",
+                                                           "readout."))]
+    assert all(torch.equal(base["vq"][k], ck["vq"][k]) for k in encoding)
+    assert not torch.equal(base["vq"]["readout.weight"], ck["vq"]["readout.weight"])
+    assert checkpoint.denoiser_training(ck)[0] == "30+12"
+    assert checkpoint.decoder_training(ck)[0] == "6"
+    assert checkpoint.vq_train_settings(ck)["adversarial_weight"] == 0.8
+    img, _ = checkpoint.model_from(ck).generate(2, steps=2, generator=torch.Generator().manual_seed(0))
+    assert img.shape == (2, 1, 28, 28) and 0 <= img.min() and img.max() <= 1
