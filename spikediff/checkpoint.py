@@ -102,7 +102,7 @@ def combine(denoiser_path: str | Path, decoder_path: str | Path) -> dict:
                               "combine runs built on one VQ-SVAE")
     decoding = tuple(f"{name}." for name in DECODING_SIDE)
     for k, v in a["vq"].items():
-        if not k.startswith(decoding) and not torch.equal(v, b["vq"][k]):
+        if not k.startswith(decoding) and not (k in b["vq"] and torch.equal(v, b["vq"][k])):
             raise CheckpointError(
                 f"the two VQ-SVAEs encode images differently ({k} differs), so the denoiser of "
                 f"{resolve(denoiser_path)} was trained on other codes than the decoder of "
@@ -114,7 +114,8 @@ def combine(denoiser_path: str | Path, decoder_path: str | Path) -> dict:
                combined={"denoiser": str(resolve(denoiser_path)),
                          "decoder": str(resolve(decoder_path)),
                          "decoder_train": b["config"]["train"],
-                         "decoder_from": b.get("decoder_from")})
+                         "decoder_from": b.get("decoder_from"),
+                         "decoder_hardware": b.get("hardware")})
     out["history"] = {**a["history"], "decoder": b["history"].get("decoder", [])}
     out["seconds"] = {**a["seconds"], "decoder": b["seconds"].get("decoder", 0.0)}
     if b.get("earlier_decoder"):
