@@ -16,7 +16,7 @@ from .atomic import atomic_path
 from .config import Config
 from .errors import SpikediffError
 from .model import SpikingDiffusion, build_model
-from .vqsvae import DECODING_SIDE
+from .vqsvae import decodes
 
 FORMAT = "spikediff-checkpoint/1"
 SHIPPED = Path(__file__).parent / "weights" / "mnist-default.pt"
@@ -100,9 +100,8 @@ def combine(denoiser_path: str | Path, decoder_path: str | Path) -> dict:
     if any(a["data"][k] != b["data"][k] for k in same) or a["config"]["vq"] != b["config"]["vq"]:
         raise CheckpointError("the two checkpoints were trained on other data or VQ-SVAE settings; "
                               "combine runs built on one VQ-SVAE")
-    decoding = tuple(f"{name}." for name in DECODING_SIDE)
     for k, v in a["vq"].items():
-        if not k.startswith(decoding) and not (k in b["vq"] and torch.equal(v, b["vq"][k])):
+        if not decodes(k) and not (k in b["vq"] and torch.equal(v, b["vq"][k])):
             raise CheckpointError(
                 f"the two VQ-SVAEs encode images differently ({k} differs), so the denoiser of "
                 f"{resolve(denoiser_path)} was trained on other codes than the decoder of "

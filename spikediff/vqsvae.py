@@ -61,6 +61,11 @@ class Codebook(nn.Module):
 DECODING_SIDE = ("spike_generator", "decoder", "readout")
 
 
+def decodes(key: str) -> bool:
+    """Whether a VQ-SVAE state-dict entry belongs to the decoding side."""
+    return key.split(".", 1)[0] in DECODING_SIDE
+
+
 class VQSVAE(nn.Module):
     def __init__(self, cfg: VQConfig, channels: int = 1):
         super().__init__()
