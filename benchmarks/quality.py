@@ -46,9 +46,8 @@ def table(rows: dict) -> str:
             note = "; ".join(filter(None, [note, "averaged denoiser weights"]))
         if "refine" in r:
             f = r["refine"]
-            chosen = " by confidence" if f.get("select", "random") == "confidence" else ""
             note = "; ".join(filter(None, [note, f"{f['steps']} refinement steps of "
-                                           f"{f['fraction']:g}{chosen} at T {f['temperature']:g}"]))
+                                           f"{f['fraction']:g} at T {f['temperature']:g}"]))
         pp = r.get("paper_protocol_fid", {}).get("value")
         pp = f"{pp:.2f}" if pp is not None else "n/a"
         rec = r["reconstruction"]

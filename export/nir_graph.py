@@ -383,7 +383,7 @@ def build_graph(model, dtype=np.float64) -> nir.NIRGraph:
         "against decoder/codebook",
         "denoiser: called once per sampling step from a fully masked grid, then once per "
         "refinement step (refine_steps, 0: none) on the finished grid with a random "
-        "refine_fraction of it re-masked (refine_select: random or by low confidence); host: softmax sampling and reveal schedule between "
+        "refine_fraction of it re-masked; host: softmax sampling and reveal schedule between "
         "calls (absorbing diffusion, spikediff.diffusion.sample_tokens)",
         "decoder: one-hot codes repeated T steps -> image_phases; host: "
         "tanh(pixel_shuffle(x, phase_factor)), then (x + 1) / 2",
@@ -395,7 +395,6 @@ def build_graph(model, dtype=np.float64) -> nir.NIRGraph:
         "refine_steps": int(model.config.diffusion.refine_steps),
         "refine_fraction": float(model.config.diffusion.refine_fraction),
         "refine_temperature": float(model.config.diffusion.refine_temperature),
-        "refine_select": model.config.diffusion.refine_select,
         "diffusion_steps": int(model.diffusion_steps), "codebook_size": int(model.vq.cfg.codebook_size),
         "phase_factor": int(dec.metadata["phase_factor"]),
         "token_input": model.denoiser.cfg.token_input,
@@ -412,8 +411,7 @@ def refinement_of(metadata: dict):
     d = Refinement()
     return Refinement(int(metadata.get("refine_steps", 0)),
                       float(metadata.get("refine_fraction", d.fraction)),
-                      float(metadata.get("refine_temperature", d.temperature)),
-                      str(metadata.get("refine_select", d.select)))
+                      float(metadata.get("refine_temperature", d.temperature)))
 
 
 def node_counts(graph: nir.NIRGraph) -> dict[str, dict[str, int]]:

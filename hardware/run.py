@@ -147,8 +147,8 @@ def main(argv=None) -> int:
         label = a.backend + (f" ({a.lava_mode})" if a.backend == "lava" else "")
         print(f"model: {source or nir_path}; back end: {label}; n={a.n}, "
               f"steps={a.steps or N}, seed={a.seed}, temperature={temperature:g}"
-              + (f", refinement {refine.steps} x {refine.fraction:g} ({refine.select}) at "
-                 f"{refine.temperature:g}" if refine.steps else ""), file=sys.stderr)
+              + (f", refinement {refine.steps} x {refine.fraction:g} at {refine.temperature:g}"
+                 if refine.steps else ""), file=sys.stderr)
         t0 = time.perf_counter()
         images, tokens, par = B.generate(primary, a.n, grid=grid, mask_id=mask_id,
                                          diffusion_steps=N, steps=a.steps,

@@ -72,10 +72,6 @@ def add_refine_args(p: argparse.ArgumentParser) -> None:
                    "config's, 0.2)")
     p.add_argument("--refine-temperature", type=float, metavar="T",
                    help="temperature of the refinement draws (default: the config's, 0.5)")
-    p.add_argument("--refine-select", choices=("random", "confidence"),
-                   help="which tokens each refinement step redraws: a random fraction, or "
-                   "exactly that fraction favouring those the denoiser gave low probability "
-                   "when it drew them (default: the config's, random)")
 
 
 def refine_overrides(a) -> dict:

@@ -55,12 +55,10 @@ class DiffusionConfig:
     refine_steps: int = 0
     refine_fraction: float = 0.2
     refine_temperature: float = 0.5
-    refine_select: str = "random"  # which tokens: "random" or "confidence"
 
     def refinement(self):
         from .diffusion import Refinement
-        return Refinement(self.refine_steps, self.refine_fraction, self.refine_temperature,
-                          self.refine_select)
+        return Refinement(self.refine_steps, self.refine_fraction, self.refine_temperature)
 
 
 @dataclass
@@ -186,10 +184,6 @@ def check_refine(r, prefix: str = "--") -> None:
     if r.temperature < 0:
         raise ConfigError(f"{prefix}refine{sep}temperature must be >= 0 (0: the most likely "
                           f"token), got {r.temperature}")
-    from .diffusion import REFINE_SELECT
-    if r.select not in REFINE_SELECT:
-        raise ConfigError(f"{prefix}refine{sep}select must be one of {', '.join(REFINE_SELECT)}, "
-                          f"got {r.select!r}")
 
 
 def check(cfg: Config) -> None:

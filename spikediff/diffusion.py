@@ -15,11 +15,7 @@ never revised, so an early mistake stays. After the S steps, each of K
 refinement steps re-masks a random fraction r of the finished grid and redraws
 those tokens from the denoiser at the step t = r * N whose masking rate that
 is, a remasking corrector in the spirit of ReMDM (Wang et al. 2025), at its own
-temperature. Each costs one more denoiser pass. With select = "confidence" the
-re-masked tokens are not uniform: each step draws exactly that fraction without
-replacement, with odds inversely proportional to the probability the denoiser
-gave each token when it was drawn (Gumbel top-k), so the tokens drawn early,
-from little context, or against the odds, are the ones revisited (ReMDM-conf).
+temperature. Each costs one more denoiser pass.
 """
 from __future__ import annotations
 
@@ -99,33 +95,11 @@ class Refinement:
     steps: int = 0
     fraction: float = 0.2
     temperature: float = 0.5
-    select: str = "random"
-
-
-REFINE_SELECT = ("random", "confidence")  # Refinement.select
 
 
 def refine_step(n_steps: int, fraction: float) -> int:
     """The diffusion step whose masking rate is `fraction`."""
     return min(n_steps, max(1, round(fraction * n_steps)))
-
-
-def log_prob_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) per position under the untempered softmax of `logits`."""
-    return F.log_softmax(logits.float(), 1).gather(1, tokens.unsqueeze(1)).squeeze(1)
-
-
-def remask_positions(confidence: torch.Tensor, r: Refinement,
-                     generator: torch.Generator | None) -> torch.Tensor:
-    """Which tokens a refinement step re-masks (bool, like `confidence`)."""
-    u = torch.rand(confidence.shape, generator=generator, device=confidence.device)
-    if r.select == "random":
-        return u < r.fraction
-    n, k = confidence.shape[0], max(1, round(r.fraction * confidence[0].numel()))
-    gumbel = -torch.log(-torch.log(u.clamp(1e-12, 1 - 1e-7)))
-    chosen = (gumbel - confidence).flatten(1).topk(k, 1).indices
-    mask = torch.zeros(n, confidence[0].numel(), dtype=torch.bool, device=confidence.device)
-    return mask.scatter_(1, chosen, True).view_as(confidence)
 
 
 def forked(generator: torch.Generator | None) -> torch.Generator | None:
@@ -149,10 +123,7 @@ def sample_tokens(denoise: Denoise, n: int, grid: tuple[int, int], mask_id: int,
     """Token grids [n, H, W] with no mask token left. `on_step` is called after
     each of the S sampling steps, then after each refinement step."""
     schedule = sampling_schedule(n_steps, sample_steps or n_steps)
-    r = refine or Refinement()
-    track = r.steps > 0 and r.select == "confidence"
     x = torch.full((n, *grid), mask_id, dtype=torch.long, device=device)
-    confidence = torch.zeros(x.shape, device=device)
     g = device_generator(generator, device)
     for i, t in enumerate(schedule):
         steps_left = len(schedule) - i
@@ -160,22 +131,17 @@ def sample_tokens(denoise: Denoise, n: int, grid: tuple[int, int], mask_id: int,
         logits = denoise(x, torch.full((n,), t, dtype=torch.long, device=device))
         proposal = draw(logits.float(), temperature, g)
         u = torch.rand(x.shape, generator=g, device=device)
-        reveal = masked & (u < 1.0 / steps_left)
-        x = torch.where(reveal, proposal, x)
-        if track:
-            confidence = torch.where(reveal, log_prob_of(logits, proposal), confidence)
+        x = torch.where(masked & (u < 1.0 / steps_left), proposal, x)
         if on_step is not None:
             on_step(i)
+    r = refine or Refinement()
     if r.steps:
         g = forked(g)
         t = torch.full((n,), refine_step(n_steps, r.fraction), dtype=torch.long, device=device)
     for i in range(r.steps):
-        remask = remask_positions(confidence, r, g)
+        remask = torch.rand(x.shape, generator=g, device=device) < r.fraction
         logits = denoise(torch.where(remask, torch.full_like(x, mask_id), x), t)
-        redrawn = draw(logits.float(), r.temperature, g)
-        x = torch.where(remask, redrawn, x)
-        if track:
-            confidence = torch.where(remask, log_prob_of(logits, redrawn), confidence)
+        x = torch.where(remask, draw(logits.float(), r.temperature, g), x)
         if on_step is not None:
             on_step(len(schedule) + i)
     return x

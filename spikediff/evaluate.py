@@ -81,12 +81,10 @@ def sampled_images(cache, model, n, temperature, steps, seed, batch_size, device
 
 
 def _refine_tag(refine: Refinement) -> str:
-    # Without refinement (or with random selection) the keys are what they were
-    # before that existed, so caches filled then stay valid.
-    if not refine.steps:
-        return ""
-    select = "" if refine.select == "random" else f"-{refine.select}"
-    return f"-refine{refine.steps}x{refine.fraction}T{refine.temperature}{select}"
+    # Without refinement the keys are what they were before refinement existed,
+    # so caches filled then stay valid.
+    return (f"-refine{refine.steps}x{refine.fraction}T{refine.temperature}" if refine.steps
+            else "")
 
 
 def sample_features(net, cache, model, n, temperature, steps, seed, batch_size, device, progress,
@@ -201,9 +199,8 @@ def _refine_line(r: dict) -> list[str]:
     if "refine" not in r:
         return []
     f = r["refine"]
-    chosen = " (by low confidence)" if f.get("select", "random") == "confidence" else ""
-    return [f"refinement: {f['steps']} steps, each redrawing {f['fraction']:g} of the tokens"
-            f"{chosen} at temperature {f['temperature']:g}"]
+    return [f"refinement: {f['steps']} steps, each redrawing {f['fraction']:g} of the tokens "
+            f"at temperature {f['temperature']:g}"]
 
 
 def format_result(r: dict) -> str:

@@ -1,7 +1,7 @@
 import torch
 
 from spikediff.diffusion import (Refinement, diffusion_loss, mask_tokens, refine_step,
-                                 remask_positions, sample_tokens, sampling_schedule)
+                                 sample_tokens, sampling_schedule)
 
 
 def test_mask_probability_follows_schedule():
@@ -78,53 +78,6 @@ def test_refinement_redraws_a_fraction_of_the_finished_grid():
             sample_tokens(denoise, 4, (7, 7), K, 49, S, temperature=1.0, generator=g,
                           refine=Refinement(steps))
     assert torch.equal(g0.get_state(), g1.get_state())
-
-
-def test_confidence_refinement_revisits_the_tokens_drawn_against_the_odds():
-    K, S = 64, 7
-    target = torch.randint(1, K, (7, 7))
-    calls = []
-
-    def denoise(x, t):
-        # Sampling: token 0 with certainty, except at (0, 0), where every token is
-        # as likely, so the token drawn there gets probability 1/64. Refinement: the
-        # target with certainty, so a redrawn token shows as != 0.
-        calls.append(x.clone())
-        if len(calls) <= S:
-            logits = torch.full((x.shape[0], K, 7, 7), -50.0)
-            logits[:, 0] = 50.0
-            logits[:, :, 0, 0] = 0.0
-        else:
-            logits = torch.nn.functional.one_hot(target, K).permute(2, 0, 1).expand(
-                x.shape[0], K, 7, 7).float() * 50
-        return logits
-
-    def redrawn_corner(select):
-        calls.clear()
-        out = sample_tokens(denoise, 300, (7, 7), K, 49, S, temperature=1.0,
-                            generator=torch.Generator().manual_seed(1),
-                            refine=Refinement(3, 1 / 49, 1.0, select))
-        return out, (out[:, 0, 0] == target[0, 0]).float().mean().item()
-
-    out, by_confidence = redrawn_corner("confidence")
-    for x in calls[S:]:  # exactly one token per grid, not a random number of them
-        assert ((x == K).flatten(1).sum(1) == 1).all()
-    # odds 64 : 48 for the corner at each step, then its redraw is certain and
-    # others go next: 1 - (48/112)^3 = 92% of corners redrawn, against ~6% at random
-    assert by_confidence > 0.85
-    assert redrawn_corner("random")[1] < 0.15
-
-
-def test_remask_positions_draws_exactly_the_fraction_favouring_low_confidence():
-    g = torch.Generator().manual_seed(0)
-    conf = torch.zeros(2000, 7, 7)
-    conf[:, 3, 4] = -4.0  # odds e^4 = 55 against 48 others at odds 1
-    m = remask_positions(conf, Refinement(1, 5 / 49, 1.0, "confidence"), g)
-    assert (m.flatten(1).sum(1) == 5).all()
-    assert m[:, 3, 4].float().mean() > 0.9  # picked in one of 5 draws without replacement
-    rand = remask_positions(conf, Refinement(1, 5 / 49, 1.0, "random"), g)
-    assert rand.flatten(1).sum(1).float().std() > 1  # a random count per grid
-    assert abs(rand[:, 3, 4].float().mean().item() - 5 / 49) < 0.03
 
 
 def test_loss_counts_only_masked_tokens():

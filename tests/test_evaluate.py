@@ -113,19 +113,10 @@ def test_select_only_tunes_on_held_out_images_per_denoiser_weights(tiny_mnist, t
                  "--refine-steps", "2", "--fid-weights", str(weights), "--json", str(out),
                  "--no-progress"]) == 0
     refined = json.loads(out.read_text())
-    assert refined["refine"] == {"steps": 2, "fraction": 0.2, "temperature": 0.5,
-                                 "select": "random"}
+    assert refined["refine"] == {"steps": 2, "fraction": 0.2, "temperature": 0.5}
     assert ("refinement: 2 steps, each redrawing 0.2 of the tokens at temperature 0.5"
             in capsys.readouterr().out)
     assert len(list((tmp_path / "cache").rglob("samples-*-ema-n8-*-refine2x0.2T0.5-*.npz"))) == 2
-    # as are those refined by confidence, which the output says
-    assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(tiny_mnist),
-                 "--temperatures", "0.8", "--select-n", "8", "--steps", "3", "--select-only",
-                 "--refine-steps", "2", "--refine-select", "confidence", "--fid-weights",
-                 str(weights), "--no-progress"]) == 0
-    assert "0.2 of the tokens (by low confidence) at" in capsys.readouterr().out
-    assert len(list((tmp_path / "cache").rglob("samples-*-ema-n8-*-refine2x0.2T0.5-seed*.npz"))) == 2
-    assert len(list((tmp_path / "cache").rglob("samples-*-refine2x0.2T0.5-confidence-*.npz"))) == 2
     assert main(["eval", "--checkpoint", str(ckpt), "--data-root",
                  str(tiny_mnist), "--select-only"]) == 2
     assert "give them" in capsys.readouterr().err

@@ -72,14 +72,13 @@ def test_refinement_runs_the_same_on_every_back_end(tiny, tmp_path, capsys):
     the NIR graph and the Norse model give the same tokens, and an export records
     the config's refinement for spikediff-run to use."""
     kw = dict(grid=tiny.grid, mask_id=tiny.denoiser.mask_id, diffusion_steps=tiny.diffusion_steps,
-              steps=STEPS, temperature=1.0, seed=3, refine=Refinement(4, 0.5, 1.0, "confidence"))
+              steps=STEPS, temperature=1.0, seed=3, refine=Refinement(4, 0.5, 1.0))
     _, plain, _ = _gen(B.NorseBackend(tiny), tiny)
     _, a_tok, _ = B.generate(B.NorseBackend(tiny), N, **kw)
     assert not torch.equal(a_tok, plain)
     refined = copy.deepcopy(tiny)
     d = refined.config.diffusion
     d.refine_steps, d.refine_fraction, d.refine_temperature = 4, 0.5, 1.0
-    d.refine_select = "confidence"
     path = B.export_to(refined, tmp_path / "refined.nir")
     _, b_tok, par = B.generate(B.NirBackend(path), N, reference=B.NorseBackend(tiny), **kw)
     assert torch.equal(a_tok, b_tok) and par.to_dict()["differing_proposals"] == 0
@@ -87,10 +86,9 @@ def test_refinement_runs_the_same_on_every_back_end(tiny, tmp_path, capsys):
     assert main(["--backend", "nir", "--nir", str(path), "--n", str(N), "--steps", str(STEPS),
                  "--seed", "3", "--temperature", "1", "--no-progress", "--json", str(js)]) == 0
     rep = json.loads(js.read_text())
-    assert rep["refine"] == {"steps": 4, "fraction": 0.5, "temperature": 1.0,
-                             "select": "confidence"}
+    assert rep["refine"] == {"steps": 4, "fraction": 0.5, "temperature": 1.0}
     assert rep["tokens"] == a_tok.tolist()
-    assert "refinement 4 x 0.5 (confidence) at 1" in capsys.readouterr().err
+    assert "refinement 4 x 0.5 at 1" in capsys.readouterr().err
     assert main(["--backend", "nir", "--nir", str(path), "--n", "1", "--refine-fraction", "2",
                  "--no-progress"]) == 2
 

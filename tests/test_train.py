@@ -211,12 +211,6 @@ def test_config_values_are_checked(tmp_path):
     f.write_text('[diffusion]\nloss = "mse"\n')
     with pytest.raises(ConfigError, match="diffusion.loss 'mse'.*elbo, uniform"):
         load_config("tiny", f)
-    f.write_text('[diffusion]\nrefine_select = "entropy"\n')
-    with pytest.raises(ConfigError, match="diffusion.refine_select must be one of random, "
-                       "confidence, got 'entropy'"):
-        load_config("tiny", f)
-    f.write_text('[diffusion]\nrefine_select = "confidence"\n')
-    assert load_config("tiny", f).diffusion.refinement().select == "confidence"
 
 
 def test_ema_weights_average_steps_resume_exactly_and_are_what_sampling_uses(tiny_mnist, tmp_path,
