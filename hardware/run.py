@@ -142,7 +142,7 @@ def main(argv=None) -> int:
         primary = B.make_backend(a.backend, model, nir_path, mode=a.lava_mode, dtype=dtype,
                                  record_layers=a.compare)
         if a.compare:
-            ref = B.NorseBackend(model, dtype) if a.backend != "norse" else B.NorseBackend(model, dtype)
+            ref = B.NorseBackend(model, dtype)
         setup_s = time.perf_counter() - t0
         label = a.backend + (f" ({a.lava_mode})" if a.backend == "lava" else "")
         print(f"model: {source or nir_path}; back end: {label}; n={a.n}, "
