@@ -126,7 +126,7 @@ case "$stage" in
         cp $W/logs/*.log $W/results/ 2>/dev/null
         tar czf $OUT/.results.tgz -C $W results && mv $OUT/.results.tgz $OUT/results.tgz
     }
-    want=$(echo "$EVALS" | while read -r _ _ ck _ _ _ _; do
+    want=$(echo "$EVALS" | while read -r _ _ ck _; do
         [ "${ck#run:}" != "$ck" ] || [ -f "$ck" ] && echo; done | wc -l); deadline=$(( $(date +%s) + WAIT_S ))
     while [ "$(ls $W/results/quality_*.json 2>/dev/null | wc -l)" -lt "$want" ] \
           && [ "$(date +%s)" -lt "$deadline" ]; do pack_results; sleep 10; done
