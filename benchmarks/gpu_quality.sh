@@ -15,8 +15,10 @@
 #
 # Each device call: `bash benchmarks/gpu_quality.sh a .gpu/a` (etc.).
 set -uo pipefail
-[ $# -ge 1 ] || { echo "usage: $0 pack | a|b|c STAGE_DIR (see the header)" >&2; exit 2; }
+usage() { echo "usage: $0 pack | a|b|c STAGE_DIR (see the header)" >&2; exit 2; }
+[ $# -ge 1 ] || usage
 stage="$1"; src="${2:-}"
+case "$stage" in pack) ;; a|b|c) [ -d "$src" ] || usage ;; *) usage ;; esac
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 # Overridable for a dry run on a CPU: W, N, TEMPS, SELECT_N, BUDGET, WAIT_S, DEVICE,
 # LIMIT (train on that many images), RECON_FID, TRAININGS, EVALS.
