@@ -395,7 +395,6 @@ def build_graph(model, dtype=np.float64) -> nir.NIRGraph:
         "refine_steps": int(model.config.diffusion.refine_steps),
         "refine_fraction": float(model.config.diffusion.refine_fraction),
         "refine_temperature": float(model.config.diffusion.refine_temperature),
-        "refine_top_p": float(model.config.diffusion.refine_top_p),
         "diffusion_steps": int(model.diffusion_steps), "codebook_size": int(model.vq.cfg.codebook_size),
         "phase_factor": int(dec.metadata["phase_factor"]),
         "token_input": model.denoiser.cfg.token_input,
@@ -412,8 +411,7 @@ def refinement_of(metadata: dict):
     d = Refinement()
     return Refinement(int(metadata.get("refine_steps", 0)),
                       float(metadata.get("refine_fraction", d.fraction)),
-                      float(metadata.get("refine_temperature", d.temperature)),
-                      float(metadata.get("refine_top_p", d.top_p)))
+                      float(metadata.get("refine_temperature", d.temperature)))
 
 
 def node_counts(graph: nir.NIRGraph) -> dict[str, dict[str, int]]:

@@ -72,9 +72,6 @@ def add_refine_args(p: argparse.ArgumentParser) -> None:
                    "config's, 0.2)")
     p.add_argument("--refine-temperature", type=float, metavar="T",
                    help="temperature of the refinement draws (default: the config's, 0.5)")
-    p.add_argument("--refine-top-p", type=float, metavar="P",
-                   help="draw refinement tokens only from the most likely ones holding mass P "
-                   "(nucleus; default: the config's, 1 = all)")
 
 
 def refine_overrides(a) -> dict:

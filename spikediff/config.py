@@ -55,12 +55,10 @@ class DiffusionConfig:
     refine_steps: int = 0
     refine_fraction: float = 0.2
     refine_temperature: float = 0.5
-    refine_top_p: float = 1.0
 
     def refinement(self):
         from .diffusion import Refinement
-        return Refinement(self.refine_steps, self.refine_fraction, self.refine_temperature,
-                          self.refine_top_p)
+        return Refinement(self.refine_steps, self.refine_fraction, self.refine_temperature)
 
 
 @dataclass
@@ -186,9 +184,6 @@ def check_refine(r, prefix: str = "--") -> None:
     if r.temperature < 0:
         raise ConfigError(f"{prefix}refine{sep}temperature must be >= 0 (0: the most likely "
                           f"token), got {r.temperature}")
-    if not 0 < r.top_p <= 1:
-        raise ConfigError(f"{prefix}refine{sep}top{sep}p must be in (0, 1] (1: no cut), "
-                          f"got {r.top_p}")
 
 
 def check(cfg: Config) -> None:

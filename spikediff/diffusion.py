@@ -67,27 +67,12 @@ def sampling_schedule(n_steps: int, sample_steps: int) -> list[int]:
     return [max(1, math.ceil(s * n_steps / S)) for s in range(S, 0, -1)]
 
 
-def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """probs [N, K] restricted to each row's smallest set of most likely tokens
-    whose mass reaches top_p (Holtzman et al. 2020), unnormalised: it cuts the
-    tail without moving mass between the tokens it keeps, as a low temperature
-    does."""
-    sorted_p, order = probs.sort(1, descending=True)
-    keep_sorted = sorted_p.cumsum(1) - sorted_p < top_p  # the top token always stays
-    keep = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
-    return probs * keep
-
-
-def draw(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
-         top_p: float = 1.0):
-    """One token per position from softmax(logits / temperature), cut to its
-    top_p nucleus; argmax at temperature 0."""
+def draw(logits: torch.Tensor, temperature: float, generator: torch.Generator | None):
+    """One token per position from softmax(logits / temperature); argmax at 0."""
     if temperature <= 0:
         return logits.argmax(1)
     probs = F.softmax(logits / temperature, dim=1)
     flat = probs.permute(0, 2, 3, 1).reshape(-1, probs.shape[1])
-    if top_p < 1:
-        flat = nucleus(flat, top_p)
     idx = torch.multinomial(flat, 1, generator=generator)
     return idx.view(logits.shape[0], logits.shape[2], logits.shape[3])
 
@@ -106,12 +91,10 @@ def device_generator(generator: torch.Generator | None, device) -> torch.Generat
 @dataclass(frozen=True)
 class Refinement:
     """After sampling, `steps` passes that each re-mask a random `fraction` of
-    the grid and redraw it at `temperature` from the `top_p` nucleus; steps = 0:
-    none, as published."""
+    the grid and redraw it at `temperature`; steps = 0: none, as published."""
     steps: int = 0
     fraction: float = 0.2
     temperature: float = 0.5
-    top_p: float = 1.0
 
 
 def refine_step(n_steps: int, fraction: float) -> int:
@@ -158,7 +141,7 @@ def sample_tokens(denoise: Denoise, n: int, grid: tuple[int, int], mask_id: int,
     for i in range(r.steps):
         remask = torch.rand(x.shape, generator=g, device=device) < r.fraction
         logits = denoise(torch.where(remask, torch.full_like(x, mask_id), x), t)
-        x = torch.where(remask, draw(logits.float(), r.temperature, g, r.top_p), x)
+        x = torch.where(remask, draw(logits.float(), r.temperature, g), x)
         if on_step is not None:
             on_step(len(schedule) + i)
     return x

@@ -82,11 +82,9 @@ def sampled_images(cache, model, n, temperature, steps, seed, batch_size, device
 
 def _refine_tag(refine: Refinement) -> str:
     # Without refinement the keys are what they were before refinement existed,
-    # so caches filled then stay valid; likewise without a nucleus cut.
-    if not refine.steps:
-        return ""
-    top_p = f"p{refine.top_p}" if refine.top_p < 1 else ""
-    return f"-refine{refine.steps}x{refine.fraction}T{refine.temperature}{top_p}"
+    # so caches filled then stay valid.
+    return (f"-refine{refine.steps}x{refine.fraction}T{refine.temperature}" if refine.steps
+            else "")
 
 
 def sample_features(net, cache, model, n, temperature, steps, seed, batch_size, device, progress,
@@ -202,8 +200,7 @@ def _refine_line(r: dict) -> list[str]:
         return []
     f = r["refine"]
     return [f"refinement: {f['steps']} steps, each redrawing {f['fraction']:g} of the tokens "
-            f"at temperature {f['temperature']:g}"
-            + (f", from the top-{f['top_p']:g} nucleus" if f.get("top_p", 1) < 1 else "")]
+            f"at temperature {f['temperature']:g}"]
 
 
 def format_result(r: dict) -> str:

@@ -1,10 +1,7 @@
 import torch
 
-import pytest
-
-from spikediff.config import ConfigError, check_refine
-from spikediff.diffusion import (Refinement, diffusion_loss, draw, mask_tokens, nucleus,
-                                 refine_step, sample_tokens, sampling_schedule)
+from spikediff.diffusion import (Refinement, diffusion_loss, mask_tokens, refine_step,
+                                 sample_tokens, sampling_schedule)
 
 
 def test_mask_probability_follows_schedule():
@@ -81,25 +78,6 @@ def test_refinement_redraws_a_fraction_of_the_finished_grid():
             sample_tokens(denoise, 4, (7, 7), K, 49, S, temperature=1.0, generator=g,
                           refine=Refinement(steps))
     assert torch.equal(g0.get_state(), g1.get_state())
-
-
-def test_nucleus_keeps_the_smallest_set_reaching_top_p_and_leaves_its_mass():
-    probs = torch.tensor([[0.1, 0.5, 0.05, 0.3, 0.05],
-                          [0.9, 0.02, 0.03, 0.02, 0.03]])
-    cut = nucleus(probs, 0.75)
-    # row 0: 0.5 alone < 0.75, 0.5 + 0.3 reaches it; row 1: the top token alone does
-    assert torch.equal(cut > 0, torch.tensor([[False, True, False, True, False],
-                                              [True, False, False, False, False]]))
-    assert torch.equal(cut[cut > 0], probs[cut > 0])  # kept tokens keep their odds
-    assert torch.equal(nucleus(probs, 1.0) > 0, probs > 0)
-    # drawn tokens come only from the nucleus, in the kept tokens' proportions
-    logits = probs[0].log().view(1, 5, 1, 1).expand(1, 5, 40, 50)
-    tok = draw(logits, 1.0, torch.Generator().manual_seed(0), top_p=0.75)
-    assert set(tok.unique().tolist()) == {1, 3}
-    assert abs((tok == 1).float().mean().item() - 0.5 / 0.8) < 0.03
-    for bad in (0.0, 1.5):
-        with pytest.raises(ConfigError, match="top-p"):
-            check_refine(Refinement(top_p=bad))
 
 
 def test_loss_counts_only_masked_tokens():
