@@ -249,3 +249,40 @@ def test_runs_sharing_a_denoiser_draw_their_tokens_once(tiny_mnist, tmp_path, mo
     assert grid.main([ckpts[0], str(other_run / "checkpoint.pt"), "--n", "8", "--out",
                       str(tmp_path / "h.png")]) == 2
     assert "different denoisers" in capsys.readouterr().err and not (tmp_path / "h.png").exists()
+
+
+def test_critic_learns_what_tells_grids_apart_and_picks_by_its_logit():
+    critic = _script("critic_resampling")
+    g = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 8, (300, 7, 7), generator=g)
+    gen = torch.randint(8, 16, (300, 7, 7), generator=g)  # another half of the codebook
+    _, history = critic.train_critic(real, gen, 50, 16, epochs=6, batch=25, progress=False)
+    assert history[-1]["val_accuracy"] > 0.95
+    # Image i's candidates are pool[i] and pool[i + n]; a steep gamma keeps the higher logit.
+    logit = torch.tensor([0.0, 5.0, 5.0, 0.0])
+    assert critic.pick(logit, 2, 2, 100.0).tolist() == [2, 1]
+    assert critic.pick(logit, 2, 1, 100.0).tolist() == [0, 1]  # k = 1: the plain draws
+
+
+def test_critic_resampling_script_writes_paired_rows(tiny_mnist, tmp_path, monkeypatch, capsys):
+    bench = _script("critic_resampling")
+    monkeypatch.setenv("SPIKEDIFF_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "tiny_fid.pt"
+    torch.jit.script(TinyFeatures()).save(str(weights))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\nholdout = 16\n")
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "mnist", "--data-root", str(tiny_mnist), "--out", str(run),
+                 "--preset", "tiny", "--config", str(cfg), "--no-progress"]) == 0
+    out = tmp_path / "r.json"
+    args = ["--checkpoint", str(run / "checkpoint.pt"), "--data-root", str(tiny_mnist),
+            "--work", str(tmp_path / "work"), "--train-samples", "40", "--n", "8", "--k-max", "2",
+            "--epochs", "1", "--refine-steps", "2", "--fid-weights", str(weights), "--no-progress"]
+    assert bench.main([*args, "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [(row["k"], row["gamma"]) for row in r["rows"]] == [
+        (1, 1.0), (2, 0.5), (2, 1.0), (2, 2.0), (2, 100.0)]
+    assert all(row["heldout_fid"] > 0 for row in r["rows"]) and r["heldout_images"] == 16
+    assert (tmp_path / "work" / "pool.npz").exists()
+    assert bench.main([*args, "--train-samples", "16"]) == 2
+    assert "must exceed the 16 held-out" in capsys.readouterr().err
