@@ -28,7 +28,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,10 +37,11 @@ from spikediff import checkpoint, metrics
 from spikediff.atomic import write_text
 from spikediff.cli import handle_errors
 from spikediff.data import load_images
-from spikediff.diffusion import Refinement, sample_tokens
+from spikediff.diffusion import Refinement
 from spikediff.errors import SpikediffError
 from spikediff.evaluate import fid_of, reference_features
 from spikediff.layers import SpikingConv, conv3x3
+from spikediff.sample import cached_tokens
 from spikediff.train import encode_codes
 
 class SpikingCritic(nn.Module):
@@ -65,23 +65,6 @@ class SpikingCritic(nn.Module):
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         self.eval()
         return torch.cat([self(tokens[i:i + 500]) for i in range(0, len(tokens), 500)])
-
-
-def cached_draws(path: Path, model, n: int, seed: int, a) -> torch.Tensor:
-    """n token grids from one seed, drawn with the sampling settings in `a`,
-    saved (temporary file, then rename) so a rerun reuses them."""
-    if path.exists():
-        return torch.from_numpy(np.load(path)["tokens"])
-    g = torch.Generator().manual_seed(seed)
-    refine = Refinement(a.refine_steps, a.refine_fraction, a.refine_temperature)
-    out = []
-    for i in tqdm(range(0, n, 250), desc=f"drawing {path.stem}", disable=a.no_progress):
-        out.append(sample_tokens(model.denoiser, min(250, n - i), model.grid, model.denoiser.mask_id,
-                                 model.diffusion_steps, None, a.temperature, g, "cpu", None, refine))
-    tokens = torch.cat(out)
-    np.savez_compressed(path.with_suffix(".tmp.npz"), tokens=tokens.numpy())
-    path.with_suffix(".tmp.npz").replace(path)
-    return tokens
 
 
 def train_critic(real: torch.Tensor, gen: torch.Tensor, held: int, vocabulary: int, epochs: int,
@@ -158,11 +141,14 @@ def main(argv=None) -> int:
     images = load_images(d["name"], a.data_root, "train", image_size=d["image_size"],
                          rgb=d["channels"] == 3).images
     real = encode_codes(model.vq, images, "cpu", not a.no_progress)  # the holdout last, as trained
-    gen = cached_draws(work / "train-draws.npz", model, a.train_samples, 100, a)
+    refine = Refinement(a.refine_steps, a.refine_fraction, a.refine_temperature)
+    gen = cached_tokens(work / "train-draws.npz", model, a.train_samples, 100, a.temperature, refine,
+                        not a.no_progress)
     critic, history = train_critic(real, gen, held, model.denoiser.mask_id, a.epochs,
                                    progress=not a.no_progress)
 
-    pool = cached_draws(work / "pool.npz", model, a.n * a.k_max, 200, a)
+    pool = cached_tokens(work / "pool.npz", model, a.n * a.k_max, 200, a.temperature, refine,
+                        not a.no_progress)
     net, cache = metrics.FIDNetwork(a.fid_weights), metrics.FeatureCache()
     ref, _ = reference_features(net, cache, d["name"], a.data_root, "train", d["image_size"],
                                 d["channels"] == 3, not a.no_progress, holdout_of=held)

@@ -1,11 +1,14 @@
 """Generate images from a checkpoint and write them as a grid and/or arrays."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .atomic import atomic_path
+from .diffusion import Refinement, sample_tokens
 from .model import SpikingDiffusion
 from .plots import save_grid
 
@@ -30,6 +33,24 @@ def generate(model: SpikingDiffusion, n: int, *, temperature=None, steps=None, s
         tokens.append(tok.cpu())
     bar.close()
     return torch.cat(images), torch.cat(tokens)
+
+
+def cached_tokens(path, model: SpikingDiffusion, n: int, seed: int, temperature: float,
+                  refine: Refinement, progress: bool = True) -> torch.Tensor:
+    """n token grids [n, H, W] drawn on the CPU from one seed, saved at `path`
+    (.npz) so that a rerun (a resumed benchmark) reuses them instead of
+    drawing again."""
+    path = Path(path)
+    if path.exists():
+        return torch.from_numpy(np.load(path)["tokens"])
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in tqdm(range(0, n, 250), desc=f"drawing {path.stem}", disable=not progress):
+        out.append(sample_tokens(model.denoiser, min(250, n - i), model.grid, model.denoiser.mask_id,
+                                 model.diffusion_steps, None, temperature, g, "cpu", None, refine))
+    tokens = torch.cat(out)
+    save_npz(path, tokens=tokens)
+    return tokens
 
 
 def save_npz(path, **arrays) -> None:

@@ -67,18 +67,23 @@ def test_eval_errors(tiny_mnist, tmp_path, monkeypatch, capsys):
     assert code == 2 and "no checkpoint" in capsys.readouterr().err
 
 
-def tiny_ema_run(tiny_mnist, tmp_path, monkeypatch, train_toml):
-    """(checkpoint, FID stand-in file) of a tiny run that keeps a weight average,
-    with a fresh feature cache."""
+def tiny_run(tiny_mnist, tmp_path, monkeypatch, train_toml="", *flags):
+    """(checkpoint, FID stand-in file) of a tiny run with `train_toml` in its
+    [train] table, with a fresh feature cache."""
     monkeypatch.setenv("SPIKEDIFF_CACHE", str(tmp_path / "cache"))
     weights = tmp_path / "tiny_fid.pt"
     torch.jit.script(TinyFeatures()).save(str(weights))
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[train]\nema_decay = 0.9\n" + train_toml)
+    cfg.write_text("[train]\n" + train_toml)
     run = tmp_path / "run"
     assert main(["train", "--dataset", "mnist", "--data-root", str(tiny_mnist), "--out", str(run),
-                 "--preset", "tiny", "--config", str(cfg), "--no-progress"]) == 0
+                 "--preset", "tiny", "--config", str(cfg), *flags, "--no-progress"]) == 0
     return run / "checkpoint.pt", weights
+
+
+def tiny_ema_run(tiny_mnist, tmp_path, monkeypatch, train_toml):
+    """tiny_run, keeping a weight average."""
+    return tiny_run(tiny_mnist, tmp_path, monkeypatch, "ema_decay = 0.9\n" + train_toml)
 
 
 def test_select_only_tunes_on_held_out_images_per_denoiser_weights(tiny_mnist, tmp_path,
@@ -147,16 +152,9 @@ def test_quality_table_script_with_either_denoiser_weights(tiny_mnist, tmp_path,
 def test_vq_recon_script_compares_stage_one_runs_on_held_out_images(tiny_mnist, tmp_path,
                                                                     monkeypatch, capsys):
     vq_recon = _script("vq_recon")
-    monkeypatch.setenv("SPIKEDIFF_CACHE", str(tmp_path / "cache"))
-    weights = tmp_path / "tiny_fid.pt"
-    torch.jit.script(TinyFeatures()).save(str(weights))
-    cfg = tmp_path / "c.toml"
-    cfg.write_text("[train]\nholdout = 16\n")
-    run = tmp_path / "run"
-    assert main(["train", "--dataset", "mnist", "--data-root", str(tiny_mnist), "--out", str(run),
-                 "--preset", "tiny", "--config", str(cfg), "--stage", "vq", "--no-progress"]) == 0
+    ckpt, weights = tiny_run(tiny_mnist, tmp_path, monkeypatch, "holdout = 16\n", "--stage", "vq")
     out = tmp_path / "r.json"
-    args = [str(run / "checkpoint.pt"), "--data-root", str(tiny_mnist), "--fid-weights",
+    args = [str(ckpt), "--data-root", str(tiny_mnist), "--fid-weights",
             str(weights), "--no-progress"]
     assert vq_recon.main([*args, "--json", str(out)]) == 0
     [r] = json.loads(out.read_text())
@@ -266,16 +264,9 @@ def test_critic_learns_what_tells_grids_apart_and_picks_by_its_logit():
 
 def test_critic_resampling_script_writes_paired_rows(tiny_mnist, tmp_path, monkeypatch, capsys):
     bench = _script("critic_resampling")
-    monkeypatch.setenv("SPIKEDIFF_CACHE", str(tmp_path / "cache"))
-    weights = tmp_path / "tiny_fid.pt"
-    torch.jit.script(TinyFeatures()).save(str(weights))
-    cfg = tmp_path / "c.toml"
-    cfg.write_text("[train]\nholdout = 16\n")
-    run = tmp_path / "run"
-    assert main(["train", "--dataset", "mnist", "--data-root", str(tiny_mnist), "--out", str(run),
-                 "--preset", "tiny", "--config", str(cfg), "--no-progress"]) == 0
+    ckpt, weights = tiny_run(tiny_mnist, tmp_path, monkeypatch, "holdout = 16\n")
     out = tmp_path / "r.json"
-    args = ["--checkpoint", str(run / "checkpoint.pt"), "--data-root", str(tiny_mnist),
+    args = ["--checkpoint", str(ckpt), "--data-root", str(tiny_mnist),
             "--work", str(tmp_path / "work"), "--train-samples", "40", "--n", "8", "--k-max", "2",
             "--epochs", "1", "--refine-steps", "2", "--fid-weights", str(weights), "--no-progress"]
     assert bench.main([*args, "--json", str(out)]) == 0
@@ -286,3 +277,28 @@ def test_critic_resampling_script_writes_paired_rows(tiny_mnist, tmp_path, monke
     assert (tmp_path / "work" / "pool.npz").exists()
     assert bench.main([*args, "--train-samples", "16"]) == 2
     assert "must exceed the 16 held-out" in capsys.readouterr().err
+
+
+def test_decoder_on_samples_script_trains_both_arms_from_one_decoder(tiny_mnist, tmp_path,
+                                                                     monkeypatch, capsys):
+    bench = _script("decoder_on_samples")
+    ckpt, weights = tiny_run(tiny_mnist, tmp_path, monkeypatch, "holdout = 16\n")
+    work, out = tmp_path / "work", tmp_path / "r.json"
+    args = ["--checkpoint", str(ckpt), "--data-root", str(tiny_mnist), "--work", str(work),
+            "--train-draws", "12", "--batch", "16", "--per-step", "4", "--epochs", "1", "--n", "8",
+            "--refine-steps", "2", "--fid-weights", str(weights), "--no-progress"]
+    assert bench.main([*args, "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    arms = r["arms"]
+    assert list(arms) == ["committed", "control", "samples"]
+    assert all(arm["heldout_fid"] > 0 and arm["heldout_recon_mse"] > 0 for arm in arms.values())
+    assert arms["committed"]["history"] == [] and len(arms["samples"]["history"]) == 1
+    # Same start, seed and real batches: only the decoded draws tell the arms apart.
+    control, samples = (torch.load(work / f"decoder-{k}.pt", weights_only=False)["vq"]
+                        for k in ("control", "samples"))
+    assert not torch.equal(control["decoder.0.synapse.weight"], samples["decoder.0.synapse.weight"])
+    assert torch.equal(control["codebook.embedding"], samples["codebook.embedding"])  # frozen
+    assert bench.main([*args, "--json", str(out)]) == 0  # the saved decoders are reused
+    assert json.loads(out.read_text())["arms"] == arms
+    assert bench.main([*args, "--batch", "500"]) == 2
+    assert "at least --batch 500" in capsys.readouterr().err
