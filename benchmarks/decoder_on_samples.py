@@ -152,6 +152,9 @@ def main(argv=None) -> int:
     held_codes = encode_codes(model.vq, held_images, "cpu")
     held01 = held_images.float() / 255
     arms = {"committed": None, "control": 0, "samples": a.per_step}
+    settings = {"checkpoint": str(Path(a.checkpoint).resolve()), "train_draws": a.train_draws,
+                "batch": a.batch, "per_step": a.per_step, "epochs": a.epochs, "lr": a.lr,
+                "adversarial_weight": a.adversarial_weight, "limit": a.limit}
     results = {}
     for name, per_step in arms.items():
         vq = copy.deepcopy(model.vq)
@@ -160,12 +163,16 @@ def main(argv=None) -> int:
         if per_step is not None:
             if saved.exists():
                 blob = torch.load(saved, weights_only=False)
+                if blob.get("settings") != settings:
+                    raise SpikediffError(f"{saved} was trained with other settings "
+                                         f"({blob.get('settings')}); use another --work")
                 vq.load_state_dict(blob["vq"])
                 history = blob["history"]
             else:
                 history = train_arm(vq, codes, train_images, draws, a.epochs, a.lr,
                                     a.adversarial_weight, per_step, a.batch, 0, progress)
-                torch.save({"vq": vq.state_dict(), "history": history}, saved.with_suffix(".tmp"))
+                blob = {"vq": vq.state_dict(), "history": history, "settings": settings}
+                torch.save(blob, saved.with_suffix(".tmp"))
                 saved.with_suffix(".tmp").replace(saved)
         feats = metrics.features_resumable(net, decode_all(vq, evals), cache,
                                            f"dec-samples-{work.name}-{name}-{a.n}", progress=progress)

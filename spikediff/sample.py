@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_path
 from .diffusion import Refinement, sample_tokens
+from .errors import SpikediffError
 from .model import SpikingDiffusion
 from .plots import save_grid
 
@@ -41,15 +42,21 @@ def cached_tokens(path, model: SpikingDiffusion, n: int, seed: int, temperature:
     (.npz) so that a rerun (a resumed benchmark) reuses them instead of
     drawing again."""
     path = Path(path)
+    settings = np.array([n, seed, temperature, refine.steps, refine.fraction, refine.temperature],
+                        dtype=np.float64)
     if path.exists():
-        return torch.from_numpy(np.load(path)["tokens"])
+        saved = np.load(path)
+        if "settings" in saved and not np.array_equal(saved["settings"], settings):
+            raise SpikediffError(f"{path} holds draws made with other settings (n, seed, "
+                                 "temperature, refinement); move it away or use another folder")
+        return torch.from_numpy(saved["tokens"])
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in tqdm(range(0, n, 250), desc=f"drawing {path.stem}", disable=not progress):
         out.append(sample_tokens(model.denoiser, min(250, n - i), model.grid, model.denoiser.mask_id,
                                  model.diffusion_steps, None, temperature, g, "cpu", None, refine))
     tokens = torch.cat(out)
-    save_npz(path, tokens=tokens)
+    save_npz(path, tokens=tokens, settings=settings)
     return tokens
 
 

@@ -300,5 +300,11 @@ def test_decoder_on_samples_script_trains_both_arms_from_one_decoder(tiny_mnist,
     assert torch.equal(control["codebook.embedding"], samples["codebook.embedding"])  # frozen
     assert bench.main([*args, "--json", str(out)]) == 0  # the saved decoders are reused
     assert json.loads(out.read_text())["arms"] == arms
+    capsys.readouterr()
     assert bench.main([*args, "--batch", "500"]) == 2
     assert "at least --batch 500" in capsys.readouterr().err
+    # Saved draws and decoders made with other settings are refused, not reused.
+    assert bench.main([*args, "--temperature", "0.5"]) == 2
+    assert "train-draws.npz holds draws made with other settings" in capsys.readouterr().err
+    assert bench.main([*args, "--lr", "1e-3"]) == 2
+    assert "decoder-control.pt was trained with other settings" in capsys.readouterr().err
