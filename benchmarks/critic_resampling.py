@@ -24,8 +24,8 @@ Steps, each cached under --work so a killed run resumes:
 """
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -33,16 +33,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from spikediff import checkpoint, metrics
-from spikediff.atomic import write_text
-from spikediff.cli import handle_errors
-from spikediff.data import load_images
-from spikediff.diffusion import Refinement
-from spikediff.errors import SpikediffError
-from spikediff.evaluate import fid_of, reference_features
-from spikediff.layers import SpikingConv, conv3x3
-from spikediff.sample import cached_tokens
-from spikediff.train import encode_codes
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # the project and the sibling heldout_draws.py
+
+from spikediff import metrics  # noqa: E402
+from spikediff.atomic import write_text  # noqa: E402
+from spikediff.cli import handle_errors  # noqa: E402
+from spikediff.errors import SpikediffError  # noqa: E402
+from spikediff.evaluate import fid_of  # noqa: E402
+from spikediff.layers import SpikingConv, conv3x3  # noqa: E402
+from spikediff.sample import cached_tokens  # noqa: E402
+from spikediff.train import encode_codes  # noqa: E402
+import heldout_draws  # noqa: E402
 
 class SpikingCritic(nn.Module):
     """Token grid -> one logit: log p_real / p_generated where the classes are balanced."""
@@ -111,50 +113,28 @@ def pick(logit: torch.Tensor, n: int, k: int, gamma: float, seed: int = 7) -> to
 
 @handle_errors
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default="spikediff/weights/mnist-finetuned.pt")
-    p.add_argument("--data-root")
-    p.add_argument("--work", required=True, help="folder for the draws and the critic (resumable)")
+    p = heldout_draws.parser(__doc__, "folder for the draws and the critic (resumable)")
     p.add_argument("--train-samples", type=int, default=12000)
-    p.add_argument("--n", type=int, default=1000, help="images per FID")
     p.add_argument("--k-max", type=int, default=4)
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--refine-steps", type=int, default=40)
-    p.add_argument("--refine-fraction", type=float, default=0.1)
-    p.add_argument("--refine-temperature", type=float, default=0.3)
-    p.add_argument("--fid-weights")
-    p.add_argument("--json", help="write the results here")
-    p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    ckpt = checkpoint.load(a.checkpoint)
-    model = checkpoint.model_from(ckpt).eval()
-    d = ckpt["data"]
-    held = d["holdout"]
-    if not held:
-        raise SpikediffError(f"{a.checkpoint} kept no held-out training images to measure on")
+    s = heldout_draws.setup(a)
+    model, held = s.model, s.held
     if a.train_samples <= held:
         raise SpikediffError(f"--train-samples must exceed the {held} held-out grids")
 
-    images = load_images(d["name"], a.data_root, "train", image_size=d["image_size"],
-                         rgb=d["channels"] == 3).images
-    real = encode_codes(model.vq, images, "cpu", not a.no_progress)  # the holdout last, as trained
-    refine = Refinement(a.refine_steps, a.refine_fraction, a.refine_temperature)
-    gen = cached_tokens(work / "train-draws.npz", model, a.train_samples, 100, a.temperature, refine,
-                        not a.no_progress)
+    real = encode_codes(model.vq, s.images, "cpu", s.progress)  # the holdout last, as trained
+    gen = cached_tokens(s.work / "train-draws.npz", model, a.train_samples, 100, a.temperature,
+                        s.refine, s.progress)
     critic, history = train_critic(real, gen, held, model.denoiser.mask_id, a.epochs,
-                                   progress=not a.no_progress)
+                                   progress=s.progress)
 
-    pool = cached_tokens(work / "pool.npz", model, a.n * a.k_max, 200, a.temperature, refine,
-                        not a.no_progress)
-    net, cache = metrics.FIDNetwork(a.fid_weights), metrics.FeatureCache()
-    ref, _ = reference_features(net, cache, d["name"], a.data_root, "train", d["image_size"],
-                                d["channels"] == 3, not a.no_progress, holdout_of=held)
-    decoded = torch.cat([model.vq.decode(pool[i:i + 250]) for i in range(0, len(pool), 250)])
-    feats = metrics.features_resumable(net, decoded, cache, f"critic-pool-{work.name}-{len(pool)}",
-                                       progress=not a.no_progress)
+    pool = cached_tokens(s.work / "pool.npz", model, a.n * a.k_max, 200, a.temperature, s.refine,
+                         s.progress)
+    net, cache, ref = s.reference(a)
+    feats = metrics.features_resumable(net, heldout_draws.decode_all(model.vq, pool), cache,
+                                       f"critic-pool-{s.work.name}-{len(pool)}",
+                                       progress=s.progress)
     logit = critic.logits(pool)
     rows = []
     for k in range(1, a.k_max + 1):
@@ -168,9 +148,7 @@ def main(argv=None) -> int:
     print("pool ranked by the critic:", ranked)
     result = {"checkpoint": a.checkpoint, "critic_history": history, "n": a.n,
               "train_samples": a.train_samples, "heldout_images": held, "rows": rows,
-              "pool_ranked": ranked, "sampling": {
-                  "temperature": a.temperature, "refine": [a.refine_steps, a.refine_fraction,
-                                                           a.refine_temperature]}}
+              "pool_ranked": ranked, "sampling": s.sampling(a)}
     if a.json:
         write_text(a.json, json.dumps(result, indent=1) + "\n")
     return 0

@@ -21,25 +21,28 @@ images shows what each arm costs the autoencoder.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from spikediff import checkpoint, metrics
-from spikediff.adversarial import PatchDiscriminator, adaptive_weight, discriminator_loss
-from spikediff.atomic import write_text
-from spikediff.cli import handle_errors
-from spikediff.data import load_images
-from spikediff.diffusion import Refinement
-from spikediff.errors import SpikediffError
-from spikediff.evaluate import fid_of, reference_features
-from spikediff.sample import cached_tokens
-from spikediff.train import encode_codes
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # the project and the sibling heldout_draws.py
+
+from spikediff import metrics  # noqa: E402
+from spikediff.adversarial import (PatchDiscriminator, adaptive_weight,  # noqa: E402
+                                   discriminator_loss)
+from spikediff.atomic import write_text  # noqa: E402
+from spikediff.cli import handle_errors  # noqa: E402
+from spikediff.errors import SpikediffError  # noqa: E402
+from spikediff.evaluate import fid_of  # noqa: E402
+from spikediff.sample import cached_tokens  # noqa: E402
+from spikediff.train import encode_codes  # noqa: E402
+import heldout_draws  # noqa: E402
 
 
 def decode_train(vq, idx: torch.Tensor) -> torch.Tensor:
@@ -95,60 +98,35 @@ def train_arm(vq, codes, images, draws, epochs: int, lr: float, weight: float, p
     return history
 
 
-@torch.no_grad()
-def decode_all(vq, grids: torch.Tensor) -> torch.Tensor:
-    return torch.cat([vq.decode(grids[i:i + 250]) for i in range(0, len(grids), 250)])
-
-
 @handle_errors
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default="spikediff/weights/mnist-finetuned.pt")
-    p.add_argument("--data-root")
-    p.add_argument("--work", required=True, help="folder for the draws and decoders (resumable)")
+    p = heldout_draws.parser(__doc__, "folder for the draws and decoders (resumable)")
     p.add_argument("--train-draws", type=int, default=4000, help="sampled grids to train on")
-    p.add_argument("--batch", type=int, default=128, help="real grids per step (the decoder stage's)")
+    p.add_argument("--batch", type=int, default=128,
+                   help="real grids per step (default: the decoder stage's 128)")
     p.add_argument("--per-step", type=int, default=32, help="draws added to each batch")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--adversarial-weight", type=float, default=0.8)
-    p.add_argument("--n", type=int, default=1000, help="images per FID")
+    p.add_argument("--epochs", type=int, default=2, help="decoder epochs per arm (default: 2)")
+    p.add_argument("--lr", type=float, default=2e-4,
+                   help="starting rate, annealed to 0 by a cosine (default: 2e-4)")
+    p.add_argument("--adversarial-weight", type=float, default=0.8,
+                   help="the term's weight, as train.adversarial_weight (default: 0.8)")
     p.add_argument("--limit", type=int, help="train on the first LIMIT images only (tests)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--refine-steps", type=int, default=40)
-    p.add_argument("--refine-fraction", type=float, default=0.1)
-    p.add_argument("--refine-temperature", type=float, default=0.3)
-    p.add_argument("--fid-weights")
-    p.add_argument("--json", help="write the results here")
-    p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    ckpt = checkpoint.load(a.checkpoint)
-    model = checkpoint.model_from(ckpt).eval()
-    d = ckpt["data"]
-    held = d["holdout"]
-    if not held:
-        raise SpikediffError(f"{a.checkpoint} kept no held-out training images to measure on")
-    progress = not a.no_progress
-
-    images = load_images(d["name"], a.data_root, "train", image_size=d["image_size"],
-                         rgb=d["channels"] == 3).images
-    train_images, held_images = images[:-held], images[-held:]
+    s = heldout_draws.setup(a)
+    model = s.model
+    train_images, held_images = s.images[:-s.held], s.images[-s.held:]
     if a.limit:
         train_images = train_images[:a.limit]
     if len(train_images) < a.batch or a.epochs < 1 or a.per_step < 1:
         raise SpikediffError(f"need --epochs >= 1, --per-step >= 1 and at least --batch "
                              f"{a.batch} training images (have {len(train_images)})")
-    codes = encode_codes(model.vq, train_images, "cpu", progress)
-    refine = Refinement(a.refine_steps, a.refine_fraction, a.refine_temperature)
-    draws = cached_tokens(work / "train-draws.npz", model, a.train_draws, 300, a.temperature,
-                          refine, progress)
-    evals = cached_tokens(work / "eval-draws.npz", model, a.n, 400, a.temperature, refine, progress)
+    codes = encode_codes(model.vq, train_images, "cpu", s.progress)
+    draws = cached_tokens(s.work / "train-draws.npz", model, a.train_draws, 300, a.temperature,
+                          s.refine, s.progress)
+    evals = cached_tokens(s.work / "eval-draws.npz", model, a.n, 400, a.temperature, s.refine,
+                          s.progress)
 
-    net, cache = metrics.FIDNetwork(a.fid_weights), metrics.FeatureCache()
-    ref, _ = reference_features(net, cache, d["name"], a.data_root, "train", d["image_size"],
-                                d["channels"] == 3, progress, holdout_of=held)
+    net, cache, ref = s.reference(a)
     held_codes = encode_codes(model.vq, held_images, "cpu")
     held01 = held_images.float() / 255
     arms = {"committed": None, "control": 0, "samples": a.per_step}
@@ -158,7 +136,7 @@ def main(argv=None) -> int:
     results = {}
     for name, per_step in arms.items():
         vq = copy.deepcopy(model.vq)
-        saved = work / f"decoder-{name}.pt"
+        saved = s.work / f"decoder-{name}.pt"
         history = []
         if per_step is not None:
             if saved.exists():
@@ -170,21 +148,19 @@ def main(argv=None) -> int:
                 history = blob["history"]
             else:
                 history = train_arm(vq, codes, train_images, draws, a.epochs, a.lr,
-                                    a.adversarial_weight, per_step, a.batch, 0, progress)
+                                    a.adversarial_weight, per_step, a.batch, 0, s.progress)
                 blob = {"vq": vq.state_dict(), "history": history, "settings": settings}
                 torch.save(blob, saved.with_suffix(".tmp"))
                 saved.with_suffix(".tmp").replace(saved)
-        feats = metrics.features_resumable(net, decode_all(vq, evals), cache,
-                                           f"dec-samples-{work.name}-{name}-{a.n}", progress=progress)
-        mse = torch.nn.functional.mse_loss(decode_all(vq, held_codes), held01).item()
+        feats = metrics.features_resumable(net, heldout_draws.decode_all(vq, evals), cache,
+                                           f"dec-samples-{s.work.name}-{name}-{a.n}",
+                                           progress=s.progress)
+        mse = torch.nn.functional.mse_loss(heldout_draws.decode_all(vq, held_codes), held01).item()
         results[name] = {"heldout_fid": round(fid_of(feats, ref), 2),
                          "heldout_recon_mse": round(mse, 5), "history": history}
         print(name, {k: v for k, v in results[name].items() if k != "history"}, flush=True)
-    out = {"checkpoint": a.checkpoint, "n": a.n, "train_draws": a.train_draws,
-           "batch": a.batch, "per_step": a.per_step, "epochs": a.epochs, "lr": a.lr,
-           "adversarial_weight": a.adversarial_weight, "limit": a.limit, "arms": results,
-           "sampling": {"temperature": a.temperature,
-                        "refine": [a.refine_steps, a.refine_fraction, a.refine_temperature]}}
+    out = {"n": a.n, **settings, "checkpoint": a.checkpoint, "arms": results,
+           "sampling": s.sampling(a)}
     if a.json:
         write_text(a.json, json.dumps(out, indent=1) + "\n")
     return 0
