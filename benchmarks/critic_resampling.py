@@ -114,9 +114,10 @@ def pick(logit: torch.Tensor, n: int, k: int, gamma: float, seed: int = 7) -> to
 @handle_errors
 def main(argv=None) -> int:
     p = heldout_draws.parser(__doc__, "folder for the draws and the critic (resumable)")
-    p.add_argument("--train-samples", type=int, default=12000)
-    p.add_argument("--k-max", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--train-samples", type=int, default=12000,
+                   help="drawn grids to train the critic on (default: 12000)")
+    p.add_argument("--k-max", type=int, default=4, help="most candidates per image (default: 4)")
+    p.add_argument("--epochs", type=int, default=8, help="critic epochs (default: 8)")
     a = p.parse_args(argv)
     s = heldout_draws.setup(a)
     model, held = s.model, s.held

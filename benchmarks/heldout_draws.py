@@ -17,11 +17,13 @@ from spikediff.diffusion import Refinement
 from spikediff.errors import SpikediffError
 from spikediff.evaluate import reference_features
 
+COMMITTED = Path(__file__).resolve().parent.parent / "spikediff" / "weights" / "mnist-finetuned.pt"
+
 
 def parser(doc: str, work_help: str) -> argparse.ArgumentParser:
     """The shared arguments; the sampling defaults are the committed model's recipe."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    p.add_argument("--checkpoint", default="spikediff/weights/mnist-finetuned.pt",
+    p.add_argument("--checkpoint", default=str(COMMITTED),
                    help="model to draw from (default: the committed MNIST model)")
     p.add_argument("--data-root", help="folder with the data set's standard files")
     p.add_argument("--work", required=True, help=work_help)
@@ -64,8 +66,6 @@ class Setup:
 
 
 def setup(a) -> Setup:
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
     ckpt = checkpoint.load(a.checkpoint)
     model = checkpoint.model_from(ckpt).eval()
     d = ckpt["data"]
@@ -74,6 +74,8 @@ def setup(a) -> Setup:
     images = load_images(d["name"], a.data_root, "train", image_size=d["image_size"],
                          rgb=d["channels"] == 3).images
     refine = Refinement(a.refine_steps, a.refine_fraction, a.refine_temperature)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
     return Setup(ckpt, model, images, d["holdout"], refine, work, not a.no_progress)
 
 
