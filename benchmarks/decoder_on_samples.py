@@ -11,6 +11,9 @@ codes) in two arms from the same committed weights, side by side:
   (grids drawn beforehand with the model's own sampling settings), so the
   discriminator sees real images against reconstructions *and* samples.
 
+The discriminator starts afresh in both arms (the committed checkpoint keeps
+none), from the same seed, and both see the same real batches.
+
 Both arms then decode the same held-out draws (another seed), and the FID of
 those images against the held-out training images (never the test split)
 says which decoder turns the denoiser's grids into better images, with the
