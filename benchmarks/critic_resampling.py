@@ -40,7 +40,7 @@ from spikediff import metrics  # noqa: E402
 from spikediff.atomic import write_text  # noqa: E402
 from spikediff.cli import handle_errors  # noqa: E402
 from spikediff.errors import SpikediffError  # noqa: E402
-from spikediff.evaluate import fid_of  # noqa: E402
+from spikediff.evaluate import decode_tokens, fid_of  # noqa: E402
 from spikediff.layers import SpikingConv, conv3x3  # noqa: E402
 from spikediff.sample import cached_tokens  # noqa: E402
 from spikediff.train import encode_codes  # noqa: E402
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     pool = cached_tokens(s.work / "pool.npz", model, a.n * a.k_max, 200, a.temperature, s.refine,
                          s.progress)
     net, cache, ref = s.reference(a)
-    feats = metrics.features_resumable(net, heldout_draws.decode_all(model.vq, pool), cache,
+    feats = metrics.features_resumable(net, decode_tokens(model.vq, pool, 250), cache,
                                        f"critic-pool-{s.work.name}-{len(pool)}",
                                        progress=s.progress)
     logit = critic.logits(pool)

@@ -29,7 +29,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -37,35 +36,27 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # the project and the sibling heldout_draws.py
 
 from spikediff import metrics  # noqa: E402
-from spikediff.adversarial import (PatchDiscriminator, adaptive_weight,  # noqa: E402
-                                   discriminator_loss)
+from spikediff.adversarial import Adversary  # noqa: E402
 from spikediff.atomic import write_text  # noqa: E402
 from spikediff.cli import handle_errors  # noqa: E402
 from spikediff.errors import SpikediffError  # noqa: E402
-from spikediff.evaluate import fid_of  # noqa: E402
+from spikediff.evaluate import decode_tokens, fid_of  # noqa: E402
 from spikediff.sample import cached_tokens  # noqa: E402
-from spikediff.train import encode_codes  # noqa: E402
+from spikediff.train import _lr_factor, encode_codes  # noqa: E402
 import heldout_draws  # noqa: E402
-
-
-def decode_train(vq, idx: torch.Tensor) -> torch.Tensor:
-    """Code grids -> images in [-1, 1], with gradients to the decoding side."""
-    spikes = vq.generate_spikes(vq.codebook.lookup(idx).detach())
-    return vq.readout_image(vq.decode_spikes(spikes)[-1])
 
 
 def train_arm(vq, codes, images, draws, epochs: int, lr: float, weight: float, per_step: int,
               batch: int, seed: int, progress: bool) -> list[dict]:
-    """Decoder stage on (codes, images); with per_step > 0, also `per_step`
-    decoded draws per batch under the adversarial term. Cosine rate to 0."""
-    torch.manual_seed(seed)
-    disc = PatchDiscriminator(images.shape[1])
-    d_opt = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9))
+    """Decoder stage on (codes, images) with a fresh discriminator; with
+    per_step > 0, also `per_step` decoded draws per batch under the
+    adversarial term. Cosine rate to 0."""
+    adversary = Adversary(images.shape[1], weight, 0, lr, seed)
     net = vq.decoding_side()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-3)
     bs, steps = batch, len(codes) // batch
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s / (epochs * steps), 1.0))))
+        opt, lambda step: _lr_factor("cosine", step, epochs * steps))
     g = torch.Generator().manual_seed(seed)
     history = []
     for epoch in range(epochs):
@@ -81,19 +72,17 @@ def train_arm(vq, codes, images, draws, epochs: int, lr: float, weight: float, p
             grids = codes[idx]
             if per_step:
                 grids = torch.cat([grids, draws[d_order[i * per_step:(i + 1) * per_step]]])
-            out = decode_train(vq, grids)  # one forward: one set of batch statistics
+            out = vq.decode_images(grids)  # one forward: one set of batch statistics
             rec = torch.nn.functional.mse_loss(out[:bs], real) / vq.data_variance
-            adv = -disc(out).mean()  # reconstructions, and the draws where there are any
-            loss = rec + weight * adaptive_weight(rec, adv, vq.readout.weight) * adv
+            # The fakes: the reconstructions, and the draws where there are any.
+            terms = adversary.generator_terms({"loss": rec, "output": out}, real,
+                                              vq.readout.weight, step=0)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            terms["loss"].backward()
             opt.step()
             sched.step()
-            d_loss = discriminator_loss(disc(real), disc(out.detach()))
-            d_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            d_opt.step()
-            for k, v in {"recon": rec, "adversarial": adv, "discriminator": d_loss}.items():
+            logged = {"recon": rec, "adversarial": terms["adversarial"]} | adversary.update()
+            for k, v in logged.items():
                 sums[k] = sums.get(k, 0.0) + v.item() / steps
         history.append({"epoch": epoch + 1} | {k: round(v, 5) for k, v in sums.items()})
         tqdm.write(str(history[-1]))
@@ -155,10 +144,10 @@ def main(argv=None) -> int:
                 blob = {"vq": vq.state_dict(), "history": history, "settings": settings}
                 torch.save(blob, saved.with_suffix(".tmp"))
                 saved.with_suffix(".tmp").replace(saved)
-        feats = metrics.features_resumable(net, heldout_draws.decode_all(vq, evals), cache,
+        feats = metrics.features_resumable(net, decode_tokens(vq, evals, 250), cache,
                                            f"dec-samples-{s.work.name}-{name}-{a.n}",
                                            progress=s.progress)
-        mse = torch.nn.functional.mse_loss(heldout_draws.decode_all(vq, held_codes), held01).item()
+        mse = torch.nn.functional.mse_loss(decode_tokens(vq, held_codes, 250), held01).item()
         results[name] = {"heldout_fid": round(fid_of(feats, ref), 2),
                          "heldout_recon_mse": round(mse, 5), "history": history}
         print(name, {k: v for k, v in results[name].items() if k != "history"}, flush=True)

@@ -78,8 +78,3 @@ def setup(a) -> Setup:
     work.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
     return Setup(ckpt, model, images, d["holdout"], refine, work, not a.no_progress)
 
-
-@torch.no_grad()
-def decode_all(vq, grids: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] of token grids, 250 at a time."""
-    return torch.cat([vq.decode(grids[i:i + 250]) for i in range(0, len(grids), 250)])

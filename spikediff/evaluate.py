@@ -75,9 +75,14 @@ def sampled_images(cache, model, n, temperature, steps, seed, batch_size, device
         cache.put(key, tokens=tokens.numpy())
         return images
     tokens = torch.from_numpy(hit["tokens"])
-    vq = model.vq.to(device).eval()  # decoded in the batches the sampler decodes in
+    # decoded in the batches the sampler decodes in
+    return decode_tokens(model.vq.to(device).eval(), tokens, batch_size, device)
+
+
+def decode_tokens(vq, tokens: torch.Tensor, batch_size: int, device="cpu") -> torch.Tensor:
+    """Images [N, C, H, W] in [0, 1] (on the CPU) of token grids, batch by batch."""
     return torch.cat([vq.decode(tokens[i:i + batch_size].to(device)).cpu()
-                      for i in range(0, n, batch_size)])
+                      for i in range(0, len(tokens), batch_size)])
 
 
 def _refine_tag(refine: Refinement) -> str:

@@ -128,10 +128,15 @@ class VQSVAE(nn.Module):
         """What turns codes into images: trained further, alone, by the decoder stage."""
         return nn.ModuleList([getattr(self, name) for name in DECODING_SIDE])
 
+    def decode_images(self, idx: torch.Tensor) -> torch.Tensor:
+        """Code grid [B, H, W] -> images in [-1, 1], differentiable in the decoding
+        side only (the codebook stays fixed)."""
+        spikes = self.generate_spikes(self.codebook.lookup(idx).detach())
+        return self.readout_image(self.decode_spikes(spikes)[-1])
+
     def decode_with_loss(self, idx: torch.Tensor, images01: torch.Tensor) -> dict:
         """Reconstruction loss of fixed code grids against the images they encode."""
-        spikes = self.generate_spikes(self.codebook.lookup(idx).detach())
-        recon = self.readout_image(self.decode_spikes(spikes)[-1])
+        recon = self.decode_images(idx)
         rec = F.mse_loss(recon, images01 * 2 - 1) / self.data_variance
         return {"loss": rec, "recon": rec.detach(), "output": recon}
 
@@ -142,5 +147,4 @@ class VQSVAE(nn.Module):
     @torch.no_grad()
     def decode(self, idx: torch.Tensor) -> torch.Tensor:
         """Code grid [B, H, W] -> images [B, C, H, W] in [0, 1]."""
-        spikes = self.generate_spikes(self.codebook.lookup(idx))
-        return (self.readout_image(self.decode_spikes(spikes)[-1]) + 1) / 2
+        return (self.decode_images(idx) + 1) / 2
