@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from .config import LOSSES
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (tokens, t) -> logits
+# (still masked, uniform draws u, steps left) -> which positions to reveal now
+Reveal = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 def mask_tokens(x0: torch.Tensor, t: torch.Tensor, n_steps: int, mask_id: int,
@@ -88,6 +90,11 @@ def device_generator(generator: torch.Generator | None, device) -> torch.Generat
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def reveal_random(masked: torch.Tensor, u: torch.Tensor, steps_left: int) -> torch.Tensor:
+    """As published: each masked token with probability 1 / (steps left)."""
+    return masked & (u < 1.0 / steps_left)
+
+
 @dataclass(frozen=True)
 class Refinement:
     """After sampling, `steps` passes that each re-mask a random `fraction` of
@@ -119,9 +126,12 @@ def sample_tokens(denoise: Denoise, n: int, grid: tuple[int, int], mask_id: int,
                   sample_steps: int | None = None, temperature: float = 1.0,
                   generator: torch.Generator | None = None, device="cpu",
                   on_step: Callable[[int], None] | None = None,
-                  refine: Refinement | None = None) -> torch.Tensor:
+                  refine: Refinement | None = None,
+                  reveal: Reveal = reveal_random) -> torch.Tensor:
     """Token grids [n, H, W] with no mask token left. `on_step` is called after
-    each of the S sampling steps, then after each refinement step."""
+    each of the S sampling steps, then after each refinement step. `reveal`
+    picks the positions each step reveals (benchmarks/sampler_variants.py
+    compares another order)."""
     schedule = sampling_schedule(n_steps, sample_steps or n_steps)
     x = torch.full((n, *grid), mask_id, dtype=torch.long, device=device)
     g = device_generator(generator, device)
@@ -131,7 +141,7 @@ def sample_tokens(denoise: Denoise, n: int, grid: tuple[int, int], mask_id: int,
         logits = denoise(x, torch.full((n,), t, dtype=torch.long, device=device))
         proposal = draw(logits.float(), temperature, g)
         u = torch.rand(x.shape, generator=g, device=device)
-        x = torch.where(masked & (u < 1.0 / steps_left), proposal, x)
+        x = torch.where(reveal(masked, u, steps_left), proposal, x)
         if on_step is not None:
             on_step(i)
     r = refine or Refinement()

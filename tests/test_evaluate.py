@@ -308,3 +308,61 @@ def test_decoder_on_samples_script_trains_both_arms_from_one_decoder(tiny_mnist,
     assert "train-draws.npz holds draws made with other settings" in capsys.readouterr().err
     assert bench.main([*args, "--lr", "1e-3"]) == 2
     assert "decoder-control.pt was trained with other settings" in capsys.readouterr().err
+
+
+def test_sampler_variants_exact_order_and_guidance(tiny_mnist, tmp_path, monkeypatch, capsys):
+    bench = _script("sampler_variants")
+    K, revealed = 6, []
+
+    def denoise(x, t):
+        revealed.append(int((x != K).sum()))
+        return torch.zeros(x.shape[0], K, 7, 7)
+
+    from spikediff.diffusion import sample_tokens
+    out = sample_tokens(denoise, 3, (7, 7), K, 49, 49, generator=torch.Generator().manual_seed(0),
+                        reveal=bench.reveal_exact)
+    assert (out != K).all() and revealed == [3 * i for i in range(49)]  # one token per step
+    # Guidance at weight 0, or only on the refinement calls, leaves the
+    # published sampler's draws as they are (the weaker inputs' masks have
+    # their own generator).
+    ckpt, weights = tiny_run(tiny_mnist, tmp_path, monkeypatch, "holdout = 16\n")
+    from spikediff import checkpoint
+    from spikediff.diffusion import Refinement
+    model = checkpoint.model_from(checkpoint.load(ckpt)).eval()
+    draw = lambda v, r=Refinement(): bench.draw_variant(model, bench.parse_variant(v), 5, 0, 1.0,
+                                                         r, False)
+    plain = draw("published")
+    assert torch.equal(draw("guide:0.0:0.5:both"), plain)
+    assert torch.equal(draw("guide:2.0:0.5:refine"), plain)  # no refinement steps here
+    assert not torch.equal(draw("guide:2.0:0.5:main"), plain)
+    refined = draw("published", Refinement(3, 0.2, 0.3))
+    assert not torch.equal(draw("guide:2.0:0.5:refine", Refinement(3, 0.2, 0.3)), refined)
+
+    # `published` draws what `spikediff eval --select-only --seed 1` draws.
+    from spikediff.sample import generate
+    r = Refinement(2, 0.2, 0.3)
+    _, tokens = generate(model, 8, temperature=1.0, seed=2, batch_size=256, progress=False,
+                         refine=r)
+    assert torch.equal(bench.draw_variant(model, bench.parse_variant("published"), 8, 1, 1.0, r,
+                                          False), tokens)
+
+    work, out = tmp_path / "work", tmp_path / "r.json"
+    args = ["--checkpoint", str(ckpt), "--data-root", str(tiny_mnist), "--work", str(work),
+            "--n", "8", "--seeds", "1", "--refine-steps", "2", "--refine-fraction", "0.2",
+            "--fid-weights", str(weights), "--no-progress"]
+    assert bench.main([*args, "--variants", "published,exact,guide:1.0:0.5:main",
+                       "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"]["name"] for r in rows] == ["published", "exact", "guide:1.0:0.5:main"]
+    assert all(r["heldout_fid"] > 0 and r["settings"]["refine"] == [2, 0.2, 0.3] for r in rows)
+    capsys.readouterr()
+
+    def no_drawing(*a, **kw):
+        raise AssertionError("a saved result was drawn again")
+    monkeypatch.setattr(bench, "draw_variant", no_drawing)
+    assert bench.main([*args, "--variants", "exact"]) == 0  # saved results are reused
+    assert f"held-out FID {rows[1]['heldout_fid']:.2f}" in capsys.readouterr().out
+    assert bench.main([*args, "--variants", "exact", "--temperature", "0.5"]) == 2
+    assert "measured with other settings" in capsys.readouterr().err
+    assert bench.main([*args, "--variants", "guide:1:0.5:everywhere"]) == 2
+    assert "unknown variant 'guide:1:0.5:everywhere'" in capsys.readouterr().err
