@@ -125,11 +125,17 @@ def main(argv=None) -> int:
     p = heldout_draws.parser(__doc__, "folder for the results, one file each (resumable)")
     p.add_argument("--variants", default="published,exact",
                    help="comma-separated: published, exact, guide:WEIGHT:RHO:WHERE "
-                   "(WHERE: main, refine or both)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds, as eval's --seed")
+                   "(WHERE: main, refine or both; default: published,exact)")
+    p.add_argument("--seeds", default="0",
+                   help="comma-separated seeds, as eval's --seed (default: 0)")
     a = p.parse_args(argv)
     variants = [parse_variant(v) for v in a.variants.split(",")]
-    seeds = [int(x) for x in a.seeds.split(",")]
+    try:
+        seeds = [int(x) for x in a.seeds.split(",")]
+    except ValueError:
+        raise SpikediffError(f"--seeds takes comma-separated integers, not {a.seeds!r}")
+    if a.n < 2:
+        raise SpikediffError("--n must be at least 2 (FID needs a covariance)")
     s = heldout_draws.setup(a)
     s.model.denoiser.eval()
     net, cache, ref = s.reference(a)

@@ -366,3 +366,5 @@ def test_sampler_variants_exact_order_and_guidance(tiny_mnist, tmp_path, monkeyp
     assert "measured with other settings" in capsys.readouterr().err
     assert bench.main([*args, "--variants", "guide:1:0.5:everywhere"]) == 2
     assert "unknown variant 'guide:1:0.5:everywhere'" in capsys.readouterr().err
+    assert bench.main([*args, "--seeds", "0,x"]) == 2
+    assert "--seeds takes comma-separated integers" in capsys.readouterr().err
