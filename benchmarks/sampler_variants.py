@@ -60,11 +60,11 @@ def reveal_exact(masked: torch.Tensor, u: torch.Tensor, steps_left: int) -> torc
 
 
 class SelfGuided:
-    """A denoise(tokens, t) whose calls number `main_calls` + refinement
-    steps per grid batch; the calls WHERE names return guided logits. The
-    weaker inputs' masks come from their own seeded generator, so the
-    sampler's own draws are those of the unguided sampler until the logits
-    differ."""
+    """The denoiser, guided on some of its calls. The sampler calls it once
+    per step, so of a batch's calls the first `main_calls` are the sampling
+    steps and the rest refinement steps; `where` says which are guided. The
+    weaker inputs' masks come from their own seeded generator, so unguided
+    calls leave the sampler's draws as they are."""
 
     def __init__(self, denoiser, weight: float, rho: float, where: str, main_calls: int,
                  n_steps: int):
@@ -93,13 +93,15 @@ def parse_variant(spec: str) -> dict:
         return {"name": spec}
     parts = spec.split(":")
     try:
-        if parts[0] != "guide" or len(parts) != 4 or parts[3] not in WHERE:
+        if (parts[0] != "guide" or len(parts) != 4 or parts[3] not in WHERE
+                or not 0 <= float(parts[2]) <= 1):
             raise ValueError
         return {"name": spec, "weight": float(parts[1]), "rho": float(parts[2]),
                 "where": parts[3]}
     except ValueError:
         raise SpikediffError(f"unknown variant {spec!r}: use published, exact or "
-                             f"guide:WEIGHT:RHO:WHERE with WHERE one of {', '.join(WHERE)}")
+                             f"guide:WEIGHT:RHO:WHERE with RHO in [0, 1] and WHERE one of "
+                             f"{', '.join(WHERE)}")
 
 
 def draw_variant(model, variant: dict, n: int, seed: int, temperature: float, refine,

@@ -131,7 +131,7 @@ def sample_tokens(denoise: Denoise, n: int, grid: tuple[int, int], mask_id: int,
     """Token grids [n, H, W] with no mask token left. `on_step` is called after
     each of the S sampling steps, then after each refinement step. `reveal`
     picks the positions each step reveals (benchmarks/sampler_variants.py
-    compares another order)."""
+    compares a fixed count per step)."""
     schedule = sampling_schedule(n_steps, sample_steps or n_steps)
     x = torch.full((n, *grid), mask_id, dtype=torch.long, device=device)
     g = device_generator(generator, device)
