@@ -1,8 +1,8 @@
 """What the benchmarks on the committed recipe's draws share (critic_resampling,
-decoder_on_samples, sampler_variants): their command-line arguments, and a set-up that loads the
-checkpoint, its training images with the held-out ones last, and the FID
-network with the held-out images' features. Every number they print is on
-held-out training images, never the test split."""
+decoder_on_samples, sampler_variants): their command-line arguments, and a
+set-up that loads the checkpoint, its training images with the held-out ones
+last, and the FID network with the held-out images' features. Every number
+they print is on held-out training images, never the test split."""
 from __future__ import annotations
 
 import argparse

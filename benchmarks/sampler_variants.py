@@ -61,22 +61,19 @@ def reveal_exact(masked: torch.Tensor, u: torch.Tensor, steps_left: int) -> torc
 
 class SelfGuided:
     """The denoiser, guided on some of its calls. The sampler calls it once
-    per step, so of a batch's calls the first `main_calls` are the sampling
-    steps and the rest refinement steps; `where` says which are guided. The
+    per step, so each batch makes `n_steps` sampling calls, then
+    `refine_steps` refinement calls; `where` says which are guided. The
     weaker inputs' masks come from their own seeded generator, so unguided
     calls leave the sampler's draws as they are."""
 
-    def __init__(self, denoiser, weight: float, rho: float, where: str, main_calls: int,
-                 n_steps: int):
+    def __init__(self, denoiser, weight: float, rho: float, where: str, n_steps: int,
+                 refine_steps: int):
         self.den, self.weight, self.rho, self.where = denoiser, weight, rho, where
-        self.main_calls, self.n_steps, self.calls = main_calls, n_steps, 0
+        self.n_steps, self.per_batch, self.calls = n_steps, n_steps + refine_steps, 0
         self.g = torch.Generator().manual_seed(12345)
 
-    def new_batch(self) -> None:
-        self.calls = 0
-
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        phase = "main" if self.calls < self.main_calls else "refine"
+        phase = "main" if self.calls % self.per_batch < self.n_steps else "refine"
         self.calls += 1
         logits = self.den(x, t).float()
         if self.where not in (phase, "both"):
@@ -111,12 +108,11 @@ def draw_variant(model, variant: dict, n: int, seed: int, temperature: float, re
     if variant["name"] == "exact":
         reveal = reveal_exact
     elif "weight" in variant:
-        denoise = SelfGuided(den, variant["weight"], variant["rho"], variant["where"], N, N)
+        denoise = SelfGuided(den, variant["weight"], variant["rho"], variant["where"], N,
+                             refine.steps)
     g = torch.Generator().manual_seed(seed + 1)  # as `spikediff eval --select-only --seed`
     out = []
     for i in tqdm(range(0, n, BATCH), desc=variant["name"], disable=not progress):
-        if isinstance(denoise, SelfGuided):
-            denoise.new_batch()
         out.append(sample_tokens(denoise, min(BATCH, n - i), model.grid, den.mask_id, N, None,
                                  temperature, g, "cpu", None, refine, reveal))
     return torch.cat(out)
@@ -139,7 +135,6 @@ def main(argv=None) -> int:
     if a.n < 2:
         raise SpikediffError("--n must be at least 2 (FID needs a covariance)")
     s = heldout_draws.setup(a)
-    s.model.denoiser.eval()
     net, cache, ref = s.reference(a)
     settings = {"checkpoint": str(Path(a.checkpoint).resolve()), "n": a.n, **s.sampling(a)}
     rows = []
@@ -153,7 +148,7 @@ def main(argv=None) -> int:
                                          f"({row['settings']}); use another --work")
             else:
                 tokens = draw_variant(s.model, v, a.n, seed, a.temperature, s.refine, s.progress)
-                images = decode_tokens(s.model.vq.eval(), tokens, BATCH)
+                images = decode_tokens(s.model.vq, tokens, BATCH)
                 feats = net.features(images, progress=s.progress)
                 row = {"variant": v, "seed": seed, "heldout_fid": fid_of(feats, ref),
                        "settings": settings}
