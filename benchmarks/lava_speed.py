@@ -65,7 +65,7 @@ def main(argv=None):
         model = checkpoint.load_model(a.checkpoint)
         source = str(checkpoint.resolve(a.checkpoint))
     else:
-        model = active_random_model(a.preset, 0)
+        model = active_random_model(a.preset, 0).inference()
         source = f"preset {a.preset}, RANDOM weights (no shipped checkpoint yet)"
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     N = model.diffusion_steps

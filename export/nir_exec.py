@@ -279,8 +279,8 @@ def _double(model):
     m.vq.double().eval()
     m.denoiser.double().eval()
     # the "raw" input current is built as float32 in the model; promote it
-    orig = m.denoiser.input_current
-    m.denoiser.input_current = lambda tokens, t: orig(tokens, t).double()
+    orig = m.denoiser.network_input
+    m.denoiser.network_input = lambda tokens, t: orig(tokens, t).double()
     return m
 
 

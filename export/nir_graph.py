@@ -47,6 +47,7 @@ from torch import nn
 from spikediff import __version__
 from spikediff.checkpoint import weights_hash
 from spikediff.errors import SpikediffError
+from spikediff.fold import bn_fold, folded_conv
 from spikediff.neuron import DT, TAU_MEM, V_RESET, V_TH
 
 FORMAT = "spikediff-nir/1"
@@ -60,23 +61,6 @@ class ExportError(SpikediffError):
 # -- parameters -----------------------------------------------------------------
 def _np(x: torch.Tensor, dtype) -> np.ndarray:
     return x.detach().to(torch.float64).cpu().numpy().astype(dtype)
-
-
-def bn_fold(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) with bn(y) == y * scale + shift, eval-mode statistics, float64."""
-    if not isinstance(bn, nn.BatchNorm2d):
-        raise ExportError(f"cannot fold {type(bn).__name__}: only BatchNorm2d is supported")
-    if bn.running_mean is None or bn.running_var is None:
-        raise ExportError("batch norm without running statistics cannot be folded "
-                          "(track_running_stats=False)")
-    var = bn.running_var.double()
-    scale = torch.rsqrt(var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.double()
-    shift = -bn.running_mean.double() * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.double()
-    return scale, shift
 
 
 def phase_kernel(op, cin: int, p_in: int, p_out: int, probe: int = 5) -> torch.Tensor:
@@ -178,10 +162,8 @@ def _conv_fold(layer, name: str, hw, dtype) -> nir.Conv2d:
         raise ExportError(f"layer '{name}': synapse {conv} is not a plain Conv2d")
     if isinstance(conv.padding, str):
         raise ExportError(f"layer '{name}': string padding {conv.padding!r} is not exported")
-    scale, shift = bn_fold(layer.bn)
-    w = conv.weight.detach().double() * scale.view(-1, 1, 1, 1)
-    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(scale)
-    return conv_node(w, b * scale + shift, hw, tuple(conv.padding), tuple(conv.stride), dtype)
+    w, b = folded_conv(layer)
+    return conv_node(w, b, hw, tuple(conv.padding), tuple(conv.stride), dtype)
 
 
 # -- metadata ------------------------------------------------------------------
@@ -301,21 +283,16 @@ def denoiser_graph(model, dtype=np.float64) -> nir.NIRGraph:
     mode = den.cfg.token_input
     edges = []
     if mode == "embed":
+        if not den.spike_input:
+            raise ExportError("the denoiser is in its training form; export its inference "
+                              "form (spikediff.fold.fold_denoiser), as build_graph does")
         cin = (K + 1) + (N + 1)
         nodes = {"input": nir.Input(input_type=np.array([cin, h, w]))}
-        E = den.cfg.embed_dim
-        tok = torch.zeros(E, cin, 1, 1, dtype=torch.float64)
-        tok[:, :K + 1, 0, 0] = den.token_embed.weight.detach().double().t()
-        tim = torch.zeros(E, cin, 1, 1, dtype=torch.float64)
-        tim[:, K + 1:, 0, 0] = den.time_embed.weight.detach().double().t()
-        zero = torch.zeros(E, dtype=torch.float64)
-        nodes["token_embed"] = conv_node(tok, zero, (h, w), 0, 1, dtype)
-        nodes["time_embed"] = conv_node(tim, zero, (h, w), 0, 1, dtype)
-        edges += [("input", "token_embed"), ("input", "time_embed"),
-                  ("token_embed", "layers.0.synapse"), ("time_embed", "layers.0.synapse")]
-        inp = ("channels 0..K: one-hot token grid (K+1 classes, K = mask); channels K+1..: "
-               "one-hot diffusion step t (N+1 classes) at every position; token_embed and "
-               "time_embed (1x1 convs, zero weights on the other block) sum into layers.0")
+        edges.append(("input", "layers.0.synapse"))
+        inp = ("binary spikes: channels 0..K the one-hot token grid (K+1 classes, K = mask), "
+               "channels K+1.. the one-hot diffusion step t (N+1 classes) at every position; "
+               "layers.0.synapse is the token and time embeddings, the first conv and its "
+               "batch norm folded into one conv (spikediff.fold)")
     elif mode == "raw":
         nodes = {"input": nir.Input(input_type=np.array([2, h, w]))}
         edges.append(("input", "layers.0.synapse"))
@@ -360,7 +337,7 @@ def denoiser_graph(model, dtype=np.float64) -> nir.NIRGraph:
 
 def build_graph(model, dtype=np.float64) -> nir.NIRGraph:
     """The whole exportable model: one top-level NIRGraph with three subgraphs."""
-    model = copy.deepcopy(model).eval()
+    model = copy.deepcopy(model).inference()  # a no-op on a loaded (folded) model
     enc = encoder_graph(model, dtype)
     dec = decoder_graph(model, dtype)
     den = denoiser_graph(model, dtype)

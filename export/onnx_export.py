@@ -81,7 +81,7 @@ class Denoiser(nn.Module):
 
     def forward(self, tokens, t):
         den = self.den
-        first = _layer_static(den.layers[0], den.input_current(tokens, t), den.cfg.T)
+        first = _layer_static(den.layers[0], den.network_input(tokens, t), den.cfg.T)
         s = first
         for layer in den.layers[1:]:
             s = _layer(layer, s)

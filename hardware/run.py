@@ -75,7 +75,8 @@ def load_model(a):
     if a.random_weights:
         if a.checkpoint:
             raise SpikediffError("give either --checkpoint or --random-weights, not both")
-        return active_random_model(a.random_weights, a.seed), f"random weights ({a.random_weights})"
+        return (active_random_model(a.random_weights, a.seed).inference(),
+                f"random weights ({a.random_weights})")
     model = checkpoint.load_model(a.checkpoint)
     return model, str(checkpoint.resolve(a.checkpoint))
 

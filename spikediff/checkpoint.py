@@ -143,9 +143,11 @@ def weights_hash(*modules: torch.nn.Module) -> str:
 WEIGHTS = ("ema", "raw")
 
 
-def model_from(ckpt: dict, weights: str = "ema") -> SpikingDiffusion:
-    """The model; its denoiser has the averaged weights where the run kept an
-    average (train.ema_decay > 0) unless weights="raw" (the last step's)."""
+def model_from(ckpt: dict, weights: str = "ema", fold: bool = True) -> SpikingDiffusion:
+    """The model for inference; its denoiser has the averaged weights where the
+    run kept an average (train.ema_decay > 0) unless weights="raw" (the last
+    step's), and is in its folded, spike-fed form (fold.py) unless fold=False
+    (the trained, factored form)."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     cfg = Config.from_dict(ckpt["config"])
@@ -156,13 +158,13 @@ def model_from(ckpt: dict, weights: str = "ema") -> SpikingDiffusion:
         model.denoiser.load_state_dict(ema.module_weights(ckpt["denoiser_ema"]))
     elif ckpt.get("denoiser") is not None:
         model.denoiser.load_state_dict(ckpt["denoiser"])
-    return model.eval()
+    return model.inference() if fold else model.eval()
 
 
 def load_model(path: str | Path | None, *, need_denoiser: bool = True,
-               weights: str = "ema") -> SpikingDiffusion:
+               weights: str = "ema", fold: bool = True) -> SpikingDiffusion:
     ckpt = load(path)
     if need_denoiser and ckpt.get("denoiser") is None:
         raise CheckpointError(f"{resolve(path)} holds only a trained VQ-SVAE (stage 1); "
                               "train the denoiser first: spikediff train --stage denoiser --resume")
-    return model_from(ckpt, weights)
+    return model_from(ckpt, weights, fold)

@@ -1,11 +1,14 @@
 """SDID: the spiking denoiser of absorbing diffusion over the code grid.
 
 Input options (DenoiserConfig.token_input):
-- "raw" (as published): token ids and t as two float channels on the grid;
+- "raw" (as published): token ids and t as two float channels on the grid,
+  an analog current;
 - "embed": the one-hot token grid (K+1 channels incl. the mask) and a one-hot
-  t, each through a learned 1x1 synapse (an embedding), summed.
-Either way the result is an analog current, repeated over T, into a stack of
-Conv3x3 + BN + LIF layers. A final Conv3x3 over concat(last, first) gives K
+  t, each through a learned 1x1 synapse (an embedding), summed. That is how it
+  trains; for inference (fold.fold_denoiser, applied when a checkpoint is
+  loaded) the embeddings, the first conv and its batch norm are one conv on
+  the one-hot grid itself: binary spikes, two per position and step.
+The input, repeated over T, goes into a stack of Conv3x3 + BN + LIF layers. A final Conv3x3 over concat(last, first) gives K
 logits per step, averaged over T (host-side readout). The head is linear, so
 here it is applied once to the spikes' mean over T: the same logits (to float
 rounding) for a quarter of the head's work at T = 4, where the K-channel head
@@ -42,18 +45,25 @@ class SpikingDenoiser(nn.Module):
         # The head's spike input [T, B, C, H, W], as a module so that hooks
         # (the energy counter) see the spikes, not their mean.
         self.head_input = nn.Identity()
+        # True in the inference form, whose first synapse takes one_hot_input (fold.py).
+        self.spike_input = False
 
-    def input_current(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Analog input [B, C, H, W] for token grids [B, H, W] and steps t [B]."""
+    def network_input(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the first synapse receives at every step, [B, C, H, W], for token
+        grids [B, H, W] and steps t [B]: analog ids ("raw"), the embedded current
+        ("embed", training form) or the one-hot spike grid (folded form)."""
         if self.cfg.token_input == "raw":
             tt = t.to(torch.float32).view(-1, 1, 1).expand(tokens.shape)
             return torch.stack([tokens.to(torch.float32), tt], 1)
+        if self.spike_input:
+            w = self.layers[0].synapse.weight
+            return one_hot_input(tokens, t, self.codebook_size, self.diffusion_steps).to(w.dtype)
         x = self.token_embed(tokens) + self.time_embed(t).view(-1, 1, 1, self.cfg.embed_dim)
         return x.permute(0, 3, 1, 2)
 
     def spikes(self, tokens: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
         """Spike trains [T, B, C, H, W] of every layer."""
-        out = [self.layers[0].forward_static(self.input_current(tokens, t), self.cfg.T)]
+        out = [self.layers[0].forward_static(self.network_input(tokens, t), self.cfg.T)]
         for layer in self.layers[1:]:
             out.append(layer(out[-1]))
         return out
@@ -64,3 +74,12 @@ class SpikingDenoiser(nn.Module):
     def forward(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Logits [B, K, H, W] over the clean token at each position."""
         return self.readout(self.spikes(tokens, t))
+
+
+def one_hot_input(tokens: torch.Tensor, t: torch.Tensor, K: int, N: int) -> torch.Tensor:
+    """[B, K+1 + N+1, H, W] 0/1 grid: channel tokens[b, y, x] (K = mask) and channel
+    K+1 + t[b] are 1 at every position, all others 0."""
+    B, H, W = tokens.shape
+    tok = torch.nn.functional.one_hot(tokens, K + 1).permute(0, 3, 1, 2)
+    tim = torch.nn.functional.one_hot(t, N + 1).view(B, N + 1, 1, 1).expand(B, N + 1, H, W)
+    return torch.cat([tok, tim], 1).float()

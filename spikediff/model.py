@@ -8,6 +8,7 @@ import torch
 from .config import Config
 from .denoiser import SpikingDenoiser
 from .diffusion import Refinement, sample_tokens
+from .fold import fold_denoiser
 from .vqsvae import VQSVAE
 
 
@@ -37,6 +38,13 @@ class SpikingDiffusion:
         self.vq.eval()
         self.denoiser.eval()
         return self
+
+    def inference(self) -> "SpikingDiffusion":
+        """Eval mode, the denoiser in its folded, spike-fed form (fold.py), as a
+        chip runs it; a loaded checkpoint is already in it. Checkpoints hold
+        the trained (factored) form: save before, not after."""
+        self.denoiser = fold_denoiser(self.denoiser)
+        return self.eval()
 
     @torch.no_grad()
     def generate(self, n: int, *, temperature: float | None = None, steps: int | None = None,

@@ -99,10 +99,16 @@ def test_two_layer_chain_hand_count():
     assert (res["l1"].neuron_updates, res["l1"].active) == (2 * 3, 3)
     assert (res["l2"].neuron_updates, res["l2"].active) == (5 * 3, 0)
     tot = res["l1"] + res["l2"]
-    e = _energies(tot.scaled(1), False, EnergyConstants())
-    assert e["snn_45nm_pj"] == pytest.approx(23 * 0.9)
+    e = _energies(tot.scaled(1), 1, EnergyConstants())
+    # 45 nm: 23 ACs x 0.9 + 21 neuron updates x 3.6 (subtract, shift, add, compare)
+    assert e["snn_45nm_pj"] == pytest.approx(23 * 0.9 + 21 * 3.6)
     # Loihi: 23 synops x 23.6 + 18 silent x 52 + 3 active x 81 neuron updates
     assert e["loihi_pj"] == pytest.approx(23 * 23.6 + 18 * 52 + 3 * 81)
+    # two 8-bit synapses per connection (fixed-point split): twice the synaptic part only
+    e2 = _energies(tot.scaled(1), 2, EnergyConstants())
+    assert e2["loihi_pj"] == pytest.approx(46 * 23.6 + 18 * 52 + 3 * 81)
+    assert e2["loihi_one_synapse_pj"] == pytest.approx(e["loihi_pj"])
+    assert e2["snn_45nm_pj"] == e["snn_45nm_pj"]
 
 
 def test_conv_transpose_corner_hand_count():
@@ -265,7 +271,7 @@ def test_cli_report_json_and_plot(tmp_path, tiny_mnist, capsys):
     out, png = tmp_path / "e.json", tmp_path / "e.png"
     rc = main(["report", "--checkpoint", str(ck), "--n", "3", "--steps", "2", "--verify",
                "--data-root", str(tiny_mnist), "--json", str(out), "--plot", str(png),
-               "--no-progress", "--set", "ac_pj=0"])
+               "--no-progress", "--set", "ac_pj=0", "--set", "neuron_update_45nm_pj=0"])
     text = capsys.readouterr().out
     assert rc == 0, text
     rep = json.loads(out.read_text())
@@ -274,7 +280,8 @@ def test_cli_report_json_and_plot(tmp_path, tiny_mnist, capsys):
     assert rep["brute_force_check"]["all_agree"]
     assert rep["constants"]["ac_pj"] == 0
     tot = rep["per_generated_image"]
-    assert tot["snn_45nm_pj"] == pytest.approx(tot["macs"] * 4.6)   # ACs free with ac_pj=0
+    # ACs and neuron updates free: only the analog-fed layers' MACs are left
+    assert tot["snn_45nm_pj"] == pytest.approx(tot["macs"] * 4.6)
     assert set(rep["components"]) == {"encoder", "spike_generator", "decoder", "denoiser_call",
                                       "denoiser"}
     assert rep["components"]["denoiser"]["calls_per_image"] == 2

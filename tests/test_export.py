@@ -140,7 +140,8 @@ def test_file_structure_and_metadata(tiny_file, tiny):
     counts = node_counts(g)
     assert counts["encoder"] == {"Conv2d": 3, "I": 1, "Input": 1, "LI": 1, "LIF": 3, "Output": 1}
     assert counts["decoder"] == {"Conv2d": 5, "Input": 1, "LI": 1, "LIF": 3, "Output": 1}
-    assert counts["denoiser"] == {"Conv2d": 6, "I": 1, "Input": 1, "LIF": 2, "Output": 1}
+    # the embeddings are folded into the first synapse: no Conv2d -> Conv2d chain
+    assert counts["denoiser"] == {"Conv2d": 4, "I": 1, "Input": 1, "LIF": 2, "Output": 1}
     for md in [g.metadata] + [g.nodes[p].metadata for p in ("encoder", "decoder", "denoiser")]:
         assert float(md["dt"]) == DT and int(md["T"]) == 2 and md["preset"] == "tiny"
         assert "repeated for T steps" in md["input_encoding"]

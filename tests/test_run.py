@@ -195,10 +195,12 @@ def test_lava_energy_counts_equal_norse(tiny):
     from hardware.energy.report import measure
     from hardware.lava.energy import record
     real = torch.rand(N, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    ref, _ = measure(tiny, n=N, steps=2, seed=0, temperature=1.0, real_images=real,
+    folded = copy.deepcopy(tiny).inference()  # as a loaded checkpoint: spike-fed input
+    ref, _ = measure(folded, n=N, steps=2, seed=0, temperature=1.0, real_images=real,
                      progress=False)
+    assert ref.counts["denoiser.0"].synops > 0 and ref.counts["denoiser.0"].macs == 0
     tally = Tally()
-    info = record(tiny, n=N, steps=2, seed=0, temperature=1.0, real_images=real, tally=tally,
+    info = record(folded, n=N, steps=2, seed=0, temperature=1.0, real_images=real, tally=tally,
                   progress=False)
     assert info["n_encoded"] == N and info["sampling_steps"] == 2
     assert set(tally.counts) == set(ref.counts)

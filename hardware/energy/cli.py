@@ -85,7 +85,7 @@ def load_model_and_data(a):
             raise SpikediffError("give either --checkpoint or --random-weights, not both")
         torch.manual_seed(a.seed)
         cfg = load_config(a.random_weights)
-        model = build_model(cfg, 1, 28).eval()
+        model = build_model(cfg, 1, 28).inference()
         meta = {"model": f"preset '{a.random_weights}', 1x28x28",
                 "weights": "RANDOM (untrained): firing rates and energies are not those of a "
                            "trained model", "preset": a.random_weights}

@@ -29,9 +29,11 @@ class EnergyConstants:
     # 45 nm CMOS, 32-bit float (Horowitz, ISSCC 2014)
     ac_pj: float = 0.9                      # accumulate (fp32 add)
     mac_pj: float = 4.6                     # multiply-accumulate (3.7 mult + 0.9 add)
-    # Charged per LIF neuron update in the 45 nm model. 0 by default: the usual
-    # 45 nm estimates count synaptic operations only.
-    neuron_update_45nm_pj: float = 0.0
+    # Charged per LIF neuron update and step in the 45 nm model: the LIF-box
+    # update v + (x - v) / 2 is a subtract, a shift and an add, and the spike is
+    # a compare with the threshold: 4 fp32 operations at an add's 0.9 pJ (the
+    # shift charged as an add, an upper bound).
+    neuron_update_45nm_pj: float = 3.6
     # Loihi (Davies et al., IEEE Micro 2018)
     loihi_synop_pj: float = 23.6            # per synaptic spike operation (minimum)
     loihi_neuron_inactive_pj: float = 52.0  # neuron update without a spike
@@ -43,7 +45,8 @@ class EnergyConstants:
     SOURCES = {
         "ac_pj": "Horowitz, ISSCC 2014 (45 nm, fp32 add)",
         "mac_pj": "Horowitz, ISSCC 2014 (45 nm, fp32 mult 3.7 + add 0.9)",
-        "neuron_update_45nm_pj": "not charged by default (synaptic-op-only 45 nm convention)",
+        "neuron_update_45nm_pj": "Horowitz, ISSCC 2014: 4 fp32 ops x 0.9 pJ (subtract, shift, "
+                                 "add of v + (x - v)/2, threshold compare)",
         "loihi_synop_pj": "Davies et al., IEEE Micro 2018 (minimum per synaptic spike op)",
         "loihi_neuron_inactive_pj": "Davies et al., IEEE Micro 2018",
         "loihi_neuron_active_pj": "Davies et al., IEEE Micro 2018",

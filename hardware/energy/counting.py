@@ -64,6 +64,9 @@ class LayerSpec:
     output_padding: tuple[int, int] = (0, 0)
     groups: int = 1
     note: str = ""
+    # Fed a one-hot grid (the folded denoiser input): the cheapest exact ANN
+    # implementation gathers and adds the weights of the ones, no multiplies.
+    one_hot: bool = False
 
     @property
     def in_channels(self) -> int:
@@ -87,12 +90,12 @@ def _pair(v) -> tuple[int, int]:
 
 
 def spec_of(module: nn.Module, name: str, component: str, in_shape, *, analog: bool,
-            has_neurons: bool, note: str = "") -> LayerSpec:
+            has_neurons: bool, note: str = "", one_hot: bool = False) -> LayerSpec:
     """LayerSpec of a real torch layer for an input of shape in_shape (no batch/time)."""
     in_shape = tuple(int(s) for s in in_shape)
     if isinstance(module, nn.Linear):
         return LayerSpec(name, component, "linear", in_shape, (module.out_features,),
-                         analog, has_neurons, note=note)
+                         analog, has_neurons, note=note, one_hot=one_hot)
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         kind = "convT" if isinstance(module, nn.ConvTranspose2d) else "conv"
         k, s, p, d = (_pair(module.kernel_size), _pair(module.stride), _pair(module.padding),
@@ -102,7 +105,7 @@ def spec_of(module: nn.Module, name: str, component: str, in_shape, *, analog: b
             raise ValueError(f"{name}: string padding is not supported")
         hw = [_out_len(kind, in_shape[1 + i], k[i], s[i], p[i], d[i], op[i]) for i in range(2)]
         return LayerSpec(name, component, kind, in_shape, (module.out_channels, *hw), analog,
-                         has_neurons, k, s, p, d, op, module.groups, note)
+                         has_neurons, k, s, p, d, op, module.groups, note, one_hot)
     raise TypeError(f"{name}: cannot count a {type(module).__name__}")
 
 
@@ -206,7 +209,8 @@ def count_layer(spec: LayerSpec, x: torch.Tensor, *, out_spikes: torch.Tensor | 
                 T: int | None = None) -> LayerCounts:
     """Counts of one layer for one recorded input.
 
-    spike-fed layer: x = [T, B, *in_shape] spikes.
+    spike-fed layer: x = [T, B, *in_shape] spikes, or [B, *in_shape] the same
+    spikes at each of T steps (give T).
     analog-fed layer: x = [B, *in_shape] fed unchanged at T steps (give T), or
     [T, B, *in_shape] fed step by step.
     out_spikes: [T, B, *out_shape] spikes of the neurons after the synapse.
@@ -228,6 +232,8 @@ def count_layer(spec: LayerSpec, x: torch.Tensor, *, out_spikes: torch.Tensor | 
         c.macs, c.macs_once = dm * B * steps, dm * B * once
         c.samples, c.steps = B, B * steps
     else:
+        if x.dim() == nd + 1 and T is not None:  # a static spike grid, sent at every step
+            x = x.unsqueeze(0).expand(T, *x.shape)
         if x.dim() != nd + 2:
             raise ValueError(f"{spec.name}: spikes must be [T, B, {spec.in_shape}], got {tuple(x.shape)}")
         _check_shape(spec, x.shape[2:])
@@ -354,10 +360,12 @@ def model_layers(model) -> list[LayerSpec]:
     shape = (cin, *g)
     first = None
     for i, layer in enumerate(den.layers):
-        s = spec_of(layer.synapse, f"denoiser.{i}", "denoiser", shape, analog=i == 0,
-                    has_neurons=True,
-                    note=(f"analog input current ({den.cfg.token_input}), repeated over T"
-                          if i == 0 else ""))
+        first_note = ("one-hot token + step spikes (2 per position), repeated over T"
+                      if den.spike_input else
+                      f"analog input current ({den.cfg.token_input}), repeated over T")
+        s = spec_of(layer.synapse, f"denoiser.{i}", "denoiser", shape,
+                    analog=i == 0 and not den.spike_input, has_neurons=True,
+                    note=first_note if i == 0 else "", one_hot=i == 0 and den.spike_input)
         specs.append(s)
         first = first or s.out_shape
         shape = s.out_shape
@@ -365,6 +373,28 @@ def model_layers(model) -> list[LayerSpec]:
                          (shape[0] + first[0], *g), analog=False, has_neurons=False,
                          note="concat(last, first) spikes -> logits; mean over T on host"))
     return specs
+
+
+def layer_weights(model) -> dict[str, torch.Tensor]:
+    """Each synapse layer's weights as a chip holds them (batch norm folded in,
+    float64), by the names of model_layers: what fixed point must represent."""
+    from spikediff.fold import bn_fold
+    vq, den = model.vq, model.denoiser
+    layers = {f"encoder.{i}": m for i, m in enumerate(vq.encoder)}
+    layers["spike_generator"] = vq.spike_generator
+    layers.update({f"decoder.{i}": m for i, m in enumerate(vq.decoder)})
+    layers.update({f"denoiser.{i}": m for i, m in enumerate(den.layers)})
+    out = {}
+    for name, layer in layers.items():
+        w = layer.synapse.weight.detach().double()
+        scale, _ = bn_fold(layer.bn)
+        cout_dim = 1 if isinstance(layer.synapse, nn.ConvTranspose2d) else 0
+        shape = [1] * w.dim()
+        shape[cout_dim] = -1
+        out[name] = w * scale.view(shape)
+    out["decoder.readout"] = vq.readout.weight.detach().double()
+    out["denoiser.head"] = den.head.weight.detach().double()
+    return out
 
 
 @dataclass
@@ -455,9 +485,11 @@ class Recorder:
             if spec.analog:
                 c = count_layer(spec, x, T=T)       # static [B, ...], fed at T steps
             else:
-                # A synapse's input has time folded into the batch; the head's tap has not.
+                # A synapse's input has time folded into the batch; the head's tap has
+                # not; a static spike grid (the folded denoiser input) is sent at T steps.
                 if x.dim() == len(spec.in_shape) + 1:
-                    x = x.reshape(T, x.shape[0] // T, *x.shape[1:])
+                    x = (x.unsqueeze(0).expand(T, *x.shape) if spec.one_hot
+                         else x.reshape(T, x.shape[0] // T, *x.shape[1:]))
                 c = count_layer(spec, x)
                 if self.verify:
                     self.tally.brute[spec.name] = (self.tally.brute.get(spec.name, 0)

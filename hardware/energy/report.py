@@ -13,13 +13,17 @@ import math
 import torch
 
 from spikediff.atomic import atomic_path
+from spikediff.plots import save_figure
 
 from .constants import EnergyConstants
-from .counting import (COMPONENTS, Recorder, Tally, dense_macs, model_layers,
+from hardware.fixed_point import synapses_per_connection
+
+from .counting import (COMPONENTS, Recorder, Tally, dense_macs, layer_weights, model_layers,
                        padded_macs)
 
-LOIHI_MAC_CHOICE = ("analog-fed layers (first encoder conv, spike generator, denoiser input "
-                    "conv) charged as MACs on a 45 nm host at loihi_mac_pj each")
+LOIHI_MAC_CHOICE = ("analog-fed layers (first encoder conv, spike generator; the denoiser input "
+                    "conv of the paper's raw-input form) charged as MACs on a 45 nm host at "
+                    "loihi_mac_pj each")
 
 
 # ------------------------------------------------------------------ measure
@@ -75,20 +79,23 @@ def measure(model, *, n: int = 16, steps: int | None = None, seed: int = 0,
 
 # ---------------------------------------------------------------- aggregate
 
-def _energies(c: dict, spec_analog: bool, k: EnergyConstants) -> dict:
-    """pJ of one layer's per-image counts under each model."""
+def _energies(c: dict, parts: int, k: EnergyConstants) -> dict:
+    """pJ of one layer's per-image counts under each model; `parts` synapses
+    per connection on Loihi (the fixed-point mapping's split, see
+    hardware.fixed_point)."""
     inactive = c["neuron_updates"] - c["active"]
     e45 = c["synops"] * k.ac_pj + c["macs"] * k.mac_pj + c["neuron_updates"] * k.neuron_update_45nm_pj
-    loihi_syn = c["synops"] * k.loihi_synop_pj
+    loihi_syn = c["synops"] * parts * k.loihi_synop_pj
     loihi_neu = inactive * k.loihi_neuron_inactive_pj + c["active"] * k.loihi_neuron_active_pj
     loihi_mac = c["macs"] * k.loihi_mac_pj
     return {"snn_45nm_pj": e45, "loihi_pj": loihi_syn + loihi_neu + loihi_mac,
-            "loihi_synops_pj": loihi_syn, "loihi_neurons_pj": loihi_neu, "loihi_macs_pj": loihi_mac}
+            "loihi_synops_pj": loihi_syn, "loihi_neurons_pj": loihi_neu, "loihi_macs_pj": loihi_mac,
+            "loihi_one_synapse_pj": c["synops"] * k.loihi_synop_pj + loihi_neu + loihi_mac}
 
 
 SUM_KEYS = ("synops", "macs", "macs_once", "neuron_updates", "active", "events", "ann_macs",
-            "snn_45nm_pj", "loihi_pj", "loihi_synops_pj", "loihi_neurons_pj", "loihi_macs_pj",
-            "ann_45nm_pj", "neurons")
+            "ann_adds", "snn_45nm_pj", "loihi_pj", "loihi_synops_pj", "loihi_neurons_pj",
+            "loihi_macs_pj", "loihi_one_synapse_pj", "ann_45nm_pj", "neurons")
 
 
 def build_report(model, tally: Tally, constants: EnergyConstants, meta: dict | None = None) -> dict:
@@ -97,6 +104,7 @@ def build_report(model, tally: Tally, constants: EnergyConstants, meta: dict | N
     k = constants
     meta = dict(meta or {})
     n_gen = meta.get("n_generated")
+    weights = layer_weights(model)
     layers = []
     for s in specs:
         c = tally.counts.get(s.name)
@@ -114,9 +122,16 @@ def build_report(model, tally: Tally, constants: EnergyConstants, meta: dict | N
                "synops": per["synops"], "macs": per["macs"], "macs_once": per["macs_once"],
                "neuron_updates": per["neuron_updates"], "active": per["active"],
                "events": per["events"], "dense_macs": dm, "padded_macs": padded_macs(s),
-               "ann_macs": dm, "nonbinary_inputs": c.nonbinary}
-        row.update(_energies(per, s.analog, k))
-        row["ann_45nm_pj"] = dm * k.mac_pj
+               "nonbinary_inputs": c.nonbinary}
+        # The ANN twin, its cheapest exact form: a one-hot-fed layer gathers and
+        # adds the weights of the ones (the synaptic ops of one step), else dense MACs.
+        steps = c.steps // c.samples
+        row["ann_adds"] = per["synops"] / steps if s.one_hot else 0
+        row["ann_macs"] = 0 if s.one_hot else dm
+        row["ann_45nm_pj"] = row["ann_adds"] * k.ac_pj + row["ann_macs"] * k.mac_pj
+        parts = 1 if s.analog else synapses_per_connection(weights[s.name])
+        row["loihi_synapses_per_connection"] = parts
+        row.update(_energies(per, parts, k))
         if s.name in tally.brute:
             row["synops_brute_force"] = tally.brute[s.name] / c.samples
             row["brute_force_agrees"] = tally.brute[s.name] == c.synops
@@ -149,6 +164,8 @@ def build_report(model, tally: Tally, constants: EnergyConstants, meta: dict | N
     total["per"] = "generated image (denoiser x steps + spike generator + decoder)"
     total["ann_over_snn_45nm"] = _ratio(total["ann_45nm_pj"], total["snn_45nm_pj"])
     total["ann_over_loihi"] = _ratio(total["ann_45nm_pj"], total["loihi_pj"])
+    total["ann_over_loihi_one_synapse"] = _ratio(total["ann_45nm_pj"],
+                                                 total["loihi_one_synapse_pj"])
     for comp in components.values():
         comp["ann_over_snn_45nm"] = _ratio(comp["ann_45nm_pj"], comp["snn_45nm_pj"])
         comp["ann_over_loihi"] = _ratio(comp["ann_45nm_pj"], comp["loihi_pj"])
@@ -163,11 +180,20 @@ def build_report(model, tally: Tally, constants: EnergyConstants, meta: dict | N
                     "(headline); macs_once = the static input computed once, as this "
                     "implementation does",
             "neuron_updates": "every LIF neuron at every time step; active = spiked",
-            "ann": "the same layers as a conventional ANN: dense MACs once (no time steps), "
-                   "x sampling steps for the denoiser, at mac_pj",
+            "ann": "the same layers as a conventional ANN, once per call (no time steps), x "
+                   "denoiser calls for the denoiser, each layer in its cheapest exact form: a "
+                   "layer fed one-hot input (the folded denoiser input) gathers and adds the "
+                   "weights of the ones (ann_adds at ac_pj), every other layer dense MACs "
+                   "(ann_macs at mac_pj); its bias adds and activations are not charged (in the "
+                   "ANN's favour)",
             "snn_45nm": "synops x ac_pj + macs x mac_pj + neuron_updates x neuron_update_45nm_pj",
-            "loihi": "synops x loihi_synop_pj + neuron updates (52/81 pJ inactive/active) + "
-                     + LOIHI_MAC_CHOICE,
+            "loihi": "synops x synapses per connection x loihi_synop_pj + neuron updates "
+                     "(52/81 pJ inactive/active) + " + LOIHI_MAC_CHOICE,
+            "loihi_synapses_per_connection": "the Lava fixed-point mapping writes a weight as an "
+                     "8-bit mantissa plus an 8-bit rounding residual (two synapses per "
+                     "connection, see hardware/fixed_point.py) wherever one 8-bit mantissa is "
+                     "not exact, so those synaptic operations count twice; "
+                     "loihi_one_synapse_pj is the same run at one synapse per connection",
             "host": "host-side operations listed separately, not in any chip energy",
             "batch_norm": "folded into the preceding synapse (no cost)",
         },
@@ -196,7 +222,11 @@ def host_ops(model, S: float) -> list[dict]:
     Td = den.cfg.T
     C, px = model.channels, model.image_size ** 2
     ops = []
-    if den.cfg.token_input == "embed":
+    if den.spike_input:
+        ops.append({"step": "denoiser input: one-hot token + step spike grid (2 per position)",
+                    "per": f"generated image ({S:g} steps)", "ops": S * hw * 2,
+                    "kind": "spike writes"})
+    elif den.cfg.token_input == "embed":
         ops.append({"step": "denoiser input: token + time embedding lookup and add",
                     "per": f"generated image ({S:g} steps)", "ops": S * hw * den.cfg.embed_dim,
                     "kind": "adds (+ table reads)"})
@@ -266,13 +296,14 @@ def format_report(rep: dict, hardware: str = "all") -> str:
         out.append(f"NOTE: {w}")
     out.append("")
     out.append("Per layer (per image and call; synops = accumulates from spikes; macs = analog "
-               "input at every step, [once] = computed once)")
+               "input at every step, [once] = computed once; Loihi (x2) = two 8-bit synapses "
+               "per connection in the fixed-point mapping)")
     hdr = ["layer", "in", "in->out", "neurons", "rate", "synops", "macs [once]", "updates"]
     if show45:
         hdr.append("SNN 45nm")
     if showL:
         hdr.append("Loihi")
-    hdr += ["ANN macs", "ANN 45nm"]
+    hdr += ["ANN ops", "ANN 45nm"]
     rows = []
     for r in rep["layers"]:
         shp = "x".join(map(str, r["in_shape"])) + "->" + "x".join(map(str, r["out_shape"]))
@@ -284,8 +315,11 @@ def format_report(rep: dict, hardware: str = "all") -> str:
         if show45:
             row.append(fmt_energy(r["snn_45nm_pj"]))
         if showL:
-            row.append(fmt_energy(r["loihi_pj"]))
-        row += [fmt_count(r["ann_macs"]), fmt_energy(r["ann_45nm_pj"])]
+            parts = r.get("loihi_synapses_per_connection", 1)
+            row.append(fmt_energy(r["loihi_pj"]) + (f" (x{parts})" if parts > 1 else ""))
+        ann = (f"{fmt_count(r['ann_adds'])} add" if r.get("ann_adds")
+               else f"{fmt_count(r['ann_macs'])} mac")
+        row += [ann, fmt_energy(r["ann_45nm_pj"])]
         rows.append(row)
     out.append(_table(rows, hdr))
     out.append("")
@@ -349,7 +383,20 @@ def format_report(rep: dict, hardware: str = "all") -> str:
     out.append("  45 nm: synaptic ops + MACs" + (" + neuron updates" if rep["constants"]
                                                  ["neuron_update_45nm_pj"] else
                                                  "; neuron updates not charged") + ".")
+    out.append("  ANN: each layer's cheapest exact form (one-hot-fed: gather and add; else "
+               "dense MACs), once per call.")
+    out.append("")
+    out.append(headline(rep))
     return "\n".join(out)
+
+
+def headline(rep: dict) -> str:
+    """The report's last line: what the spiking model saves per generated image."""
+    t = rep["per_generated_image"]
+    r45, rL = t["ann_over_snn_45nm"], t["ann_over_loihi"]
+    f = lambda r: "-" if r is None else f"{r:.2f}x"
+    return (f"Headline, per generated image: ANN/SNN at 45 nm = {f(r45)}; "
+            f"ANN(45 nm)/SNN(Loihi) = {f(rL)}")
 
 
 def summary_line(rep: dict) -> str:
@@ -401,11 +448,7 @@ def save_plot(rep: dict, path, hardware: str = "all", title: str | None = None) 
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3, which="both")
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def write_json(rep: dict, path) -> None:

@@ -9,8 +9,9 @@ the shared counting API (``Tally.add_recording``), layer by layer under the
 same names as the Norse path (``hardware.energy.counting.model_layers``).
 
 Layers fed analog values (encoder.0 on image currents, spike_generator on code
-vectors, denoiser.0 on the embedded token current) cost dense MACs whatever the
-values; they are given the host-side static input, as the Norse recorder sees it.
+vectors) cost dense MACs whatever the values; they are given the host-side
+static input, as the Norse recorder sees it. So is denoiser.0, whose input is
+the one-hot token + step spike grid (the same at every step, counted as spikes).
 The decoder's maps come back from Lava in the export's phase-stacked layout and
 are turned back to full resolution (pixel_shuffle) before counting.
 
@@ -24,9 +25,9 @@ import torch
 from hardware.backends import LavaBackend, TempNir, _from_phases
 
 
-def _static_current(model, tokens, t):
+def _static_input(model, tokens, t):
     with torch.no_grad():
-        return model.denoiser.input_current(tokens, t).detach()
+        return model.denoiser.network_input(tokens, t).detach()
 
 
 def record(model, *, n: int = 16, steps=None, seed: int = 0, temperature=None, refine=None,
@@ -57,7 +58,7 @@ def record(model, *, n: int = 16, steps=None, seed: int = 0, temperature=None, r
 
         def denoise(tokens, t):
             logits, rec = lava.denoise_record(tokens, t)
-            inputs = {"denoiser.0": _static_current(model, tokens, t)}
+            inputs = {"denoiser.0": _static_input(model, tokens, t)}
             outputs = {}
             for i in range(L_den):
                 outputs[f"denoiser.{i}"] = rec[f"layers.{i}.lif"]

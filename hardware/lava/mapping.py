@@ -51,6 +51,8 @@ import scipy.sparse as sp
 
 import nir
 
+from hardware.fixed_point import split_weights
+
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyLoihiProcessModel
 from lava.magma.core.model.py.ports import PyInPort, PyOutPort, PyRefPort
@@ -551,41 +553,6 @@ def _population_scale(plan: Plan, name: str, input_range: dict, observed):
     return _pow2_floor(min(cands)), worst
 
 
-def _mantissas(M: sp.csr_matrix):
-    """One Sparse's 8-bit mantissas and weight_exp for M (integer units):
-    M ~= Mq * 2**e, the exponent the smallest that fits the largest |M|."""
-    mmax = float(abs(M).max()) if M.nnz else 0.0
-    mixed = M.nnz and M.data.min() < 0 and M.data.max() > 0
-    lim = 254.0 if mixed else 255.0
-    e = math.ceil(math.log2(mmax / lim)) if mmax > 0 else 0
-    Mq = M.copy()
-    Mq.data = Mq.data / 2.0 ** e
-    if mixed:  # Lava drops the LSB of mixed-sign 8-bit weights: keep them even
-        Mq.data = 2.0 * np.round(Mq.data / 2.0)
-    else:
-        Mq.data = np.round(Mq.data)
-    Mq.data = np.clip(Mq.data, -lim, lim)
-    return Mq, int(e)
-
-
-def _split_weights(M: sp.csr_matrix):
-    """[(mantissas, weight_exp), ...]: coarse 8-bit mantissas, then the
-    rounding residual as a second 8-bit Sparse with its own exponent (~15-bit
-    weights in all; the second part is left out where the first is exact)."""
-    parts = []
-    R = M.tocsr()
-    for _ in range(2):
-        if not R.nnz or not np.any(R.data):
-            break
-        Mq, e = _mantissas(R)
-        R = (R - Mq * 2.0 ** e).tocsr()
-        R.eliminate_zeros()
-        Mq.eliminate_zeros()
-        if Mq.nnz:
-            parts.append((Mq.astype(np.int32), e))
-    return parts or [(sp.csr_matrix(M.shape, dtype=np.int32), 0)]
-
-
 def _fixed_params(plan: Plan, input_range: dict, observed: dict | None = None):
     """Per population scale S (float 1.0 == S a_in units), integer bias
     (mantissa, exponent) in v units and worst-case |a_in| (float); per link a
@@ -609,7 +576,7 @@ def _fixed_params(plan: Plan, input_range: dict, observed: dict | None = None):
     for lk in plan.links:
         src = plan.pops[lk.source]
         S_s = scales[lk.source] if src.kind == "Input" else 1.0  # spikes are 0/1
-        qlinks.append(_split_weights((lk.matrix * (scales[lk.target] / S_s)).tocsr()))
+        qlinks.append(split_weights((lk.matrix * (scales[lk.target] / S_s)).tocsr()))
     return scales, qlinks, qbias, worst
 
 
