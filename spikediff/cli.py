@@ -102,6 +102,14 @@ def add_weights_arg(p: argparse.ArgumentParser) -> None:
                    "average (default) or the last step's")
 
 
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected rates like 0.05 or 0.05,0.1,0.1,0.05, "
+                                         f"got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import PRESETS
     parser = argparse.ArgumentParser(
@@ -135,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs-decoder", type=int, help="epochs of the decoder stage (default 0: none)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--firing-penalty", type=float, metavar="W",
+                   help="add W x the denoiser's mean firing rate above target to its loss: "
+                   "sparser spikes, less energy on a chip (train.firing_penalty; default 0: off)")
+    p.add_argument("--firing-target", type=_rates, metavar="R[,R...]",
+                   help="firing rate each denoiser layer may reach unpenalised, one for all or "
+                   "one per layer, in [0, 1] (train.firing_target; default 0)")
     p.add_argument("--limit", type=int, help="train on the first N images only (quick runs)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt (with "
                    "--epochs-denoiser N: train a finished run further, exactly as if N had been set)")
@@ -181,12 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a) -> int:
-    from .config import load_config
+    from .config import check, load_config
     from .train import train
 
     cfg, extend = None, None
     epochs = ("epochs_vq", "epochs_denoiser", "epochs_decoder")
-    overrides = {k: getattr(a, k) for k in (*epochs, "batch_size", "seed")
+    overrides = {k: getattr(a, k) for k in (*epochs, "batch_size", "seed", "firing_penalty",
+                                            "firing_target")
                  if getattr(a, k) is not None}
     if a.resume:
         fixed = sorted(set(overrides) - set(epochs))
@@ -198,6 +213,7 @@ def cmd_train(a) -> int:
         cfg = load_config(a.preset, a.config)
         for key, value in overrides.items():
             setattr(cfg.train, key, value)
+        check(cfg)
     if a.vq_from and a.finetune:
         raise SpikediffError("--vq-from and --finetune both name the run to build on; give one")
     for flag, value in (("--vq-from", a.vq_from), ("--finetune", a.finetune)):

@@ -89,6 +89,11 @@ class TrainConfig:
     # The last `holdout` train images are never trained on: sampling settings
     # (temperature) are chosen on them, never on the test split.
     holdout: int = 2000
+    # > 0: the denoiser's loss also has weight * mean over its spiking layers of
+    # max(firing rate - target, 0) (sparsity.py): fewer spikes, less energy on a
+    # chip. firing_target: one rate for every layer, or one per layer; () is 0.
+    firing_penalty: float = 0.0
+    firing_target: tuple[float, ...] = ()
 
 
 @dataclass
@@ -119,10 +124,17 @@ def _update(obj, values: dict, where: str) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"'{where}.{key}' must be a table of settings")
             _update(current, value, f"{where}.{key}")
-        elif isinstance(current, tuple):
-            setattr(obj, key, tuple(value))
         else:
-            setattr(obj, key, type(current)(value))
+            try:
+                if isinstance(current, tuple):  # a lone value is a one-item list
+                    value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+                    kind = type(current[0]) if current else float
+                    setattr(obj, key, tuple(kind(v) for v in value))
+                else:
+                    setattr(obj, key, type(current)(value))
+            except (TypeError, ValueError):
+                raise ConfigError(f"'{where}.{key}' = {value!r} is not a valid "
+                                  f"{type(current).__name__}") from None
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -196,6 +208,16 @@ def check(cfg: Config) -> None:
     if cfg.train.adversarial_weight < 0 or cfg.train.adversarial_start < 0:
         raise ConfigError("train.adversarial_weight and train.adversarial_start must be >= 0 "
                           "(weight 0: off)")
+    if cfg.train.firing_penalty < 0:
+        raise ConfigError(f"train.firing_penalty must be >= 0 (0: off), got "
+                          f"{cfg.train.firing_penalty}")
+    bad = [r for r in cfg.train.firing_target if not 0.0 <= r <= 1.0]
+    if bad:
+        raise ConfigError(f"train.firing_target rates must lie in [0, 1], got {bad[0]}")
+    n_layers = len(cfg.denoiser.channels)
+    if len(cfg.train.firing_target) not in (0, 1, n_layers):
+        raise ConfigError(f"train.firing_target has {len(cfg.train.firing_target)} rates for a "
+                          f"denoiser with {n_layers} spiking layers; give one rate, or one per layer")
     check_refine(cfg.diffusion.refinement(), "diffusion.")
     if cfg.diffusion.loss not in LOSSES:
         raise ConfigError(f"unknown diffusion.loss '{cfg.diffusion.loss}'; "

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, ema
+from . import checkpoint, ema, sparsity
 from .adversarial import Adversary
 from .config import Config
 from .data import load_images
@@ -116,6 +116,11 @@ class Trainer:
             bs = cfg.train.denoiser_batch_size or cfg.train.batch_size
             if cfg.train.ema_decay:
                 self.ema = ema.averaged(net, cfg.train.ema_decay, self.state.get("denoiser_ema"))
+            try:
+                self.firing_targets = sparsity.targets_for(cfg.train.firing_target,
+                                                           len(net.layers))
+            except ValueError as e:
+                raise SpikediffError(str(e)) from None
         opt = _optimizer(cfg, net.parameters())
         if self.state.get("optimizer"):
             opt.load_state_dict(self.state["optimizer"])
@@ -203,8 +208,26 @@ class Trainer:
                                                      self.state["step"])
             return {k: v for k, v in out.items()
                     if k not in ("images", "codes", "features", "output")}
-        return diffusion_loss(self.model.denoiser, batch, self.model.diffusion_steps,
-                              self.model.denoiser.mask_id, self.cfg.diffusion.loss)
+        den, t = self.model.denoiser, self.cfg.train
+        rates = []
+
+        def denoise(tokens, steps):  # the denoiser's forward, keeping its layers' rates
+            spikes = den.spikes(tokens, steps)
+            rates.append(sparsity.firing_rates(spikes))
+            return den.readout(spikes)
+
+        out = diffusion_loss(denoise, batch, self.model.diffusion_steps, den.mask_id,
+                             self.cfg.diffusion.loss)
+        out["firing_rate"] = rates[0].mean().detach()  # recorded whether penalised or not
+        for i, r in enumerate(rates[0].detach()):
+            out[f"firing_rate_{i}"] = r
+        if not t.firing_penalty:
+            return out
+        penalty = sparsity.firing_penalty(rates[0], t.firing_penalty, self.firing_targets)
+        out["diffusion_loss"] = out["loss"].detach()
+        out["loss"] = out["loss"] + penalty
+        out["firing_penalty"] = penalty.detach()
+        return out
 
     def _tokens(self) -> torch.Tensor:
         return encode_codes(self.model.vq, self.images, self.device, self.progress)

@@ -520,3 +520,50 @@ def test_finetuned_checkpoint_is_the_shipped_vq_svae_with_its_record():
     assert checkpoint.vq_train_settings(ck)["adversarial_weight"] == 0.8
     img, _ = checkpoint.model_from(ck).generate(2, steps=2, generator=torch.Generator().manual_seed(0))
     assert img.shape == (2, 1, 28, 28) and 0 <= img.min() and img.max() <= 1
+
+
+def test_firing_penalty_lowers_firing_and_resumes_exactly(tiny_mnist, tmp_path):
+    kw = dict(epochs_vq=1, epochs_denoiser=3, lr=1e-2)
+    plain = train(tiny_cfg(**kw), "mnist", tiny_mnist, tmp_path / "plain", progress=False)
+    sparse = train(tiny_cfg(firing_penalty=5.0, **kw), "mnist", tiny_mnist, tmp_path / "sparse",
+                   progress=False)
+    # the rates the training batches fired at in the last epoch (train-mode batch norm)
+    rate = {p: checkpoint.load(p)["history"]["denoiser"][-1]["firing_rate"] for p in (plain, sparse)}
+    assert rate[sparse] < 0.7 * rate[plain]
+    state = checkpoint.load(sparse)
+    assert state["config"]["train"]["firing_penalty"] == 5.0
+    last = state["history"]["denoiser"][-1]
+    assert {"firing_penalty", "firing_rate", "firing_rate_0", "diffusion_loss"} <= set(last)
+    assert last["loss"] == pytest.approx(last["diffusion_loss"] + last["firing_penalty"], rel=0.2)
+    # stopped after one epoch and resumed: the same weights as the uninterrupted run
+    half = tmp_path / "half"
+    train(tiny_cfg(firing_penalty=5.0, **dict(kw, epochs_denoiser=1)), "mnist", tiny_mnist, half,
+          progress=False)
+    assert main(["train", "--data-root", str(tiny_mnist), "--out", str(half), "--resume",
+                 "--epochs-denoiser", "3", "--no-progress"]) == 0
+    a, b = state["denoiser"], checkpoint.load(half / "checkpoint.pt")["denoiser"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a target rate above what the layers fire leaves nothing to penalise
+    free = train(tiny_cfg(firing_penalty=5.0, firing_target=(1.0,), **kw), "mnist", tiny_mnist,
+                 tmp_path / "free", progress=False)
+    assert checkpoint.load(free)["history"]["denoiser"][-1]["firing_penalty"] == 0
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--firing-penalty", "-1"], "firing_penalty must be >= 0"),
+    (["--firing-penalty", "1", "--firing-target", "1.5"], "must lie in [0, 1]"),
+    (["--firing-penalty", "1", "--firing-target", "0.1,0.1,0.1"], "one rate, or one per layer"),
+    (["--firing-target", "abc"], "expected rates like"),
+])
+def test_firing_penalty_bad_input(tiny_mnist, tmp_path, capsys, flags, words):
+    out = tmp_path / "r"
+    try:
+        code = main(["train", "--dataset", "mnist", "--data-root", str(tiny_mnist), "--out",
+                     str(out), "--preset", "tiny", "--no-progress", *flags])
+    except SystemExit as e:  # argparse's own check of the flag's form
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1
+    assert not out.exists()
