@@ -1,6 +1,6 @@
 """Energy report of the shipped checkpoint and of the paper preset's architecture.
 
-    python benchmarks/energy.py [--n 16] [--paper-n 2] [--data-root DIR] [--quick]
+    python benchmarks/energy.py [--n 64] [--paper-n 2] [--data-root DIR] [--quick]
 
 1. The shipped MNIST checkpoint (spikediff/weights/mnist-default.pt); while it
    is absent, the `default` preset with RANDOM weights, labelled as such.
@@ -65,7 +65,8 @@ def run(label, model, meta, a, n, steps, dataset="mnist"):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=16, help="images for the shipped/default model")
+    p.add_argument("--n", type=int, default=64, help="images for the shipped/default model "
+                   "(default: 64)")
     p.add_argument("--paper-n", type=int, default=2, help="images for the paper preset (slow: T=16)")
     p.add_argument("--paper-steps", type=int, help="sampling steps for the paper preset (default 49)")
     p.add_argument("--data-root", default=os.environ.get("SPIKEDIFF_DATA_ROOT"))
@@ -84,7 +85,7 @@ def main():
         run("shipped", model, meta, a, n, steps)
     else:
         torch.manual_seed(a.seed)
-        model = build_model(load_config("default"), 1, 28).eval()
+        model = build_model(load_config("default"), 1, 28).inference()
         meta = {"model": "preset 'default', 1x28x28 (no shipped checkpoint yet)",
                 "weights": "RANDOM (untrained): firing rates and energies are not those of a "
                            "trained model", "preset": "default",
@@ -92,7 +93,7 @@ def main():
         run("default-random", model, meta, a, n, steps)
 
     torch.manual_seed(a.seed)
-    paper = build_model(load_config("paper"), 1, 28).eval()
+    paper = build_model(load_config("paper"), 1, 28).inference()
     meta = {"model": "preset 'paper' (SPEC 1 architecture), 1x28x28",
             "weights": "RANDOM (untrained): rates come from untrained weights; dense/analog "
                        "counts are exact, spike counts are not meaningful", "preset": "paper",

@@ -21,8 +21,8 @@ echo "== 2. export to NIR and verify the re-imported graph"
 echo "== 3. Lava parity check (4 images, 4 sampling steps, floating_pt)"
 "$py" -m hardware.run --backend lava --nir "$out/model.nir" --n 4 --steps 4 --compare \
     --out "$out/lava.png" --json "$out/parity.json" --force --no-progress
-echo "== 4. energy of the 16 generated images"
-energy_args=(--n 16 --seed 0 --json "$out/energy.json" --plot "$out/energy.png" --force --no-progress)
+echo "== 4. energy of 64 generated images"
+energy_args=(--n 64 --seed 0 --json "$out/energy.json" --plot "$out/energy.png" --force --no-progress)
 [ -d "$data_root" ] && energy_args+=(--data-root "$data_root")
 "$py" -m hardware.energy report "${energy_args[@]}"
 echo "outputs in $out/"

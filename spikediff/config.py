@@ -127,14 +127,14 @@ def _update(obj, values: dict, where: str) -> None:
         else:
             try:
                 if isinstance(current, tuple):  # a lone value is a one-item list
-                    value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+                    items = value if isinstance(value, (list, tuple)) else (value,)
                     kind = type(current[0]) if current else float
-                    setattr(obj, key, tuple(kind(v) for v in value))
+                    setattr(obj, key, tuple(kind(v) for v in items))
                 else:
                     setattr(obj, key, type(current)(value))
             except (TypeError, ValueError):
-                raise ConfigError(f"'{where}.{key}' = {value!r} is not a valid "
-                                  f"{type(current).__name__}") from None
+                want = "a list of numbers" if isinstance(current, tuple) else type(current).__name__
+                raise ConfigError(f"'{where}.{key}' = {value!r} is not {want}") from None
 
 
 LR_SCHEDULES = ("constant", "cosine")

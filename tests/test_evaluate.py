@@ -2,6 +2,7 @@
 import json
 import math
 
+import pytest
 import torch
 
 from spikediff.cli import main
@@ -368,3 +369,30 @@ def test_sampler_variants_exact_order_and_guidance(tiny_mnist, tmp_path, monkeyp
     assert "unknown variant 'guide:1:0.5:everywhere'" in capsys.readouterr().err
     assert bench.main([*args, "--seeds", "0,x"]) == 2
     assert "--seeds takes comma-separated integers" in capsys.readouterr().err
+
+
+def test_energy_pareto_script_measures_each_model_and_reuses_results(tiny_mnist, tmp_path,
+                                                                      monkeypatch, capsys):
+    bench = _script("energy_pareto")
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    plain, weights = tiny_run(tiny_mnist, tmp_path / "a", monkeypatch, "holdout = 16\n")
+    sparse, _ = tiny_run(tiny_mnist, tmp_path / "b", monkeypatch,
+                         "holdout = 16\nfiring_penalty = 5.0\n")
+    out = tmp_path / "pareto"
+    args = ["--checkpoints", str(plain), str(sparse), "--data-root", str(tiny_mnist),
+            "--out", str(out), "--n", "8", "--n-energy", "2", "--refine-steps", "2",
+            "--fid-weights", str(weights), "--no-progress"]
+    assert bench.main(args) == 0
+    rows = json.loads((tmp_path / "pareto.json").read_text())["rows"]
+    assert [r["firing_penalty"] for r in rows] == [0.0, 5.0]
+    for r in rows:
+        assert r["heldout_n"] == 8 and r["energy_n"] == 2 and r["heldout_fid"] > 0
+        assert set(r["firing_rate"]) == {"denoiser.0", "denoiser.1"}
+        assert r["ann_over_snn_45nm"] == pytest.approx(r["ann_45nm_mj"] / r["snn_45nm_mj"])
+    assert (tmp_path / "pareto.png").stat().st_size > 1000
+    assert "| penalty |" in capsys.readouterr().out.replace("checkpoint ", "")
+    # a rerun with the same settings measures nothing again
+    monkeypatch.setattr(bench, "measure_one", lambda *a: (_ for _ in ()).throw(AssertionError))
+    assert bench.main(args) == 0
+    assert bench.main(["--checkpoints", str(tmp_path / "none.pt"), "--out", str(out)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-weights", metavar="PRESET", choices=list(PRESETS),
                    help="no checkpoint: a model of this preset with random (untrained) "
                    "weights; its firing rates say nothing about a trained model")
-    p.add_argument("--n", type=int, default=16, help="images to generate (and real images to encode)")
+    p.add_argument("--n", type=int, default=64, help="images to generate (and real images to "
+                   "encode); firing rates from fewer than 64 are noisy (default: 64)")
     p.add_argument("--steps", type=int, help="sampling steps (default: one per latent token)")
     p.add_argument("--temperature", type=float, help="sampling temperature (default: the config's)")
     add_refine_args(p)
