@@ -111,6 +111,9 @@ def plot(rows: list[dict], path: Path) -> None:
         ann = sum(r["ann_45nm_mj"] for r in rows) / len(rows)
         ax.axvline(ann, color="tab:gray", ls="--", label=f"ANN twin at 45 nm ({ann:.1f} mJ)")
         ax.set_xscale("log")
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if lo <= t <= hi]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short spans
         ax.set_xlabel("energy per generated image (mJ, log scale)")
         ax.set_ylabel(f"held-out FID (N = {rows[0]['heldout_n']})")
