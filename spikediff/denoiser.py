@@ -8,11 +8,12 @@ Input options (DenoiserConfig.token_input):
   trains; for inference (fold.fold_denoiser, applied when a checkpoint is
   loaded) the embeddings, the first conv and its batch norm are one conv on
   the one-hot grid itself: binary spikes, two per position and step.
-The input, repeated over T, goes into a stack of Conv3x3 + BN + LIF layers. A final Conv3x3 over concat(last, first) gives K
-logits per step, averaged over T (host-side readout). The head is linear, so
-here it is applied once to the spikes' mean over T: the same logits (to float
-rounding) for a quarter of the head's work at T = 4, where the K-channel head
-was over half of the network's multiply-adds. The exported graph keeps the
+The input, repeated over T, goes into a stack of Conv3x3 + BN + LIF layers.
+A final Conv3x3 over concat(last, first) gives K logits per step, averaged
+over T (host-side readout). The head is linear, so here it is applied once to
+the spikes' mean over T: the same logits (to float rounding) for a quarter of
+the head's work at T = 4, where the K-channel head was over half of the
+network's multiply-adds. The exported graph keeps the
 per-step form a chip runs (export/nir_graph.py).
 """
 from __future__ import annotations

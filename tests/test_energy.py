@@ -288,6 +288,10 @@ def test_cli_report_json_and_plot(tmp_path, tiny_mnist, capsys):
     for r in rep["layers"]:
         assert r["firing_rate"] is None or 0 <= r["firing_rate"] <= 1
     assert "Per component" in text and "Host-side operations" in text and "loihi_mac_pj" in text
+    # the report ends with the headline: both ratios, as the JSON has them
+    last = [line for line in text.strip().splitlines() if not line.startswith("wrote ")][-1]
+    assert last.startswith("Headline, per generated image: ANN/SNN at 45 nm = ")
+    assert f"ANN(45 nm)/SNN(Loihi) = {tot['ann_over_loihi']:.2f}x" in last
     # existing output without --force
     rc = main(["report", "--checkpoint", str(ck), "--n", "1", "--steps", "1",
                "--json", str(out), "--no-progress"])
