@@ -13,8 +13,9 @@ Expressible here (from the NIR export, export.nir_graph):
   maps at the latent grid). Its final ConvTranspose read-out is an analog LI
   read-out (PSP over T, then tanh on the host), not a spiking population:
   left out (the host reads the last block's spikes).
-* ``denoiser``: one-hot tokens + one-hot t (binary spikes) -> the two 1x1
-  embeddings composed into the first 3x3 conv block -> layers.1.. blocks. The
+* ``denoiser``: one-hot tokens + one-hot t (binary spikes) -> the first 3x3
+  conv block (the embeddings already folded into it by the NIR export,
+  spikediff/fold.py) -> layers.1.. blocks. The
   head reads concat(last, first) - a skip connection netx cannot express - and
   feeds an analog mean-over-T read-out: left out.
 
