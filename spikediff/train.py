@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import checkpoint, ema, sparsity
 from .adversarial import Adversary
-from .config import Config
+from .config import Config, check
 from .data import load_images
 from .diffusion import diffusion_loss
 from .errors import SpikediffError
@@ -116,11 +116,7 @@ class Trainer:
             bs = cfg.train.denoiser_batch_size or cfg.train.batch_size
             if cfg.train.ema_decay:
                 self.ema = ema.averaged(net, cfg.train.ema_decay, self.state.get("denoiser_ema"))
-            try:
-                self.firing_targets = sparsity.targets_for(cfg.train.firing_target,
-                                                           len(net.layers))
-            except ValueError as e:
-                raise SpikediffError(str(e)) from None
+            self.firing_targets = sparsity.targets_for(cfg.train.firing_target, len(net.layers))
         opt = _optimizer(cfg, net.parameters())
         if self.state.get("optimizer"):
             opt.load_state_dict(self.state["optimizer"])
@@ -412,6 +408,7 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
         cfg.train.holdout = d["holdout"]  # the same images stay unseen by both stages
         image_size, rgb = d["image_size"], d["channels"] == 3
         stages = ("decoder",) if decoder_only else ("denoiser",)
+        check(cfg)  # e.g. firing_target against the taken-over denoiser's layers
     torch.manual_seed(cfg.train.seed)
     imgs = load_images(dataset, data_root, "train", image_size=image_size, rgb=rgb,
                        download=download, folder=folder)
