@@ -30,6 +30,11 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# All the worker imports from this project (stdlib, numpy, scipy, nir and lava
+# come from the Lava env itself).
+WORKER_FILES = ("hardware/__init__.py", "hardware/fixed_point.py", "hardware/lava/__init__.py",
+                "hardware/lava/mapping.py", "hardware/lava/worker.py")
+
 HOWTO = (
     "The Lava environment (Python 3.10 with lava-dl 0.6.0, lava-nc, nir, numpy<2) was not found.\n"
     "Create it with:\n"
@@ -106,14 +111,28 @@ class LavaWorker:
             return self
         self.tmp = tempfile.mkdtemp(prefix="spikediff-lava-")
         self.stderr_path = os.path.join(self.tmp, "worker.stderr")
+        # The worker (Python 3.10) must see nothing of this interpreter: after
+        # `pip install .` REPO is our site-packages, whose numpy etc. are built
+        # for 3.11, and the caller's PYTHONPATH may hold the same.  So it gets a
+        # private copy of just its own files, that folder alone as PYTHONPATH
+        # and cwd, and no user site (-s).  The copy goes with self.tmp.
+        src = os.path.join(self.tmp, "src")
+        try:
+            for f in WORKER_FILES:
+                os.makedirs(os.path.join(src, os.path.dirname(f)), exist_ok=True)
+                shutil.copyfile(os.path.join(REPO, f), os.path.join(src, f))
+        except OSError:
+            self._cleanup()
+            raise
         env = dict(os.environ)
-        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.update(self.extra_env)
+        env.pop("PYTHONHOME", None)
+        env["PYTHONPATH"] = src
         self._stderr = open(self.stderr_path, "wb")
         try:
             self.proc = subprocess.Popen(
-                [self.python, "-m", "hardware.lava.worker"], cwd=REPO, env=env,
+                [self.python, "-s", "-m", "hardware.lava.worker"], cwd=src, env=env,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                 start_new_session=True)
         except OSError as e:
