@@ -2,7 +2,7 @@
 
     python benchmarks/energy.py [--n 64] [--paper-n 2] [--data-root DIR] [--quick]
 
-1. The shipped MNIST checkpoint (spikediff/weights/mnist-default.pt); while it
+1. The shipped MNIST checkpoint (spikediff/weights/mnist.pt); while it
    is absent, the `default` preset with RANDOM weights, labelled as such.
 2. The `paper` preset (SPEC section 1: T = 16, denoiser 2-64-128-256-512-256)
    with RANDOM weights: its operation counts for dense (ANN) and analog layers

@@ -2,7 +2,7 @@
 different firing-rate penalties (sparse firing, `spikediff train --firing-penalty`).
 
     python benchmarks/energy_pareto.py --data-root ../shared/datasets \\
-        --checkpoints spikediff/weights/mnist-finetuned.pt runs/sparse-w0.5/checkpoint.pt ...
+        --checkpoints spikediff/weights/mnist.pt runs/sparse-w0.5/checkpoint.pt ...
 
 For each checkpoint, at the committed MNIST recipe's sampling settings (chosen
 on held-out training images; temperature 1.0, 40 refinement steps of 0.1 at

@@ -9,7 +9,7 @@ a data set whose JSON exists is skipped (resumable; --force recomputes), and
 feature caches make a killed evaluation continue where it stopped.
 
     python benchmarks/quality.py --data-root ../shared/datasets \
-        mnist=spikediff/weights/mnist-default.pt fashion-mnist=runs/fashion/checkpoint.pt
+        mnist=spikediff/weights/mnist.pt fashion-mnist=runs/fashion/checkpoint.pt
 """
 from __future__ import annotations
 

@@ -13,13 +13,15 @@ import torch
 
 from . import __version__, ema
 from .atomic import atomic_path
-from .config import Config
+from .config import Config, check
 from .errors import SpikediffError
 from .model import SpikingDiffusion, build_model
 from .vqsvae import decodes
 
 FORMAT = "spikediff-checkpoint/1"
-SHIPPED = Path(__file__).parent / "weights" / "mnist-default.pt"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+# The best MNIST model; it carries the sampling settings it was tuned with.
+SHIPPED = WEIGHTS_DIR / "mnist.pt"
 
 
 class CheckpointError(SpikediffError):
@@ -119,6 +121,29 @@ def combine(denoiser_path: str | Path, decoder_path: str | Path) -> dict:
     out["seconds"] = {**a["seconds"], "decoder": b["seconds"].get("decoder", 0.0)}
     if b.get("earlier_decoder"):
         out["earlier_decoder"] = b["earlier_decoder"]
+    return out
+
+
+SAMPLING = ("temperature", "refine_steps", "refine_fraction", "refine_temperature")
+
+
+def sampling_settings(ckpt: dict) -> dict:
+    """The sampling settings every command uses unless flags override them:
+    the [diffusion] fields of the checkpoint's config."""
+    d = Config.from_dict(ckpt["config"]).diffusion  # older files lack the newer fields
+    return {k: getattr(d, k) for k in SAMPLING}
+
+
+def with_sampling(ckpt: dict, settings: dict, note: str) -> dict:
+    """A copy of `ckpt` whose default sampling settings are `settings` (the
+    [diffusion] fields in SAMPLING), with `note` saying how they were chosen."""
+    unknown = set(settings) - set(SAMPLING)
+    if unknown:
+        raise ValueError(f"not sampling settings: {sorted(unknown)}")
+    out = dict(ckpt)
+    out["config"] = {**ckpt["config"], "diffusion": {**ckpt["config"]["diffusion"], **settings}}
+    check(Config.from_dict(out["config"]))
+    out["sampling_note"] = note
     return out
 
 

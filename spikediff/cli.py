@@ -181,6 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=cmd_combine)
 
+    p = sub.add_parser("set-sampling", help="record the sampling settings a model samples best with",
+                       description="Write a copy of a checkpoint whose default sampling settings "
+                       "(temperature, refinement) are the ones given, so that `spikediff sample`, "
+                       "the export, spikediff-run and spikediff-energy use them without flags. "
+                       "Choose them on held-out images: spikediff eval --select-only.")
+    p.add_argument("--checkpoint", required=True, help="the checkpoint to copy")
+    p.add_argument("--out", required=True, help="checkpoint file to write")
+    p.add_argument("--temperature", type=float, help="softmax temperature of the draws")
+    add_refine_args(p)
+    p.add_argument("--note", required=True, help="how the settings were chosen (shown by "
+                   "`spikediff info`), e.g. 'held-out FID, N = 1000, temperatures 0.6-1.0'")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=cmd_set_sampling)
+
     p = sub.add_parser("info", help="describe a checkpoint")
     p.add_argument("--checkpoint")
     p.set_defaults(func=cmd_info)
@@ -270,6 +284,33 @@ def cmd_combine(a) -> int:
     return 0
 
 
+def cmd_set_sampling(a) -> int:
+    from . import checkpoint
+    from .config import ConfigError
+    _refuse_overwrite([a.out], a.force)
+    if a.temperature is not None and a.temperature < 0:
+        raise ConfigError(f"--temperature must be >= 0 (0: the most likely token), got {a.temperature}")
+    ckpt = checkpoint.load(a.checkpoint)
+    from .config import Config
+    refine_settings(a, Config.from_dict(ckpt["config"]).diffusion.refinement())  # checks the flags
+    settings = {f"refine_{k}": v for k, v in refine_overrides(a).items()}
+    if a.temperature is not None:
+        settings["temperature"] = a.temperature
+    if not settings:
+        raise SpikediffError("give at least one setting: --temperature or --refine-*")
+    checkpoint.atomic_save(checkpoint.with_sampling(ckpt, settings, a.note), a.out)
+    print(f"checkpoint: {a.out}; samples by default with {_sampling_text(checkpoint.sampling_settings(checkpoint.load(a.out)))}")
+    return 0
+
+
+def _sampling_text(s: dict) -> str:
+    text = f"temperature {s['temperature']:g}"
+    if s["refine_steps"]:
+        text += (f", then {s['refine_steps']} refinement steps of {s['refine_fraction']:g} "
+                 f"at {s['refine_temperature']:g}")
+    return text
+
+
 def cmd_info(a) -> int:
     from . import checkpoint
     ckpt = checkpoint.load(a.checkpoint)
@@ -307,6 +348,9 @@ def cmd_info(a) -> int:
                  + (" and in the decoder stage" if ckpt["history"].get("decoder") else ""))
         print(f"VQ-SVAE trained with an adversarial term (weight {t['adversarial_weight']}, "
               f"{where}); its discriminator is not part of the model")
+    if ckpt.get("denoiser") is not None:
+        print(f"sampling defaults: {_sampling_text(checkpoint.sampling_settings(ckpt))}"
+              + (f" ({ckpt['sampling_note']})" if ckpt.get("sampling_note") else ""))
     print(f"code version: {ckpt.get('code_version', '?')}")
     return 0
 

@@ -2,11 +2,9 @@
 
 Forward process: at step t of N, each token is independently replaced by the
 mask token with probability t / N. Training minimises the cross-entropy on
-masked tokens, either ELBO-weighted (as published: each example's summed CE
-divided by t) or "uniform" (the mean over all masked tokens of the batch, as
-MaskGIT trains, weighting the many-mask steps that shape a sample's layout).
-Side by side on MNIST after 5 epochs the uniform loss sampled worse (README),
-so the presets keep the ELBO. Sampling starts fully masked and, at each of S
+masked tokens, ELBO-weighted as published: each example's summed CE divided
+by t. (An unweighted mean over masked tokens, as MaskGIT trains, sampled
+worse: docs/experiments.md.) Sampling starts fully masked and, at each of S
 steps, reveals every still-masked token with probability 1 / (steps left).
 These are host-side steps: drawing random numbers, softmax and sampling.
 
@@ -26,11 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .config import LOSSES
-
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (tokens, t) -> logits
-# (still masked, uniform draws u, steps left) -> which positions to reveal now
-Reveal = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 def mask_tokens(x0: torch.Tensor, t: torch.Tensor, n_steps: int, mask_id: int,
@@ -41,10 +35,9 @@ def mask_tokens(x0: torch.Tensor, t: torch.Tensor, n_steps: int, mask_id: int,
     return torch.where(mask, torch.full_like(x0, mask_id), x0), mask
 
 
-def diffusion_loss(denoise: Denoise, x0: torch.Tensor, n_steps: int, mask_id: int,
-                   weighting: str = "elbo") -> dict:
-    """{"loss": what to minimise, "elbo": the ELBO term, "masked_ce"}; both
-    weightings report both, so runs trained either way compare by either."""
+def diffusion_loss(denoise: Denoise, x0: torch.Tensor, n_steps: int, mask_id: int) -> dict:
+    """{"loss": what to minimise (the ELBO term), "elbo", "masked_ce": the mean
+    cross-entropy over masked tokens, reported for comparison}."""
     B = x0.shape[0]
     t = torch.randint(1, n_steps + 1, (B,), device=x0.device)
     xt, mask = mask_tokens(x0, t, n_steps, mask_id)
@@ -54,13 +47,7 @@ def diffusion_loss(denoise: Denoise, x0: torch.Tensor, n_steps: int, mask_id: in
     # ELBO term for step t: (1/t) * summed CE over masked tokens, per token.
     elbo = (ce.flatten(1).sum(1) / t).mean() / n_tokens
     masked_ce = ce.sum() / mask.sum().clamp(min=1)
-    if weighting == "elbo":
-        loss = elbo
-    elif weighting == "uniform":
-        loss = masked_ce
-    else:
-        raise ValueError(f"unknown diffusion loss weighting {weighting!r}; choose one of {LOSSES}")
-    return {"loss": loss, "elbo": elbo.detach(), "masked_ce": masked_ce.detach()}
+    return {"loss": elbo, "elbo": elbo.detach(), "masked_ce": masked_ce.detach()}
 
 
 def sampling_schedule(n_steps: int, sample_steps: int) -> list[int]:
@@ -88,11 +75,6 @@ def device_generator(generator: torch.Generator | None, device) -> torch.Generat
         return generator
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     return torch.Generator(device=device).manual_seed(seed)
-
-
-def reveal_random(masked: torch.Tensor, u: torch.Tensor, steps_left: int) -> torch.Tensor:
-    """As published: each masked token with probability 1 / (steps left)."""
-    return masked & (u < 1.0 / steps_left)
 
 
 @dataclass(frozen=True)
@@ -126,12 +108,9 @@ def sample_tokens(denoise: Denoise, n: int, grid: tuple[int, int], mask_id: int,
                   sample_steps: int | None = None, temperature: float = 1.0,
                   generator: torch.Generator | None = None, device="cpu",
                   on_step: Callable[[int], None] | None = None,
-                  refine: Refinement | None = None,
-                  reveal: Reveal = reveal_random) -> torch.Tensor:
+                  refine: Refinement | None = None) -> torch.Tensor:
     """Token grids [n, H, W] with no mask token left. `on_step` is called after
-    each of the S sampling steps, then after each refinement step. `reveal`
-    picks the positions each step reveals (benchmarks/sampler_variants.py
-    compares a fixed count per step)."""
+    each of the S sampling steps, then after each refinement step."""
     schedule = sampling_schedule(n_steps, sample_steps or n_steps)
     x = torch.full((n, *grid), mask_id, dtype=torch.long, device=device)
     g = device_generator(generator, device)
@@ -141,7 +120,8 @@ def sample_tokens(denoise: Denoise, n: int, grid: tuple[int, int], mask_id: int,
         logits = denoise(x, torch.full((n,), t, dtype=torch.long, device=device))
         proposal = draw(logits.float(), temperature, g)
         u = torch.rand(x.shape, generator=g, device=device)
-        x = torch.where(reveal(masked, u, steps_left), proposal, x)
+        # as published: each masked token with probability 1 / (steps left)
+        x = torch.where(masked & (u < 1.0 / steps_left), proposal, x)
         if on_step is not None:
             on_step(i)
     r = refine or Refinement()

@@ -212,8 +212,7 @@ class Trainer:
             rates.append(sparsity.firing_rates(spikes))
             return den.readout(spikes)
 
-        out = diffusion_loss(denoise, batch, self.model.diffusion_steps, den.mask_id,
-                             self.cfg.diffusion.loss)
+        out = diffusion_loss(denoise, batch, self.model.diffusion_steps, den.mask_id)
         out["firing_rate"] = rates[0].mean().detach()  # recorded whether penalised or not
         for i, r in enumerate(rates[0].detach()):
             out[f"firing_rate_{i}"] = r
@@ -401,9 +400,8 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
             cfg.denoiser, cfg.diffusion = src_cfg.denoiser, src_cfg.diffusion
             cfg.train.epochs_denoiser = len(source["history"]["denoiser"])
             cfg.train.ema_decay = src_cfg.train.ema_decay
-        elif finetune is not None:  # the same network; only how it trains (loss, [train]) may change
-            cfg.denoiser = src_cfg.denoiser
-            cfg.diffusion = dataclasses.replace(src_cfg.diffusion, loss=cfg.diffusion.loss)
+        elif finetune is not None:  # the same network; only how it trains ([train]) may change
+            cfg.denoiser, cfg.diffusion = src_cfg.denoiser, src_cfg.diffusion
         cfg.train.epochs_vq = len(source["history"]["vq"])
         cfg.train.holdout = d["holdout"]  # the same images stay unseen by both stages
         image_size, rgb = d["image_size"], d["channels"] == 3

@@ -4,12 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from spikediff import checkpoint
 from spikediff.cli import main
-from spikediff.config import load_config
+from spikediff.config import Config, load_config
 from spikediff.train import train
 
 
@@ -208,9 +209,14 @@ def test_config_values_are_checked(tmp_path):
     f.write_text('[train]\nema_decay = 1.0\n')
     with pytest.raises(ConfigError, match="ema_decay must be in"):
         load_config("tiny", f)
-    f.write_text('[diffusion]\nloss = "mse"\n')
-    with pytest.raises(ConfigError, match="diffusion.loss 'mse'.*elbo, uniform"):
-        load_config("tiny", f)
+    # A removed setting: older checkpoints' configs still load where they hold
+    # the one value that remains, and say why not otherwise.
+    d = load_config("tiny").to_dict()
+    d["diffusion"]["loss"] = "elbo"
+    assert Config.from_dict(d) == load_config("tiny")
+    d["diffusion"]["loss"] = "uniform"
+    with pytest.raises(ConfigError, match="diffusion.loss = 'uniform' is no longer supported"):
+        Config.from_dict(d)
 
 
 def test_ema_weights_average_steps_resume_exactly_and_are_what_sampling_uses(tiny_mnist, tmp_path,
@@ -275,16 +281,6 @@ def test_new_denoiser_on_a_trained_vq(tiny_mnist, tmp_path, capsys):
     assert new["data"]["holdout"] == src["data"]["holdout"]
     assert new["config"]["vq"] == src["config"]["vq"] and new["config"]["train"]["epochs_vq"] == 1
     assert not (run / "recon_e001.png").exists()  # no VQ epoch was trained
-    # the same, trained on the uniform loss (a config file): recorded, and
-    # what was minimised is the masked CE, not the ELBO
-    (tmp_path / "u.toml").write_text('[diffusion]\nloss = "uniform"\n')
-    assert main(["train", "--data-root", str(tiny_mnist), "--out", str(tmp_path / "u"),
-                 "--preset", "tiny", "--vq-from", str(first), "--epochs-denoiser", "2",
-                 "--config", str(tmp_path / "u.toml"), "--no-progress"]) == 0
-    uni = checkpoint.load(tmp_path / "u" / "checkpoint.pt")
-    assert uni["config"]["diffusion"]["loss"] == "uniform" and new["config"]["diffusion"]["loss"] == "elbo"
-    for rec in uni["history"]["denoiser"]:
-        assert rec["loss"] == rec["masked_ce"] != rec["elbo"]
     for rec in new["history"]["denoiser"]:
         assert rec["loss"] == rec["elbo"] != rec["masked_ce"]
     assert main(["info", "--checkpoint", str(run / "checkpoint.pt")]) == 0
@@ -506,13 +502,13 @@ def test_three_stage_run_resumes_exactly(tiny_mnist, tmp_path):
     assert all(torch.equal(v, b["vq"][k]) for k, v in a["vq"].items())
 
 
-FINETUNED = checkpoint.SHIPPED.parent / "mnist-finetuned.pt"
+FINETUNED = checkpoint.SHIPPED
 
 
 @pytest.mark.skipif(not FINETUNED.is_file(), reason="fine-tuned checkpoint not shipped")
 def test_finetuned_checkpoint_is_the_shipped_vq_svae_with_its_record():
     """The second shipped file: the default model's codes, its own denoiser and decoder."""
-    ck, base = checkpoint.load(FINETUNED), checkpoint.load(None)
+    ck, base = checkpoint.load(FINETUNED), checkpoint.load(checkpoint.WEIGHTS_DIR / "mnist-base.pt")
     encoding = set(base["vq"]) - set(_decoding_side(base["vq"]))
     assert all(torch.equal(base["vq"][k], ck["vq"][k]) for k in encoding)
     assert not torch.equal(base["vq"]["readout.weight"], ck["vq"]["readout.weight"])
@@ -521,6 +517,48 @@ def test_finetuned_checkpoint_is_the_shipped_vq_svae_with_its_record():
     assert checkpoint.vq_train_settings(ck)["adversarial_weight"] == 0.8
     img, _ = checkpoint.model_from(ck).generate(2, steps=2, generator=torch.Generator().manual_seed(0))
     assert img.shape == (2, 1, 28, 28) and 0 <= img.min() and img.max() <= 1
+
+
+def test_shipped_default_samples_with_the_settings_it_was_tuned_with():
+    """Every command without --checkpoint uses mnist.pt, and with no flags its
+    tuned settings: temperature 1.0, 40 refinement steps of 0.1 at 0.3."""
+    assert checkpoint.SHIPPED.name == "mnist.pt"
+    ck = checkpoint.load(None)
+    assert checkpoint.sampling_settings(ck) == {"temperature": 1.0, "refine_steps": 40,
+                                                "refine_fraction": 0.1, "refine_temperature": 0.3}
+    assert "held-out" in ck["sampling_note"]
+
+
+def test_set_sampling_records_defaults_that_flags_override(tiny_mnist, tmp_path, capsys):
+    run = train(tiny_cfg(epochs_vq=1, epochs_denoiser=1), "mnist", tiny_mnist, tmp_path / "a",
+                progress=False)
+    tuned = tmp_path / "tuned.pt"
+    assert main(["set-sampling", "--checkpoint", str(run), "--out", str(tuned), "--temperature",
+                 "0", "--refine-steps", "3", "--refine-temperature", "0", "--note", "by hand"]) == 0
+    assert main(["info", "--checkpoint", str(tuned)]) == 0
+    assert ("sampling defaults: temperature 0, then 3 refinement steps of 0.2 at 0 (by hand)"
+            in capsys.readouterr().out)
+    before, after = checkpoint.load(run), checkpoint.load(tuned)
+    assert all(torch.equal(v, after["denoiser"][k]) for k, v in before["denoiser"].items())
+
+    def drawn(*flags):
+        out = tmp_path / f"s{len(list(tmp_path.glob('s*.npz')))}.npz"
+        assert main(["sample", "--n", "4", "--out", str(out.with_suffix(".png")), "--npz",
+                     str(out), "--no-progress", *flags]) == 0
+        return np.load(out)["tokens"]
+    # no flags: argmax draws, refined; the same as asking for them on the source
+    same = ["--temperature", "0", "--refine-steps", "3", "--refine-temperature", "0"]
+    assert np.array_equal(drawn("--checkpoint", str(tuned)), drawn("--checkpoint", str(run), *same))
+    # flags override: asked for the source's settings, the draws are the source's
+    src = ["--temperature", "1", "--refine-steps", "0"]
+    assert np.array_equal(drawn("--checkpoint", str(tuned), *src), drawn("--checkpoint", str(run)))
+    # refused: no setting, an existing --out, a bad value; nothing written
+    for args, msg in ((["--note", "x", "--force"], "give at least one setting"),
+                      (["--temperature", "1", "--note", "x"], "exists; pass --force"),
+                      (["--refine-fraction", "2", "--note", "x", "--force"], "--refine-fraction must be in")):
+        assert main(["set-sampling", "--checkpoint", str(run), "--out", str(tuned), *args]) == 2
+        assert msg in capsys.readouterr().err
+    assert checkpoint.sampling_settings(checkpoint.load(tuned))["temperature"] == 0
 
 
 def test_firing_penalty_lowers_firing_and_resumes_exactly(tiny_mnist, tmp_path):
