@@ -331,7 +331,7 @@ def main(argv=None) -> int:
     if a.seed == a.seed_b:
         p.error("--seed and --seed-b must differ")
 
-    from tqdm import tqdm
+    from spikediff.progress import bar as progress_bar
 
     from spikediff import checkpoint, metrics
     from spikediff.atomic import write_text
@@ -365,8 +365,8 @@ def main(argv=None) -> int:
     fresh = {k: 0 for k in SETS}
     stopped = False
     try:
-        bar = tqdm(total=len(sizes), desc=f"lava {a.lava_mode} batches", unit="batch",
-                   disable=a.no_progress)
+        bar = progress_bar(total=len(sizes), desc=f"lava {a.lava_mode} batches", unit="batch",
+                           show=not a.no_progress)
         fresh_walls = []
         for i, size in enumerate(sizes):
             done = gen.path("lava", i, size).exists()
@@ -389,7 +389,8 @@ def main(argv=None) -> int:
         bar.close()
         k = len(parts["lava"])
         for name in ("norse_a", "norse_b"):
-            for i in tqdm(range(k), desc=f"{name} batches", unit="batch", disable=a.no_progress):
+            for i in progress_bar(range(k), desc=f"{name} batches", unit="batch",
+                                  show=not a.no_progress):
                 d, cached = gen.get(name, i, sizes[i])
                 parts[name].append(d)
                 wall[name] += float(d["wall_s"])

@@ -20,7 +20,8 @@ from pathlib import Path
 from spikediff import checkpoint
 from spikediff.atomic import write_text
 from spikediff.cli import add_refine_args, add_weights_arg, handle_errors
-from spikediff.evaluate import evaluate, refine_from_args
+from spikediff.cli import refine_from_args
+from spikediff.evaluate import evaluate
 
 RESULTS = Path(__file__).parent / "results"
 PAPER_FID = {"mnist": 37.50, "fashion-mnist": 91.98, "kmnist": 59.23, "emnist-letters": 67.41,

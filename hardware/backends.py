@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hardware import BACKENDS, LAVA_MODES
 from spikediff.errors import SpikediffError
 
 
@@ -39,8 +40,6 @@ class BackendError(SpikediffError):
     pass
 
 
-BACKENDS = ("norse", "nir", "lava")
-LAVA_MODES = ("floating_pt", "fixed_pt")
 
 
 def _to_phases(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -306,15 +305,16 @@ def generate(backend: Backend, n: int, *, grid, mask_id: int, diffusion_steps: i
     primary's), and the same host draws: before each draw the generator state is
     cloned to also draw from the reference's logits, to count differing proposals.
     """
-    from tqdm import tqdm
+    from spikediff.progress import bar as progress_bar
 
     from spikediff.diffusion import draw, sample_tokens
 
     g = torch.Generator().manual_seed(seed)
     S = steps or diffusion_steps
     par = Parity() if reference is not None else None
-    bar = tqdm(total=S + (refine.steps if refine else 0), desc=f"diffusion steps ({backend.name})",
-               unit="step", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(total=S + (refine.steps if refine else 0),
+                       desc=f"diffusion steps ({backend.name})",
+                       unit="step", show=progress, leave=False, dynamic_ncols=True)
 
     def denoise(tokens, t):
         if par is None:

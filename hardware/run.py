@@ -32,7 +32,7 @@ from spikediff.errors import SpikediffError
 def build_parser() -> argparse.ArgumentParser:
     from spikediff.config import PRESETS
 
-    from .backends import BACKENDS, LAVA_MODES
+    from . import BACKENDS, LAVA_MODES
     p = argparse.ArgumentParser(prog="spikediff-run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=BACKENDS, default="lava")
@@ -110,11 +110,11 @@ def _check_same_weights(nir_path, exported: str | None, model, source: str) -> N
 
 @handle_errors
 def main(argv=None) -> int:
-    import torch
+    a = build_parser().parse_args(argv)
+    import torch  # after parsing: --help and usage errors stay fast
 
     from . import backends as B
 
-    a = build_parser().parse_args(argv)
     if a.n < 1:
         raise SpikediffError("--n must be at least 1")
     if a.steps is not None and a.steps < 1:

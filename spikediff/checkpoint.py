@@ -13,7 +13,7 @@ import torch
 
 from . import __version__, ema
 from .atomic import atomic_path
-from .config import Config, check
+from .config import WEIGHTS, Config, check
 from .errors import SpikediffError
 from .model import SpikingDiffusion, build_model
 from .vqsvae import decodes
@@ -163,9 +163,6 @@ def weights_hash(*modules: torch.nn.Module) -> str:
             h.update(name.encode())
             h.update(value.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-WEIGHTS = ("ema", "raw")
 
 
 def model_from(ckpt: dict, weights: str = "ema", fold: bool = True) -> SpikingDiffusion:

@@ -142,6 +142,8 @@ def _update(obj, values: dict, where: str) -> None:
 
 
 LR_SCHEDULES = ("constant", "cosine")
+# Which denoiser of a run that kept a weight average (train.ema_decay) to load.
+WEIGHTS = ("ema", "raw")
 # Settings that were removed, with the one value older checkpoints may carry
 # (the experiments they served: docs/experiments.md).
 RETIRED = {("diffusion", "loss"): "elbo"}

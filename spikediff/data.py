@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
+
+# torch is imported where tensors are made, so that building the command line's
+# parser (which needs DATASETS) stays fast: `spikediff --help` does not load it.
 
 from .errors import SpikediffError
 
@@ -64,6 +66,7 @@ class ImageSet:
     classes: tuple[str, ...] = field(default=())  # class names where the source has them
 
     def float01(self, idx=None) -> torch.Tensor:
+        import torch
         x = self.images if idx is None else self.images[idx]
         return x.to(torch.float32) / 255.0
 
@@ -145,6 +148,7 @@ def _canonical(name: str) -> str:
 
 
 def _convert(data: ImageSet, channels: int, size: int | None) -> ImageSet:
+    import torch
     x = data.images
     if x.shape[1] != channels:
         x = _to_gray(x) if channels == 1 else x.expand(-1, 3, -1, -1).contiguous()
@@ -158,6 +162,7 @@ def _convert(data: ImageSet, channels: int, size: int | None) -> ImageSet:
 
 
 def _to_gray(x: torch.Tensor) -> torch.Tensor:
+    import torch
     # ITU-R 601-2 luma in integers, the same formula as PIL's convert("L").
     # Chunked so that the int32 intermediate stays small.
     w = torch.tensor([299, 587, 114], dtype=torch.int32).view(1, 3, 1, 1)
@@ -231,6 +236,7 @@ def _idx_pair(name: str, dirs: list[Path], split: str, prefix: str = "") -> tupl
 
 
 def _make(name, split, imgs: np.ndarray, labels, files, classes=()) -> ImageSet:
+    import torch
     arr = np.ascontiguousarray(imgs)
     if not arr.flags.writeable:  # np.frombuffer views; torch wants its own memory
         arr = arr.copy()

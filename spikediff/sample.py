@@ -5,13 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .atomic import atomic_path
 from .diffusion import Refinement, sample_tokens
 from .errors import SpikediffError
 from .model import SpikingDiffusion
 from .plots import save_grid
+from .progress import bar as progress_bar
 
 
 def generate(model: SpikingDiffusion, n: int, *, temperature=None, steps=None, seed=0,
@@ -23,8 +23,8 @@ def generate(model: SpikingDiffusion, n: int, *, temperature=None, steps=None, s
     refine = model.config.diffusion.refinement() if refine is None else refine
     n_steps = (steps or model.diffusion_steps) + refine.steps
     images, tokens = [], []
-    bar = tqdm(total=n * n_steps, desc="sampling", unit="tok-step", disable=not progress,
-               leave=False, dynamic_ncols=True)
+    bar = progress_bar(total=n * n_steps, desc="sampling", unit="tok-step", show=progress,
+                       leave=False, dynamic_ncols=True)
     for i in range(0, n, batch_size):
         b = min(batch_size, n - i)
         img, tok = model.generate(b, temperature=temperature, steps=steps, generator=g,
@@ -52,7 +52,7 @@ def cached_tokens(path, model: SpikingDiffusion, n: int, seed: int, temperature:
         return torch.from_numpy(saved["tokens"])
     g = torch.Generator().manual_seed(seed)
     out = []
-    for i in tqdm(range(0, n, 250), desc=f"drawing {path.stem}", disable=not progress):
+    for i in progress_bar(range(0, n, 250), desc=f"drawing {path.stem}", show=progress):
         out.append(sample_tokens(model.denoiser, min(250, n - i), model.grid, model.denoiser.mask_id,
                                  model.diffusion_steps, None, temperature, g, "cpu", None, refine))
     tokens = torch.cat(out)

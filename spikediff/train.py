@@ -29,6 +29,7 @@ from .diffusion import diffusion_loss
 from .errors import SpikediffError
 from .model import SpikingDiffusion, build_model
 from .plots import save_grid, save_loss_plot
+from .progress import bar as progress_bar
 
 STAGES = ("vq", "denoiser", "decoder")
 ORDER = STAGES + ("done",)  # a checkpoint's "stage" moves along this
@@ -131,8 +132,9 @@ class Trainer:
             net.train()
             t0, seen, sums, counts = time.perf_counter(), 0, {}, {}
             batches = list(_batches(len(data), bs, cfg.train.seed, stage, epoch))
-            bar = tqdm(batches, desc=f"{stage} epoch {epoch + 1}/{total}", disable=not self.progress,
-                       leave=False, dynamic_ncols=True)
+            bar = progress_bar(batches, desc=f"{stage} epoch {epoch + 1}/{total}",
+                               show=self.progress,
+                               leave=False, dynamic_ncols=True)
             for i, idx in enumerate(bar):
                 # Set from the epoch and batch index alone, so a resumed run follows the same curve.
                 lr = cfg.train.lr * _lr_factor(cfg.train.lr_schedule, epoch * per_epoch + i,
@@ -252,8 +254,8 @@ def encode_codes(vq, images_u8: torch.Tensor, device, progress: bool = False) ->
     """Code grids [N, h, w] (on the CPU) of uint8 images: the denoiser's data."""
     vq.eval()
     chunks = []
-    for i in tqdm(range(0, len(images_u8), 500), desc="encoding codes", disable=not progress,
-                  leave=False):
+    for i in progress_bar(range(0, len(images_u8), 500), desc="encoding codes", show=progress,
+                          leave=False):
         chunks.append(vq.encode(images_u8[i:i + 500].to(device).float() / 255).cpu())
     return torch.cat(chunks)
 

@@ -50,7 +50,7 @@ def measure(model, *, n: int = 16, steps: int | None = None, seed: int = 0,
     refine: a diffusion.Refinement (None: the config's); its steps are denoiser
     passes too, counted like the sampling steps.
     """
-    from tqdm import tqdm
+    from spikediff.progress import bar as progress_bar
 
     model.eval()
     g = torch.Generator().manual_seed(seed)
@@ -61,8 +61,8 @@ def measure(model, *, n: int = 16, steps: int | None = None, seed: int = 0,
     info = {"n_generated": n, "sampling_steps": S, "refine_steps": refine.steps, "seed": seed}
     gen = []
     with Recorder(model, verify=verify, tally=tally):
-        bar = tqdm(total=n * (S + refine.steps), desc="generating (counting spikes)",
-                   unit="img-step", disable=not progress, leave=False, dynamic_ncols=True)
+        bar = progress_bar(total=n * (S + refine.steps), desc="generating (counting spikes)",
+                           unit="img-step", show=progress, leave=False, dynamic_ncols=True)
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
             img, _ = model.generate(b, temperature=temperature, steps=steps, generator=g,

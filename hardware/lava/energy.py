@@ -33,7 +33,7 @@ def _static_input(model, tokens, t):
 def record(model, *, n: int = 16, steps=None, seed: int = 0, temperature=None, refine=None,
            real_images=None, tally=None, progress: bool = True, batch_size: int = 64,
            mode: str = "floating_pt") -> dict:
-    from tqdm import tqdm
+    from spikediff.progress import bar as progress_bar
 
     from hardware.energy.counting import Tally, model_layers
     from spikediff.diffusion import sample_tokens
@@ -87,8 +87,9 @@ def record(model, *, n: int = 16, steps=None, seed: int = 0, temperature=None, r
             return images
 
         gen = []
-        bar = tqdm(total=n * (S + refine.steps), desc="generating on Lava (counting spikes)",
-                   unit="img-step", disable=not progress, leave=False, dynamic_ncols=True)
+        bar = progress_bar(total=n * (S + refine.steps),
+                           desc="generating on Lava (counting spikes)",
+                           unit="img-step", show=progress, leave=False, dynamic_ncols=True)
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
             tokens = sample_tokens(denoise, b, model.grid, den.mask_id, model.diffusion_steps,

@@ -1,0 +1,75 @@
+"""What every command line shares: help without loading torch, progress bars
+only on a terminal."""
+import fcntl
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = REPO / "spikediff" / "weights" / "mnist-base.pt"
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("spikediff.cli", ["--help"]), ("spikediff.cli", ["train", "--help"]),
+    ("spikediff.cli", ["eval", "--help"]), ("spikediff.cli", ["sample", "--help"]),
+    ("export.cli", ["--help"]), ("hardware.run", ["--help"]),
+    ("hardware.energy.cli", ["report", "--help"]),
+])
+def test_help_does_not_import_torch(module, argv):
+    """--help parses before anything heavy is imported (torch takes seconds to
+    load on a busy machine); the help text is printed all the same."""
+    code = (f"import sys\nfrom {module} import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=_env(), cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "usage:" in out.stdout and out.stdout.strip().endswith("NO-TORCH")
+
+
+def _sample_stderr(tmp_path, on_terminal: bool) -> str:
+    """stderr of `spikediff sample` on a pipe, or on a pseudo-terminal."""
+    cmd = [sys.executable, "-m", "spikediff", "sample", "--checkpoint", str(BASE), "--n", "2",
+           "--steps", "3", "--out", str(tmp_path / f"{on_terminal}.png")]
+    if not on_terminal:
+        return subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=tmp_path,
+                              timeout=300, check=True).stderr
+    leader, follower = pty.openpty()
+    # a new pseudo-terminal is 0 columns wide, where tqdm draws nothing
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=follower, env=_env(),
+                            cwd=tmp_path)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(timeout=300) == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path):
+    """A log (stderr on a pipe) gets no progress bar and no carriage returns; a
+    terminal gets the bar, so the switch is the terminal and not a bar that never shows."""
+    logged = _sample_stderr(tmp_path, on_terminal=False)
+    assert "\r" not in logged and "sampling" not in logged
+    shown = _sample_stderr(tmp_path, on_terminal=True)
+    assert "sampling" in shown and "\r" in shown
