@@ -62,6 +62,8 @@ def test_worker_sys_path_is_isolated(tmp_path, monkeypatch):
             assert _under(f, tmp), f"{name} imported from {f}, not the worker's private copy"
         else:
             assert not any(_under(f, d) for d in main_dirs), f"{name} imported from the main env: {f}"
+    # its temporary files (the mapper's folders) go into that folder as well
+    assert _under(rep["tmpdir"], tmp), rep["tmpdir"]
     assert not os.path.exists(tmp), "the worker's private folder outlives close()"
 
 

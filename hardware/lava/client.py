@@ -129,6 +129,10 @@ class LavaWorker:
         env.update(self.extra_env)
         env.pop("PYTHONHOME", None)
         env["PYTHONPATH"] = src
+        # The worker's temporary files (the mapper's per-network folders) go
+        # here too, so a killed worker leaves nothing behind in /tmp.
+        env["TMPDIR"] = os.path.join(self.tmp, "tmp")
+        os.makedirs(env["TMPDIR"])
         self._stderr = open(self.stderr_path, "wb")
         try:
             self.proc = subprocess.Popen(

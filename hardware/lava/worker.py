@@ -17,7 +17,7 @@ Requests::
     {"id": 2, "cmd": "ping"}     {"id": 3, "cmd": "shutdown"}
     {"id": 4, "cmd": "exit", "code": 3}          # test hook: exit at once
     {"id": 5, "cmd": "sleep", "seconds": 5}      # test hook
-    {"id": 6, "cmd": "syspath"}   # test hook: {"sys_path": [...], "modules": {name: file}}
+    {"id": 6, "cmd": "syspath"}   # test hook: {"sys_path": [...], "tmpdir": ..., "modules": {name: file}}
 
 Replies: ``{"id": ..., "ok": true, "output": path, "lags": {node: lag},
 "steps": N, "timing": {...}}`` or ``{"id": ..., "ok": false, "error": msg,
@@ -156,7 +156,8 @@ class Worker:
                     time.sleep(float(req.get("seconds", 1)))
                     res = {}
                 elif cmd == "syspath":  # test hook: where imports come from
-                    res = {"sys_path": list(sys.path),
+                    import tempfile
+                    res = {"sys_path": list(sys.path), "tmpdir": tempfile.gettempdir(),
                            "modules": {k: getattr(m, "__file__", None)
                                        for k, m in list(sys.modules.items())
                                        if k.startswith("hardware") or k in ("numpy", "nir", "lava")}}
