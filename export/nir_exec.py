@@ -91,6 +91,10 @@ class _Step:
             self.s = _t(n.scale, dtype)
         elif isinstance(n, NEURON_NODES):
             self.p = step_parameters(n, dt, dtype)
+            # spiking kinds output spikes, read-outs (LI, I) their v
+            self.spiking = isinstance(n, (nir.LIF, nir.IF))
+            self.step = {nir.LIF: neuron.lif_step, nir.IF: neuron.if_step,
+                         nir.LI: neuron.li_step, nir.I: neuron.i_step}[type(n)]
         elif isinstance(n, (nir.Flatten, nir.Input, nir.Output)):
             pass
         else:
@@ -111,18 +115,14 @@ class _Step:
             return x.flatten(n.start_dim + 2, end)
         if isinstance(n, (nir.Input, nir.Output)):
             return x
-        # a neuron node: spiking kinds output spikes, read-outs (LI, I) their v
-        spiking = isinstance(n, (nir.LIF, nir.IF))
-        step = {nir.LIF: neuron.lif_step, nir.IF: neuron.if_step,
-                nir.LI: neuron.li_step, nir.I: neuron.i_step}[type(n)]
-        v = torch.zeros_like(x[0])
+        v = torch.zeros_like(x[0])  # a neuron node, from rest
         out = []
         for xt in x:
-            if spiking:
-                z, v = step(xt, v, self.p)
+            if self.spiking:
+                z, v = self.step(xt, v, self.p)
                 out.append(z)
             else:
-                v = step(xt, v, self.p)
+                v = self.step(xt, v, self.p)
                 out.append(v)
         return torch.stack(out)
 
