@@ -6,17 +6,14 @@ feature is two readouts summing into its Output), a graph's intermediate
 spike trains cannot be observed (we compare every layer), and its default
 Affine mapping leaves the torch bias uninitialised (`module.weight.bias = ...`).
 
-Semantics (forward Euler with the graph's metadata `dt`, as Norse's lif_box):
-  LIF: v <- v + dt/tau * (r*I + v_leak - v); z = v > v_threshold; v <- (1-z) v + z v_reset
-  LI:  v <- v + dt/tau * (r*I + v_leak - v), output v
-  I:   v <- v + dt*r*I, output v
-  IF:  v <- v + dt*r*I; z = v > v_threshold; v <- (1-z) v + z v_reset
-  Conv2d, Affine, Linear, Scale, Flatten: applied at each step; edges into a node sum.
-The expression order of the LIF update is Norse's, so equal currents give
-bit-identical spikes. The graph must be feed-forward (no recurrent edges).
-All state starts at zero (v = 0), as the model's neurons do.
+Semantics: the neuron nodes (LIF, LI, I, IF) step with spikediff.neuron's state
+updates at the graph's metadata `dt`, their parameters read by
+export.nir_graph.step_parameters; Conv2d, Affine, Linear, Scale, Flatten are
+applied at each step; edges into a node sum. The graph must be feed-forward
+(no recurrent edges). All state starts at zero (v = 0), as the model's neurons do.
 
-Host steps (between subgraphs) live in `encode`, `decode`, `denoise_fn`, `generate`.
+Host steps (between subgraphs) are the model's own functions (spikediff.vqsvae,
+spikediff.denoiser), called from `Exported.encode`, `decode`, `denoise`, `generate`.
 """
 from __future__ import annotations
 
@@ -29,9 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spikediff import neuron
+from spikediff.denoiser import one_hot_input, raw_input
 from spikediff.errors import SpikediffError
+from spikediff.vqsvae import image_current, nearest_code, tanh_readout, to_unit
 
-from .nir_graph import refinement_of
+from .nir_graph import NEURON_NODES, refinement_of, step_parameters
 
 
 class ExecError(SpikediffError):
@@ -47,7 +47,8 @@ def _pair(v) -> tuple[int, int]:
     return int(a[0]), int(a[1])
 
 
-def _topo(graph: nir.NIRGraph) -> list[str]:
+def topological_order(graph: nir.NIRGraph) -> list[str]:
+    """Node names of a feed-forward graph, each after all its predecessors."""
     preds = {n: [a for a, b in graph.edges if b == n] for n in graph.nodes}
     order, done, visiting = [], set(), set()
 
@@ -69,6 +70,9 @@ def _topo(graph: nir.NIRGraph) -> list[str]:
     return order
 
 
+_topo = topological_order  # old name, still imported by hardware/lava/netx_export.py
+
+
 class _Step:
     """A node applied to a whole sequence [T, B, ...]."""
 
@@ -85,16 +89,12 @@ class _Step:
             self.b = _t(n.bias, dtype) if isinstance(n, nir.Affine) else None
         elif isinstance(n, nir.Scale):
             self.s = _t(n.scale, dtype)
-        elif isinstance(n, (nir.LIF, nir.LI)):
-            self.c = _t(dt / np.asarray(n.tau, dtype=np.float64), dtype)
-            self.r, self.vl = _t(n.r, dtype), _t(n.v_leak, dtype)
-            if isinstance(n, nir.LIF):
-                self.vth, self.vr = _t(n.v_threshold, dtype), _t(n.v_reset, dtype)
-        elif isinstance(n, nir.I):
-            self.g = _t(dt * np.asarray(n.r, dtype=np.float64), dtype)
-        elif isinstance(n, nir.IF):
-            self.g = _t(dt * np.asarray(n.r, dtype=np.float64), dtype)
-            self.vth, self.vr = _t(n.v_threshold, dtype), _t(n.v_reset, dtype)
+        elif isinstance(n, NEURON_NODES):
+            self.p = step_parameters(n, dt, dtype)
+            # spiking kinds output spikes, read-outs (LI, I) their v
+            self.spiking = isinstance(n, (nir.LIF, nir.IF))
+            self.step = {nir.LIF: neuron.lif_step, nir.IF: neuron.if_step,
+                         nir.LI: neuron.li_step, nir.I: neuron.i_step}[type(n)]
         elif isinstance(n, (nir.Flatten, nir.Input, nir.Output)):
             pass
         else:
@@ -115,18 +115,14 @@ class _Step:
             return x.flatten(n.start_dim + 2, end)
         if isinstance(n, (nir.Input, nir.Output)):
             return x
-        v = torch.zeros_like(x[0])
+        v = torch.zeros_like(x[0])  # a neuron node, from rest
         out = []
         for xt in x:
-            if isinstance(n, (nir.LIF, nir.LI)):
-                v = v + self.c * (self.r * xt + self.vl - v)
-            else:  # I, IF
-                v = v + self.g * xt
-            if isinstance(n, (nir.LIF, nir.IF)):
-                z = torch.gt(v - self.vth, 0).to(v.dtype)
-                v = (1 - z) * v + z * self.vr
+            if self.spiking:
+                z, v = self.step(xt, v, self.p)
                 out.append(z)
             else:
+                v = self.step(xt, v, self.p)
                 out.append(v)
         return torch.stack(out)
 
@@ -144,7 +140,7 @@ class GraphRunner:
         for name, node in graph.nodes.items():
             if isinstance(node, nir.NIRGraph):
                 raise ExecError(f"'{name}' is a nested graph: run subgraphs one at a time")
-        self.order = _topo(graph)
+        self.order = topological_order(graph)
         self.preds = {n: [a for a, b in graph.edges if b == n] for n in graph.nodes}
         self.steps = {n: _Step(graph.nodes[n], dt, dtype) for n in self.order}
         self.inputs = [n for n in self.order if isinstance(graph.nodes[n], nir.Input)]
@@ -209,16 +205,13 @@ class Exported:
 
     # encoder
     def encoder_run(self, images01: torch.Tensor) -> dict:
-        return self.enc.run(repeat(images01.to(self.dtype) - 0.5, self.T_vq))
+        return self.enc.run(repeat(image_current(images01.to(self.dtype)), self.T_vq))
 
     def features(self, images01: torch.Tensor) -> torch.Tensor:
-        return self.enc(repeat(images01.to(self.dtype) - 0.5, self.T_vq))[-1]
+        return self.enc(repeat(image_current(images01.to(self.dtype)), self.T_vq))[-1]
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        e = self.codebook
-        d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)
-        return d.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
+        return nearest_code(z, self.codebook)
 
     def encode(self, images01: torch.Tensor) -> torch.Tensor:
         return self.nearest(self.features(images01))
@@ -233,21 +226,17 @@ class Exported:
 
     def image_from_phases(self, phases: torch.Tensor) -> torch.Tensor:
         """Output at the last step -> image in [0, 1]."""
-        return (torch.tanh(F.pixel_shuffle(phases, self.P)) + 1) / 2
+        return to_unit(tanh_readout(F.pixel_shuffle(phases, self.P)))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return self.image_from_phases(self.dec(self.decoder_input(codes))[-1])
 
     # denoiser
     def denoiser_input(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        B, H, W = tokens.shape
         if self.token_input == "raw":
-            tt = t.to(self.dtype).view(-1, 1, 1).expand(B, H, W)
-            x = torch.stack([tokens.to(self.dtype), tt], 1)
+            x = raw_input(tokens, t, self.dtype)
         else:
-            tok = F.one_hot(tokens, self.K + 1).permute(0, 3, 1, 2)
-            tim = F.one_hot(t, self.steps + 1).view(B, -1, 1, 1).expand(B, self.steps + 1, H, W)
-            x = torch.cat([tok, tim], 1).to(self.dtype)
+            x = one_hot_input(tokens, t, self.K, self.steps, self.dtype)
         return repeat(x, self.T_den)
 
     def denoiser_run(self, tokens, t) -> dict:
@@ -273,15 +262,16 @@ def host_steps(graph: nir.NIRGraph, part: str | None = None) -> list[str]:
 
 
 # -- verification against the Norse model ------------------------------------------
-def _double(model):
+def double_precision(model):
+    """An eval-mode float64 copy of the model (its input currents follow the weights' dtype)."""
     import copy
     m = copy.deepcopy(model)
     m.vq.double().eval()
     m.denoiser.double().eval()
-    # the "raw" input current is built as float32 in the model; promote it
-    orig = m.denoiser.network_input
-    m.denoiser.network_input = lambda tokens, t: orig(tokens, t).double()
     return m
+
+
+_double = double_precision  # old name, still imported by hardware/backends.py
 
 
 @torch.no_grad()
@@ -294,7 +284,7 @@ def verify(model, exported: "Exported", *, n: int = 4, seed: int = 0,
     meaningful at a precision where those differences are ~1e-16).
     Returns rows {part, node, kind, n, mismatches, max_abs}.
     """
-    m = _double(model) if exported.dtype == torch.float64 else model
+    m = double_precision(model) if exported.dtype == torch.float64 else model
     g = torch.Generator().manual_seed(seed)
     C, S = model.channels, model.image_size
     rows = []
@@ -373,7 +363,7 @@ def spiking_view(sub: nir.NIRGraph, last: str | None = None, dt: float | None = 
     (snnTorch 1.0's import_from_nir assumes dt = 1e-4 whatever the metadata says).
     """
     import copy
-    order = _topo(sub)
+    order = topological_order(sub)
     if last is None:
         last = [n for n in order if isinstance(sub.nodes[n], nir.LIF)][-1]
     keep = set()
@@ -402,20 +392,3 @@ def spiking_view(sub: nir.NIRGraph, last: str | None = None, dt: float | None = 
         md["dt"] = float(dt)
     md["view"] = f"spikes of '{last}' (readouts removed)"
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=md)
-
-
-@torch.no_grad()
-def run_snntorch(sub: nir.NIRGraph, x: torch.Tensor) -> torch.Tensor:
-    """Run a flat spiking graph with snnTorch's import_from_nir on x [T, B, ...] (float32)."""
-    import contextlib
-    import io
-    import warnings
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        from snntorch.import_nir import import_from_nir
-        net = import_from_nir(sub)
-        out = []
-        for xt in x.float():
-            y = net(xt)
-            out.append(y[0] if isinstance(y, tuple) else y)
-    return torch.stack(out)

@@ -6,10 +6,12 @@ Layout of the written graph (shapes exclude batch and time):
           codes  -> decoder  -> image_phases       each with one Input "input"
           tokens -> denoiser -> logits             and one Output "output")
 
-Per-step semantics the graph was made for (dt in metadata, Euler step, as
-Norse's `lif_box` computes it): LIF `v <- v + dt/tau * (v_leak - v + r*I)`,
+Per-step semantics the graph was made for: spikediff.neuron's (dt in metadata,
+forward Euler as Norse's `lif_box`): LIF `v <- v + dt/tau * (v_leak - v + r*I)`,
 spike if `v > v_threshold`, then `v = v_reset`; LI the same without spikes;
-I `v <- v + dt * r * I`. Several edges into one node are summed.
+I `v <- v + dt * r * I`. Several edges into one node are summed. The neuron
+nodes' parameters are translated here both ways: `lif_node`, `li_node`,
+`integrator_node` write them, `step_parameters` reads them back for a runner.
 
 Exact forms used for what NIR cannot say directly:
 - batch norm (eval-mode running statistics) folded into the preceding synapse,
@@ -48,7 +50,8 @@ from spikediff import __version__
 from spikediff.checkpoint import weights_hash
 from spikediff.errors import SpikediffError
 from spikediff.fold import bn_fold, folded_conv
-from spikediff.neuron import DT, TAU_MEM, V_RESET, V_TH
+from spikediff.neuron import (DT, TAU_MEM, V_RESET, V_TH, IFParameters, IParameters,
+                              LIFParameters, LIParameters, per_step)
 
 FORMAT = "spikediff-nir/1"
 INPUT_ENCODING = "analog current repeated for T steps"
@@ -119,7 +122,9 @@ def conv_node(weight, bias, hw, padding, stride=1, dtype=np.float64) -> nir.Conv
                       bias=_np(bias, dtype))
 
 
+# -- neuron parameters: NIR <-> per step (spikediff.neuron) ----------------------------
 def lif_node(shape) -> nir.LIF:
+    """The model's LIF (spikediff.neuron's constants) as a NIR node."""
     shape = tuple(int(v) for v in shape)
     return nir.LIF(tau=np.full(shape, TAU_MEM), r=np.ones(shape), v_leak=np.zeros(shape),
                    v_threshold=np.full(shape, V_TH), v_reset=np.full(shape, V_RESET))
@@ -136,6 +141,31 @@ def integrator_node(shape, gain: float) -> nir.I:
     """v <- v + gain*I per step (r = gain / dt)."""
     shape = tuple(int(v) for v in shape)
     return nir.I(r=np.full(shape, gain / DT))
+
+
+NEURON_NODES = (nir.LIF, nir.LI, nir.I, nir.IF)
+
+
+def step_parameters(node, dt: float, dtype: torch.dtype):
+    """A NIR neuron node's parameters for spikediff.neuron's step functions, at step dt:
+    LIFParameters, LIParameters, IParameters or IFParameters (tensors of `dtype`)."""
+    def t(a):
+        return torch.as_tensor(np.asarray(a), dtype=dtype)
+
+    if isinstance(node, nir.LIF):
+        leak, _ = per_step(node.tau, None, dt, dtype)
+        return LIFParameters(leak, t(node.r), t(node.v_leak), t(node.v_threshold),
+                             t(node.v_reset))
+    if isinstance(node, nir.LI):
+        leak, _ = per_step(node.tau, None, dt, dtype)
+        return LIParameters(leak, t(node.r), t(node.v_leak))
+    if isinstance(node, nir.IF):
+        _, gain = per_step(None, node.r, dt, dtype)
+        return IFParameters(gain, t(node.v_threshold), t(node.v_reset))
+    if isinstance(node, nir.I):
+        _, gain = per_step(None, node.r, dt, dtype)
+        return IParameters(gain)
+    raise ExportError(f"{type(node).__name__} is not a neuron node")
 
 
 def _check_spiking_conv(layer, name: str) -> None:

@@ -1,9 +1,10 @@
 """ONNX export of the three parts, unrolled over T (one graph step per time step).
 
 ONNX has no spiking semantics, so each LIF population is written out as T
-Euler steps (the same expression as Norse's lif_box, so PyTorch and ONNX agree
-to float rounding). Unlike the NIR graph, deterministic host steps that ONNX
-can express are inside:
+steps of spikediff.neuron.lif_step (Norse's lif_box expression without the
+surrogate, so PyTorch and ONNX agree to float rounding). Unlike the NIR graph,
+deterministic host steps that ONNX can express are inside (the model's own
+functions: image current, nearest code, tanh read-out):
 - encoder.onnx:  images [B, C, H, W] in [0, 1] -> feature [B, D, h, w], codes [B, h, w] (argmin)
 - decoder.onnx:  codes [B, h, w] (int64) -> images [B, C, H, W] in [0, 1]
 - denoiser.onnx: tokens [B, h, w], t [B] (int64) -> logits [B, K, h, w] (mean over T)
@@ -18,32 +19,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spikediff.neuron import DT, TAU_MEM, V_RESET, V_TH, psp
+from spikediff.neuron import lif_run, psp
+from spikediff.vqsvae import image_current, tanh_readout, to_unit
 
 from .nir_graph import ExportError
 
 OPSET = 17
 
 
-def _lif(currents: list[torch.Tensor]) -> list[torch.Tensor]:
-    v = torch.zeros_like(currents[0])
-    c = DT * (1.0 / TAU_MEM)
-    out = []
-    for x in currents:
-        v = v + c * (x - v)
-        z = (v > V_TH).to(v.dtype)
-        v = (1 - z) * v + z * V_RESET
-        out.append(z)
-    return out
-
-
+# Lists over T, not [T, ...] tensors: the exported graph is one op chain per step.
 def _layer_static(layer, x, T):
     y = layer.bn(layer.synapse(x))
-    return _lif([y] * T)
+    return lif_run([y] * T)
 
 
 def _layer(layer, spikes):
-    return _lif([layer.bn(layer.synapse(s)) for s in spikes])
+    return lif_run([layer.bn(layer.synapse(s)) for s in spikes])
 
 
 class Encoder(nn.Module):
@@ -53,7 +44,7 @@ class Encoder(nn.Module):
 
     def forward(self, images01):
         vq = self.vq
-        s = _layer_static(vq.encoder[0], images01 - 0.5, vq.cfg.T)
+        s = _layer_static(vq.encoder[0], image_current(images01), vq.cfg.T)
         for layer in vq.encoder[1:]:
             s = _layer(layer, s)
         z = vq.features(torch.stack(s))
@@ -71,7 +62,7 @@ class Decoder(nn.Module):
         for layer in vq.decoder:
             s = _layer(layer, s)
         y = torch.stack([vq.readout(x) for x in s])
-        return (torch.tanh(psp(y, vq.cfg.psp_decay)) + 1) / 2
+        return to_unit(tanh_readout(psp(y, vq.cfg.psp_decay)))
 
 
 class Denoiser(nn.Module):

@@ -63,12 +63,20 @@ def run_all(tree: Path, out: Path, commands) -> None:
             (out / f"{name}.FAILED").write_text(r.stderr)
 
 
+TREES: list[str] = []  # the two trees' roots (set in main): paths are compared relative to them
+
+
 def strip(obj):
-    """JSON without what differs from run to run (timings) or tree to tree (paths)."""
+    """JSON without what differs from run to run (timings, also keys in seconds "*_s")
+    or tree to tree (paths)."""
     if isinstance(obj, dict):
-        return {k: strip(v) for k, v in obj.items() if not any(s in k for s in VOLATILE)}
+        return {k: strip(v) for k, v in obj.items()
+                if not (any(s in k for s in VOLATILE) or k.endswith("_s"))}
     if isinstance(obj, list):
         return [strip(v) for v in obj]
+    if isinstance(obj, str):
+        for root in TREES:
+            obj = obj.replace(root, "<tree>")
     return obj
 
 
@@ -163,6 +171,7 @@ def main(argv=None) -> int:
                 continue
             trees[label] = work / f"tree-{label}"
             sh("git", "-C", str(REPO), "worktree", "add", "--detach", str(trees[label]), rev)
+        TREES[:] = [str(t) for t in trees.values()]
         for label, tree in trees.items():
             print(f"running {len(commands)} commands in {label} ({tree})", file=sys.stderr)
             run_all(tree, work / label, commands)

@@ -53,12 +53,11 @@ class SpikingDenoiser(nn.Module):
         """What the first synapse receives at every step, [B, C, H, W], for token
         grids [B, H, W] and steps t [B]: analog ids ("raw"), the embedded current
         ("embed", training form) or the one-hot spike grid (folded form)."""
+        dtype = self.layers[0].synapse.weight.dtype
         if self.cfg.token_input == "raw":
-            tt = t.to(torch.float32).view(-1, 1, 1).expand(tokens.shape)
-            return torch.stack([tokens.to(torch.float32), tt], 1)
+            return raw_input(tokens, t, dtype)
         if self.spike_input:
-            w = self.layers[0].synapse.weight
-            return one_hot_input(tokens, t, self.codebook_size, self.diffusion_steps).to(w.dtype)
+            return one_hot_input(tokens, t, self.codebook_size, self.diffusion_steps, dtype)
         x = self.token_embed(tokens) + self.time_embed(t).view(-1, 1, 1, self.cfg.embed_dim)
         return x.permute(0, 3, 1, 2)
 
@@ -77,10 +76,19 @@ class SpikingDenoiser(nn.Module):
         return self.readout(self.spikes(tokens, t))
 
 
-def one_hot_input(tokens: torch.Tensor, t: torch.Tensor, K: int, N: int) -> torch.Tensor:
+# The input current for token grids [B, H, W] and steps t [B], one function per
+# form; export/nir_exec.py builds the NIR graph's input with the same ones.
+def raw_input(tokens: torch.Tensor, t: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """[B, 2, H, W]: token id and diffusion step as analog values (the paper's input)."""
+    tt = t.to(dtype).view(-1, 1, 1).expand(tokens.shape)
+    return torch.stack([tokens.to(dtype), tt], 1)
+
+
+def one_hot_input(tokens: torch.Tensor, t: torch.Tensor, K: int, N: int,
+                  dtype=torch.float32) -> torch.Tensor:
     """[B, K+1 + N+1, H, W] 0/1 grid: channel tokens[b, y, x] (K = mask) and channel
     K+1 + t[b] are 1 at every position, all others 0."""
     B, H, W = tokens.shape
     tok = torch.nn.functional.one_hot(tokens, K + 1).permute(0, 3, 1, 2)
     tim = torch.nn.functional.one_hot(t, N + 1).view(B, N + 1, 1, 1).expand(B, N + 1, H, W)
-    return torch.cat([tok, tim], 1).float()
+    return torch.cat([tok, tim], 1).to(dtype)

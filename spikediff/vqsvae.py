@@ -5,7 +5,9 @@ T; the encoder's spikes are read out as `(1-a) * PSP + a * rate` and snapped
 to the nearest code; the spike generator (ASG) turns codes back into spike
 trains for the decoder, and is trained to mimic the encoder's spikes.
 Host-side steps (not spiking): the nearest-code search and the decoder's final
-PSP-weighted sum with tanh.
+PSP-weighted sum with tanh. Each is one function here (`image_current`,
+`nearest_code`, `tanh_readout`, `to_unit`), which the model, the ONNX writer
+and the NIR executor all call.
 """
 from __future__ import annotations
 
@@ -18,6 +20,30 @@ from .layers import SpikingConv, conv3x3, fold_time, unfold_time, up3x3
 from .neuron import psp, synaptic_filter
 
 
+# -- host steps, shared with export/onnx_export.py and export/nir_exec.py ----------------
+def image_current(images01: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> the encoder's analog input current, in [-0.5, 0.5]."""
+    return images01 - 0.5
+
+
+def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Code indices [B, H, W] nearest (L2) to features z [B, D, H, W]; codebook [K, D]."""
+    flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    # |f|^2 - 2 f.e + |e|^2: one matrix product instead of a [N, K, D] difference
+    d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.t() + codebook.pow(2).sum(1)
+    return d.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
+
+
+def tanh_readout(potential: torch.Tensor) -> torch.Tensor:
+    """The decoder's read-out potential (PSP at the last step) -> image in [-1, 1]."""
+    return torch.tanh(potential)
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] (the training target's range) -> [0, 1]."""
+    return (images + 1) / 2
+
+
 class Codebook(nn.Module):
     def __init__(self, size: int, dim: int, commitment: float):
         super().__init__()
@@ -27,10 +53,7 @@ class Codebook(nn.Module):
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """Code indices [B, H, W] nearest (L2) to features z [B, D, H, W]."""
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        d = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embedding.t()
-             + self.embedding.pow(2).sum(1))
-        return d.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
+        return nearest_code(z, self.embedding)
 
     def lookup(self, idx: torch.Tensor) -> torch.Tensor:
         return self.embedding[idx].permute(0, 3, 1, 2)
@@ -86,7 +109,7 @@ class VQSVAE(nn.Module):
     # -- pieces, usable separately by export, energy and backends ------------
     def encode_spikes(self, images01: torch.Tensor) -> list[torch.Tensor]:
         """Spike trains [T, B, C, H, W] of every encoder layer."""
-        out = [self.encoder[0].forward_static(images01 - 0.5, self.cfg.T)]
+        out = [self.encoder[0].forward_static(image_current(images01), self.cfg.T)]
         for layer in self.encoder[1:]:
             out.append(layer(out[-1]))
         return out
@@ -107,7 +130,7 @@ class VQSVAE(nn.Module):
     def readout_image(self, spikes: torch.Tensor) -> torch.Tensor:
         """Decoder's last synapse, PSP over T, tanh: an image in [-1, 1]."""
         y = unfold_time(self.readout(fold_time(spikes)), spikes.shape[0])
-        return torch.tanh(psp(y, self.cfg.psp_decay))
+        return tanh_readout(psp(y, self.cfg.psp_decay))
 
     # -- whole model ---------------------------------------------------------
     def forward(self, images01: torch.Tensor) -> dict:
@@ -121,7 +144,7 @@ class VQSVAE(nn.Module):
         rec = F.mse_loss(recon, images01 * 2 - 1) / self.data_variance
         return {"loss": rec + code_loss + align, "recon": rec.detach(),
                 "codebook": code_loss.detach(), "align": align.detach(),
-                "images": (recon.detach() + 1) / 2, "codes": idx, "features": z,
+                "images": to_unit(recon.detach()), "codes": idx, "features": z,
                 "output": recon}
 
     def decoding_side(self) -> nn.ModuleList:
@@ -147,4 +170,4 @@ class VQSVAE(nn.Module):
     @torch.no_grad()
     def decode(self, idx: torch.Tensor) -> torch.Tensor:
         """Code grid [B, H, W] -> images [B, C, H, W] in [0, 1]."""
-        return (self.decode_images(idx) + 1) / 2
+        return to_unit(self.decode_images(idx))

@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from export import cli as export_cli
-from export.nir_exec import (Exported, GraphRunner, repeat, run_snntorch, spiking_view,
-                             verify)
+from export.nir_exec import Exported, GraphRunner, repeat, spiking_view, verify
 from export.nir_graph import (ExportError, build_graph, convT_phase, li_node, lif_node,
                               integrator_node, node_counts)
 from spikediff.checkpoint import FORMAT, SHIPPED, atomic_save
 from spikediff.model import active_random_model
 from spikediff.neuron import DT, lif_parameters, lif_sequence, psp
+from snntorch_helpers import run_snntorch  # tests/snntorch_helpers.py
 
 
 def active_model(preset="tiny", seed=0, token_input=None):

@@ -1,4 +1,5 @@
 import torch
+import torch.nn.functional as F
 
 from spikediff.config import load_config
 from spikediff.vqsvae import VQSVAE, Codebook
@@ -40,14 +41,34 @@ def test_dead_codes_restart_onto_features():
         assert (flat == code).all(1).any()
 
 
-def test_vqsvae_shapes_and_loss_terms():
+def test_vqsvae_loss_terms_and_decode_path():
+    torch.manual_seed(0)
     cfg = load_config("tiny")
-    vq = VQSVAE(cfg.vq, channels=3)
-    x = torch.rand(4, 3, 32, 32)
+    vq = VQSVAE(cfg.vq, channels=3).double()
+    x = torch.rand(4, 3, 32, 32, dtype=torch.float64)
+    # the loss is the sum of its reported terms, and recon is the normalised MSE of
+    # the output against the images in [-1, 1]
     out = vq(x)
-    assert out["images"].shape == x.shape
-    assert out["codes"].shape == (4, 8, 8)
+    assert torch.isclose(out["loss"], out["recon"] + out["codebook"] + out["align"])
+    vq.data_variance.fill_(0.25)
+    out = vq(x)
+    assert torch.isclose(out["recon"], F.mse_loss(out["output"], x * 2 - 1) / 0.25)
+    assert torch.equal(out["images"], (out["output"].detach() + 1) / 2)
+    assert out["align"] > 0 and out["codebook"] > 0
+    # every trained part gets a gradient: the encoder through the straight-through
+    # estimator, the codebook and the spike generator through their own loss terms
     out["loss"].backward()
-    assert vq.encoder[0].synapse.weight.grad.abs().sum() > 0
+    for name, p in [("encoder", vq.encoder[0].synapse.weight), ("mix", vq.mix),
+                    ("codebook", vq.codebook.embedding),
+                    ("spike_generator", vq.spike_generator.synapse.weight),
+                    ("decoder", vq.decoder[0].synapse.weight), ("readout", vq.readout.weight)]:
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    # in eval mode the forward pass is encode -> nearest code -> decode
     vq.eval()
-    assert vq.decode(vq.encode(x)).shape == x.shape
+    with torch.no_grad():
+        out = vq(x)
+        codes = vq.encode(x)
+        assert torch.equal(out["codes"], codes)
+        assert torch.equal(codes, vq.codebook.nearest(vq.features(vq.encode_spikes(x)[-1])))
+        assert torch.allclose(out["images"], vq.decode(codes), atol=1e-12)
+        assert ((vq.decode(codes) >= 0) & (vq.decode(codes) <= 1)).all()
