@@ -363,7 +363,8 @@ def test_random_weights_is_the_same_model_as_in_spikediff_run():
     a = argparse.Namespace(random_weights="tiny", seed=1, checkpoint=None, dataset=None)
     energy_model, meta, _ = load_model_and_data(a)
     run_model, _ = load_model(a)
-    got, want = energy_model.state_dict(), run_model.state_dict()
-    assert got.keys() == want.keys()
-    assert all(torch.equal(got[k], want[k]) for k in want)
+    for part in ("vq", "denoiser"):
+        got, want = (getattr(m, part).state_dict() for m in (energy_model, run_model))
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want), part
     assert meta["weights"].startswith("RANDOM")
