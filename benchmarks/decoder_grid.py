@@ -11,12 +11,11 @@ given.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from spikediff import checkpoint
-from spikediff.cli import add_refine_args, handle_errors, refine_settings
+from spikediff.cliutil import add_refine_args, check_outputs, handle_errors, refine_settings
 from spikediff.errors import SpikediffError
 from spikediff.evaluate import denoiser_id
 from spikediff.plots import save_grid
@@ -36,8 +35,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.n <= 0 or a.n % 8:
         raise SpikediffError(f"--n must be a positive multiple of 8, got {a.n}")
-    if Path(a.out).exists() and not a.force:
-        raise SpikediffError(f"{a.out} exists; pass --force to overwrite it")
+    check_outputs([a.out], a.force)
     models = [checkpoint.load_model(c) for c in a.checkpoints]
     if len({denoiser_id(m) for m in models}) > 1:
         raise SpikediffError("these checkpoints have different denoisers, so their samples "

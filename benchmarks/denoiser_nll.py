@@ -19,7 +19,7 @@ import torch
 
 from spikediff import checkpoint
 from spikediff.atomic import write_text
-from spikediff.cli import handle_errors, pick_device
+from spikediff.cliutil import handle_errors, pick_device
 from spikediff.data import load_images
 from spikediff.diffusion import diffusion_loss
 from spikediff.errors import SpikediffError

@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from spikediff.cli import handle_errors  # noqa: E402
+from spikediff.cliutil import handle_errors  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SETS = ("lava", "norse_a", "norse_b")

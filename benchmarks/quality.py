@@ -19,8 +19,7 @@ from pathlib import Path
 
 from spikediff import checkpoint
 from spikediff.atomic import write_text
-from spikediff.cli import add_refine_args, add_weights_arg, handle_errors
-from spikediff.cli import refine_from_args
+from spikediff.cliutil import add_refine_args, add_weights_arg, handle_errors, refine_from_args
 from spikediff.evaluate import evaluate
 
 RESULTS = Path(__file__).parent / "results"

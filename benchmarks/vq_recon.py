@@ -15,7 +15,7 @@ import json
 
 from spikediff import checkpoint, metrics
 from spikediff.atomic import write_text
-from spikediff.cli import handle_errors, pick_device
+from spikediff.cliutil import handle_errors, pick_device
 from spikediff.errors import SpikediffError
 from spikediff.evaluate import reconstruction, reconstruction_fid, reference_features
 

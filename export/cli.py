@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from spikediff.atomic import atomic_path
-from spikediff.cli import handle_errors
+from spikediff.cliutil import check_outputs, handle_errors
 from spikediff.errors import SpikediffError
 
 FORMATS = {
@@ -73,12 +73,6 @@ def _atomic_write(target: Path, write) -> None:
         write(tmp)
 
 
-def _refuse(paths, force):
-    for p in paths:
-        if Path(p).exists() and not force:
-            raise SpikediffError(f"{p} exists; pass --force to overwrite it")
-
-
 def _print_counts(counts: dict) -> None:
     total: dict[str, int] = {}
     for part, c in counts.items():
@@ -95,7 +89,7 @@ def cmd_nir(model, out: Path, a) -> int:
     from .nir_exec import Exported, format_rows, verify
     from .nir_graph import build_graph, node_counts
 
-    _refuse([out], a.force)
+    check_outputs([out], a.force)
     graph = build_graph(model, np.float32 if a.float32 else np.float64)
     _atomic_write(out, lambda tmp: nir.write(tmp, graph))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB), NIR nodes by type:")
@@ -118,7 +112,7 @@ def cmd_onnx(model, out: Path, a) -> int:
     from .onnx_export import NAMES, check_onnx, export_onnx
 
     targets = [out / f"{part}.onnx" for part in NAMES]
-    _refuse(targets, a.force)
+    check_outputs(targets, a.force)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".onnx-", dir=out) as tmp:
         written = export_onnx(model, tmp)
@@ -148,7 +142,7 @@ def cmd_netx(model, out: Path, a) -> int:
     if not hasattr(mod, "export"):
         raise SpikediffError("hardware.lava.netx_export has no export(model, out, force=...) "
                              "function")
-    _refuse([out], a.force)
+    check_outputs([out], a.force, folders=True)
     result = mod.export(model, out, force=a.force)
     print(f"wrote {out}" if result is None else str(result))
     return 0
@@ -169,7 +163,7 @@ def main(argv=None) -> int:
     from spikediff import checkpoint
     out = Path(a.out or DEFAULT_OUT[a.to])
     if a.to == "nir":
-        _refuse([out], a.force)  # before the (slow) load
+        check_outputs([out], a.force)  # before the (slow) load
     model = checkpoint.load_model(a.checkpoint)
     print(f"checkpoint: {checkpoint.resolve(a.checkpoint)} (preset {model.config.preset})")
     return {"nir": cmd_nir, "onnx": cmd_onnx, "netx": cmd_netx}[a.to](model, out, a)

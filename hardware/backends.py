@@ -50,7 +50,9 @@ def _to_phases(x: torch.Tensor, p: int) -> torch.Tensor:
     return y.view(x.shape[0], x.shape[1], *y.shape[1:])
 
 
-def _from_phases(x: torch.Tensor, p: int) -> torch.Tensor:
+def from_phases(x: torch.Tensor, p: int) -> torch.Tensor:
+    """[T, B, C*p*p, h, w] -> [T, B, C, p*h, p*w]: a decoder layer's spikes in the
+    export's phase-stacked layout back at full resolution (the inverse of _to_phases)."""
     if p == 1:
         return x
     y = F.pixel_shuffle(x.flatten(0, 1), p)

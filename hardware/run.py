@@ -25,22 +25,19 @@ import sys
 import time
 from pathlib import Path
 
-from spikediff.cli import add_refine_args, handle_errors, refine_settings
+from spikediff.cliutil import (add_random_weights_arg, add_refine_args, check_outputs, handle_errors,
+                               random_weights_model, refine_settings)
 from spikediff.errors import SpikediffError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from spikediff.config import PRESETS
-
     from . import BACKENDS, LAVA_MODES
     p = argparse.ArgumentParser(prog="spikediff-run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=BACKENDS, default="lava")
     p.add_argument("--checkpoint", help="a .pt file from `spikediff train` "
                    "(default: the shipped MNIST checkpoint)")
-    p.add_argument("--random-weights", metavar="PRESET", choices=list(PRESETS),
-                   help="no checkpoint: a model of this preset with random weights (batch-norm "
-                   "statistics from one random batch so every layer fires); for tests and timing")
+    add_random_weights_arg(p)
     p.add_argument("--nir", help="an exported NIR file to run (default: export the checkpoint "
                    "to a temporary file)")
     p.add_argument("--n", type=int, default=4, help="images to generate (one batch)")
@@ -62,21 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_out(paths, force):
-    for p in paths:
-        if p and Path(p).exists() and not force:
-            raise SpikediffError(f"{p} exists; pass --force to overwrite it")
-
-
 def load_model(a):
     from spikediff import checkpoint
-
-    from spikediff.model import active_random_model
     if a.random_weights:
-        if a.checkpoint:
-            raise SpikediffError("give either --checkpoint or --random-weights, not both")
-        return (active_random_model(a.random_weights, a.seed).inference(),
-                f"random weights ({a.random_weights})")
+        return random_weights_model(a), f"random weights ({a.random_weights})"
     model = checkpoint.load_model(a.checkpoint)
     return model, str(checkpoint.resolve(a.checkpoint))
 
@@ -119,7 +105,7 @@ def main(argv=None) -> int:
         raise SpikediffError("--n must be at least 1")
     if a.steps is not None and a.steps < 1:
         raise SpikediffError("--steps must be at least 1")
-    _check_out([a.out, a.json], a.force)
+    check_outputs([a.out, a.json], a.force)
     need_model = a.backend == "norse" or a.compare or not a.nir
     model, source = load_model(a) if need_model else (None, None)
     tmp = None

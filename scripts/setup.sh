@@ -64,7 +64,7 @@ if [ "${SPIKEDIFF_SKIP_LAVA:-0}" != 1 ]; then
     SPIKEDIFF_LAVA_PY="$(_build_env lava 3.10 "$_repo/requirements/lava.txt")"
     export SPIKEDIFF_LAVA_PY
 fi
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # see spikediff/__init__.py
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # see spikediff/cliutil.py: passive_openmp
 export PYTHONPATH="$_repo${PYTHONPATH:+:$PYTHONPATH}"
 set +eu; set $_saved_pipefail pipefail
 case "$_saved_flags" in *e*) set -e ;; esac

@@ -2,40 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import os
-import sys
 
+from .cliutil import (add_refine_args, add_weights_arg, check_outputs, handle_errors,
+                      pick_device, refine_from_args, refine_overrides, refine_settings)
 from .errors import SpikediffError
-
-
-def handle_errors(main):
-    """User errors become one clear line and exit code 2, not a traceback."""
-    @functools.wraps(main)
-    def wrapper(argv=None):
-        try:
-            return main(argv) or 0
-        except SpikediffError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return e.exit_code
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
-            # Python would flush stdout again at exit and fail the same way: point it at devnull.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 1
-    return wrapper
-
-
-def pick_device(name: str) -> str:
-    import torch
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SpikediffError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; "
-                             "use --device cpu")
-    return name
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -59,47 +29,6 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     add_weights_arg(p)
     add_refine_args(p)
-
-
-def add_refine_args(p: argparse.ArgumentParser) -> None:
-    """--refine-*: the optional corrector after sampling (diffusion.Refinement)."""
-    p.add_argument("--refine-steps", type=int, metavar="K",
-                   help="after sampling, K steps that each re-mask and redraw a random fraction "
-                   "of the tokens (default: the config's, 0 = off as published; each costs one "
-                   "denoiser pass)")
-    p.add_argument("--refine-fraction", type=float, metavar="R",
-                   help="fraction of tokens each refinement step redraws (default: the "
-                   "config's, 0.2)")
-    p.add_argument("--refine-temperature", type=float, metavar="T",
-                   help="temperature of the refinement draws (default: the config's, 0.5)")
-
-
-def refine_overrides(a) -> dict:
-    """The --refine-* settings given on the command line, by Refinement field."""
-    from dataclasses import fields
-
-    from .diffusion import Refinement
-    given = {f.name: getattr(a, f"refine_{f.name}") for f in fields(Refinement)}
-    return {k: v for k, v in given.items() if v is not None}
-
-
-def refine_settings(a, base):
-    """The diffusion.Refinement to use: the command line's settings where given,
-    else those of `base` (a config's or an export's); checked."""
-    from dataclasses import replace
-
-    from .config import check_refine
-    r = replace(base, **refine_overrides(a))
-    check_refine(r)
-    return r
-
-
-def add_weights_arg(p: argparse.ArgumentParser) -> None:
-    """--weights: which denoiser of a run that kept a weight average to load."""
-    from .config import WEIGHTS
-    p.add_argument("--weights", choices=WEIGHTS, default="ema",
-                   help="denoiser weights of a run that kept an average (train.ema_decay): the "
-                   "average (default) or the last step's")
 
 
 def _rates(text: str) -> tuple[float, ...]:
@@ -270,20 +199,13 @@ def cmd_train(a) -> int:
     return 0
 
 
-def _refuse_overwrite(paths, force: bool) -> None:
-    from pathlib import Path
-    for p in paths:
-        if p is not None and Path(p).exists() and not force:
-            raise SpikediffError(f"{p} exists; pass --force to overwrite it")
-
-
 def cmd_sample(a) -> int:
     import time
 
     from . import checkpoint
     from .sample import generate, write_outputs
 
-    _refuse_overwrite([a.out, a.npz], a.force)
+    check_outputs([a.out, a.npz], a.force)
     if a.n < 1:
         raise SpikediffError("--n must be at least 1")
     model = checkpoint.load_model(a.checkpoint, weights=a.weights)
@@ -301,7 +223,7 @@ def cmd_sample(a) -> int:
 
 def cmd_combine(a) -> int:
     from . import checkpoint
-    _refuse_overwrite([a.out], a.force)
+    check_outputs([a.out], a.force)
     checkpoint.atomic_save(checkpoint.combine(a.denoiser, a.decoder), a.out)
     print(f"checkpoint: {a.out} (denoiser of {a.denoiser}, decoder of {a.decoder})")
     return 0
@@ -310,7 +232,7 @@ def cmd_combine(a) -> int:
 def cmd_set_sampling(a) -> int:
     from . import checkpoint
     from .config import ConfigError
-    _refuse_overwrite([a.out], a.force)
+    check_outputs([a.out], a.force)
     if a.temperature is not None and a.temperature < 0:
         raise ConfigError(f"--temperature must be >= 0 (0: the most likely token), got {a.temperature}")
     ckpt = checkpoint.load(a.checkpoint)
@@ -376,16 +298,6 @@ def cmd_info(a) -> int:
               + (f" ({ckpt['sampling_note']})" if ckpt.get("sampling_note") else ""))
     print(f"code version: {ckpt.get('code_version', '?')}")
     return 0
-
-
-def refine_from_args(a, ckpt_path):
-    """The command line's --refine-* over the checkpoint config's; None: none given."""
-    from . import checkpoint
-    from .config import Config
-    if not refine_overrides(a):
-        return None
-    cfg = Config.from_dict(checkpoint.load(ckpt_path)["config"])
-    return refine_settings(a, cfg.diffusion.refinement())
 
 
 def cmd_eval(a) -> int:

@@ -41,21 +41,30 @@ class DenoiserConfig:
     embed_dim: int = 64
 
 
+@dataclass(frozen=True)
+class Refinement:
+    """The optional corrector after sampling (diffusion.sample_tokens): `steps`
+    passes that each re-mask a random `fraction` of the grid and redraw it at
+    `temperature`; steps = 0: none, as published."""
+    steps: int = 0
+    fraction: float = 0.2
+    temperature: float = 0.5
+
+
 @dataclass
 class DiffusionConfig:
     steps: int = 0  # 0: one step per latent token (49 on 28x28), as published
     # The sampling settings (temperature and refinement) are the defaults of
     # every command; `spikediff set-sampling` records tuned ones in a checkpoint.
     temperature: float = 1.0
-    # Refinement after sampling (diffusion.Refinement; 0 steps: off, as
+    # Refinement after sampling (the Refinement above; 0 steps: off, as
     # published): steps, each re-masking and redrawing this fraction of the
     # grid at this temperature.
     refine_steps: int = 0
     refine_fraction: float = 0.2
     refine_temperature: float = 0.5
 
-    def refinement(self):
-        from .diffusion import Refinement
+    def refinement(self) -> Refinement:
         return Refinement(self.refine_steps, self.refine_fraction, self.refine_temperature)
 
 
@@ -194,7 +203,7 @@ def load_config(preset: str = "default", file: str | Path | None = None) -> Conf
 
 
 def check_refine(r, prefix: str = "--") -> None:
-    """Refinement settings (a diffusion.Refinement), from a config (prefix
+    """Refinement settings (a Refinement), from a config (prefix
     "diffusion.") or the command line."""
     sep = "-" if prefix == "--" else "_"
     if r.steps < 0:

@@ -18,11 +18,12 @@ temperature. Each costs one more denoiser pass.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from .config import Refinement
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (tokens, t) -> logits
 
@@ -75,15 +76,6 @@ def device_generator(generator: torch.Generator | None, device) -> torch.Generat
         return generator
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     return torch.Generator(device=device).manual_seed(seed)
-
-
-@dataclass(frozen=True)
-class Refinement:
-    """After sampling, `steps` passes that each re-mask a random `fraction` of
-    the grid and redraw it at `temperature`; steps = 0: none, as published."""
-    steps: int = 0
-    fraction: float = 0.2
-    temperature: float = 0.5
 
 
 def refine_step(n_steps: int, fraction: float) -> int:

@@ -19,9 +19,8 @@ import torch
 
 from . import checkpoint, metrics
 from .atomic import write_text
-from .config import check_refine
+from .config import Refinement, check_refine
 from .data import load_images
-from .diffusion import Refinement
 from .errors import SpikediffError
 from .sample import generate
 

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .diffusion import Refinement, sample_tokens
+from .config import Refinement
+from .diffusion import sample_tokens
 from .errors import SpikediffError
 from .model import SpikingDiffusion
 from .plots import save_grid
@@ -17,7 +18,7 @@ from .progress import bar as progress_bar
 def generate(model: SpikingDiffusion, n: int, *, temperature=None, steps=None, seed=0,
              batch_size=64, device="cpu", progress=True, refine=None):
     """Images [n, C, H, W] in [0, 1] and token grids, drawn in batches from one
-    seed; refine: a diffusion.Refinement (None: the config's)."""
+    seed; refine: a config.Refinement (None: the config's)."""
     model.to(device).eval()
     g = torch.Generator().manual_seed(seed)
     refine = model.config.diffusion.refinement() if refine is None else refine

@@ -47,7 +47,7 @@ def _optimizer(cfg: Config, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
-def _lr_factor(schedule: str, step: int, total_steps: int) -> float:
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
     """Multiplier of the base rate at `step` of a stage's `total_steps`."""
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
@@ -137,7 +137,7 @@ class Trainer:
                                leave=False, dynamic_ncols=True)
             for i, idx in enumerate(bar):
                 # Set from the epoch and batch index alone, so a resumed run follows the same curve.
-                lr = cfg.train.lr * _lr_factor(cfg.train.lr_schedule, epoch * per_epoch + i,
+                lr = cfg.train.lr * lr_factor(cfg.train.lr_schedule, epoch * per_epoch + i,
                                                total * per_epoch)
                 for group in opt.param_groups:
                     group["lr"] = lr

@@ -2,6 +2,27 @@ def pytest_configure(config):
     # Opt-in tests that need minutes (e.g. the real FID network on 2,000
     # images); run them with SPIKEDIFF_SLOW=1.
     config.addinivalue_line("markers", "slow: minutes-long check, skipped unless SPIKEDIFF_SLOW=1")
+    config.addinivalue_line("markers", "needs_lava: runs the Python 3.10 Lava env; skipped, "
+                            "with the reason, where it is not found")
+
+
+def _lava_missing() -> str | None:
+    """Why the Lava env cannot be used here (None: it can), as the client finds it."""
+    from hardware.lava.client import LavaUnavailableError, find_lava_python
+    try:
+        find_lava_python()
+    except LavaUnavailableError as e:
+        return ("Lava env not found (" + str(e).splitlines()[0] + "); bash scripts/setup.sh "
+                "builds it, or set SPIKEDIFF_LAVA_PY")
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    lava = [item for item in items if item.get_closest_marker("needs_lava")]
+    why = _lava_missing() if lava else None  # looked up only when such a test is collected
+    if why:
+        for item in lava:
+            item.add_marker(pytest.mark.skip(reason=why))
 
 
 import gzip  # noqa: E402

@@ -11,13 +11,18 @@ from torch import nn
 
 from hardware.energy.cli import main
 from hardware.energy.constants import ConstantsError, EnergyConstants, load_constants
-from hardware.energy.counting import (LayerCounts, Recorder, Tally, brute_force_dense_macs,
-                                      brute_force_synops, count_layer, count_recording,
-                                      dense_macs, fanout_map, model_layers, padded_macs, spec_of)
+from hardware.energy.counting import (LayerCounts, Recorder, Tally, brute_force_synops,
+                                      count_layer, count_recording, dense_macs, fanout_map,
+                                      model_layers, padded_macs, spec_of)
 from hardware.energy.report import _energies, build_report
 from spikediff.config import load_config
 from spikediff.model import build_model
 from spikediff.neuron import LIF
+
+
+def brute_force_dense_macs(spec) -> int:
+    """Dense MACs of one sample, by the brute-force method on an all-ones input."""
+    return brute_force_synops(spec, torch.ones(1, 1, *spec.in_shape))
 
 
 def tiny_model(T=None, seed=0, lively=True):
@@ -345,3 +350,21 @@ def test_cli_errors(tmp_path, capsys, monkeypatch, case):
     assert len(err) == 1 and err[0].startswith("error: "), err
     if case == "lava":
         assert "lava" in err[0].lower()
+
+
+def test_random_weights_is_the_same_model_as_in_spikediff_run():
+    """--random-weights PRESET means one thing: spikediff-energy counts the model
+    spikediff-run runs (every layer firing), not a differently drawn one."""
+    import argparse
+
+    from hardware.energy.cli import load_model_and_data
+    from hardware.run import load_model
+
+    a = argparse.Namespace(random_weights="tiny", seed=1, checkpoint=None, dataset=None)
+    energy_model, meta, _ = load_model_and_data(a)
+    run_model, _ = load_model(a)
+    for part in ("vq", "denoiser"):
+        got, want = (getattr(m, part).state_dict() for m in (energy_model, run_model))
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want), part
+    assert meta["weights"].startswith("RANDOM")

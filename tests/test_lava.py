@@ -25,8 +25,7 @@ except LavaUnavailableError as e:
     LAVA_PY = None
     _why = str(e).splitlines()[0]
 
-needs_lava = pytest.mark.skipif(
-    LAVA_PY is None, reason="Lava env not found (bash scripts/setup.sh builds it; or set SPIKEDIFF_LAVA_PY)")
+needs_lava = pytest.mark.needs_lava  # skipped without the Lava env: tests/conftest.py
 
 
 # ---------------------------------------------------------------- reference

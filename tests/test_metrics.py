@@ -86,10 +86,27 @@ def test_kid_expectation_is_zero_on_equal_distributions():
     assert abs(np.mean(values)) < 4 * np.std(values) / np.sqrt(len(values))
 
 
+def _mmd2_unbiased(x, y):
+    """The KID of two whole sets, written out independently of metrics.kid."""
+    d = x.shape[1]
+    k = lambda a, b: (a @ b.T / d + 1) ** 3  # noqa: E731
+    off = lambda m: m[~np.eye(len(m), dtype=bool)].mean()  # noqa: E731
+    return off(k(x, x)) + off(k(y, y)) - 2 * k(x, y).mean()
+
+
 def test_kid_clips_subset_size_and_is_deterministic():
     rng = np.random.default_rng(4)
     a, b = rng.normal(size=(30, 8)), rng.normal(size=(50, 8))
-    assert kid(a, b, subsets=5) == kid(a, b, subsets=5)  # subset_size 1000 > 30: clipped
+    # subset_size 1000 > 30 vectors: clipped to exactly the smaller set's 30, so the
+    # same draws as asking for 30 (a clip to anything else draws other subsets)
+    assert kid(a, b, subsets=5) == kid(a, b, subsets=5, subset_size=30)
+    assert kid(a, b, subsets=5) != kid(a, b, subsets=5, subset_size=29)
+    assert kid(a, b, subsets=5) == kid(a, b, subsets=5)  # deterministic (seed 0)
+    # Two sets of 30: each clipped subset is a whole set, so every subset gives the
+    # KID of the whole sets and the spread over subsets is zero.
+    c = rng.normal(size=(30, 8)) + 0.3
+    mean, std = kid(a, c, subsets=4)
+    assert std < 1e-12 and mean == pytest.approx(_mmd2_unbiased(a, c), rel=1e-12, abs=1e-12)
 
 
 # ---------------------------------------------------------------- SSIM ---

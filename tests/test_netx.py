@@ -22,8 +22,7 @@ try:
     LAVA_PY = find_lava_python()
 except LavaUnavailableError:
     LAVA_PY = None
-needs_lava = pytest.mark.skipif(LAVA_PY is None, reason="Lava env not found (bash "
-                                "scripts/setup.sh builds it; or set SPIKEDIFF_LAVA_PY)")
+needs_lava = pytest.mark.needs_lava  # skipped without the Lava env: tests/conftest.py
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -12,18 +12,11 @@ import torch
 
 from spikediff.model import active_random_model
 from hardware import backends as B
-from hardware.lava.client import LavaUnavailableError, find_lava_python
 from hardware.run import main
 from spikediff.checkpoint import FORMAT, atomic_save
 from spikediff.diffusion import Refinement
 
-try:
-    find_lava_python()
-    HAVE_LAVA = True
-except LavaUnavailableError:
-    HAVE_LAVA = False
-needs_lava = pytest.mark.skipif(not HAVE_LAVA, reason="Lava env not found (bash scripts/setup.sh "
-                                "builds it; or set SPIKEDIFF_LAVA_PY)")
+needs_lava = pytest.mark.needs_lava  # skipped without the Lava env: tests/conftest.py
 
 N, STEPS = 2, 3
 
@@ -193,7 +186,7 @@ def test_worker_crash_is_one_clear_error(nir_file, monkeypatch, capsys):
 def test_lava_energy_counts_equal_norse(tiny):
     from hardware.energy.counting import Tally
     from hardware.energy.report import measure
-    from hardware.lava.energy import record
+    from hardware.energy.lava import record
     real = torch.rand(N, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     folded = copy.deepcopy(tiny).inference()  # as a loaded checkpoint: spike-fed input
     ref, _ = measure(folded, n=N, steps=2, seed=0, temperature=1.0, real_images=real,

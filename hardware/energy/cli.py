@@ -5,16 +5,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
-from spikediff.cli import add_refine_args, handle_errors, refine_settings
+from spikediff.cliutil import (add_random_weights_arg, add_refine_args, check_outputs, handle_errors,
+                               random_weights_model, refine_settings)
 from spikediff.errors import SpikediffError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from spikediff.config import PRESETS
     parser = argparse.ArgumentParser(prog="spikediff-energy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -26,9 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "against the same network as an ANN.")
     p.add_argument("--checkpoint", help="a .pt file from `spikediff train` "
                    "(default: the shipped MNIST checkpoint)")
-    p.add_argument("--random-weights", metavar="PRESET", choices=list(PRESETS),
-                   help="no checkpoint: a model of this preset with random (untrained) "
-                   "weights; its firing rates say nothing about a trained model")
+    add_random_weights_arg(p)
     p.add_argument("--n", type=int, default=64, help="images to generate (and real images to "
                    "encode); firing rates from fewer than 64 are noisy (default: 64)")
     p.add_argument("--steps", type=int, help="sampling steps (default: one per latent token)")
@@ -56,37 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_outputs(paths, force: bool) -> None:
-    for p in paths:
-        if p is None:
-            continue
-        p = Path(p)
-        if p.exists() and not force:
-            raise SpikediffError(f"{p} exists; pass --force to overwrite it")
-        if p.is_dir():
-            raise SpikediffError(f"{p} is a folder, not a file")
-        parent = p.parent if str(p.parent) else Path(".")
-        probe = parent
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if not probe.is_dir() or not os.access(probe, os.W_OK):
-            raise SpikediffError(f"cannot write {p}: {probe} is not a writable folder")
-
-
 def load_model_and_data(a):
     """(model, meta, dataset name or None)."""
-    import torch
-
     from spikediff import checkpoint
-    from spikediff.config import load_config
-    from spikediff.model import build_model
 
     if a.random_weights:
-        if a.checkpoint:
-            raise SpikediffError("give either --checkpoint or --random-weights, not both")
-        torch.manual_seed(a.seed)
-        cfg = load_config(a.random_weights)
-        model = build_model(cfg, 1, 28).inference()
+        model = random_weights_model(a)
         meta = {"model": f"preset '{a.random_weights}', 1x28x28",
                 "weights": "RANDOM (untrained): firing rates and energies are not those of a "
                            "trained model", "preset": a.random_weights}
@@ -133,17 +104,8 @@ def _lava_tally(model, a, images, refine):
     except client.LavaUnavailableError as e:
         raise SpikediffError("--backend lava: no Lava environment (" + str(e).splitlines()[0]
                              + "); create it with `bash scripts/setup.sh` or use --backend norse") from None
-    try:
-        from hardware.lava.energy import record
-    except ImportError as e:
-        if getattr(e, "name", None) != "hardware.lava.energy":  # it exists but is broken
-            raise SpikediffError(f"--backend lava: hardware.lava.energy failed to import ({e})") from None
-        raise SpikediffError(
-            "--backend lava: this checkout has the Lava worker but no energy recorder "
-            "(hardware.lava.energy.record(model, n=, steps=, seed=, temperature=, refine=, "
-            "real_images=, tally=, progress=), which runs generation on Lava and fills the "
-            "hardware.energy.counting.Tally via Tally.add_recording); use --backend norse") from None
     from .counting import Tally
+    from .lava import record
     tally = Tally()
     info = record(model, n=a.n, steps=a.steps, seed=a.seed, temperature=a.temperature,
                   refine=refine, real_images=images, tally=tally, progress=not a.no_progress)
@@ -161,7 +123,7 @@ def cmd_report(a) -> int:
     if a.batch_size < 1:
         raise SpikediffError("--batch-size must be at least 1")
     constants = load_constants(a.constants, a.set)
-    _check_outputs([a.json, a.plot], a.force)
+    check_outputs([a.json, a.plot], a.force)
     model, meta, dataset = load_model_and_data(a)
     refine = refine_settings(a, model.config.diffusion.refinement())
     warnings = []

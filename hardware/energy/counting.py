@@ -326,11 +326,6 @@ def brute_force_synops(spec: LayerSpec, x: torch.Tensor) -> int:
     return int(round(float(y.sum()))) * (spec.out_channels // g)
 
 
-def brute_force_dense_macs(spec: LayerSpec) -> int:
-    """Dense MACs of one sample, by the brute-force method on an all-ones input."""
-    return brute_force_synops(spec, torch.ones(1, 1, *spec.in_shape))
-
-
 # ----------------------------------------------------------- the model
 
 def model_layers(model) -> list[LayerSpec]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from hardware.backends import LavaBackend, TempNir, _from_phases
+from hardware.backends import LavaBackend, TempNir, from_phases
 
 
 def _static_input(model, tokens, t):
@@ -33,10 +33,10 @@ def _static_input(model, tokens, t):
 def record(model, *, n: int = 16, steps=None, seed: int = 0, temperature=None, refine=None,
            real_images=None, tally=None, progress: bool = True, batch_size: int = 64,
            mode: str = "floating_pt") -> dict:
+    from spikediff.diffusion import sample_tokens
     from spikediff.progress import bar as progress_bar
 
-    from hardware.energy.counting import Tally, model_layers
-    from spikediff.diffusion import sample_tokens
+    from .counting import Tally, model_layers
 
     tally = tally if tally is not None else Tally()
     specs = {s.name: s for s in model_layers(model)}
@@ -75,7 +75,7 @@ def record(model, *, n: int = 16, steps=None, seed: int = 0, temperature=None, r
             tally.add_recording(specs, {"spike_generator": codes},
                                 {"spike_generator": rec["spike_generator.lif"]}, T=T_vq)
             full = [rec["spike_generator.lif"]] + [
-                _from_phases(rec[f"decoder.{i}.lif"], 2 ** (i + 1)) for i in range(L_dec)]
+                from_phases(rec[f"decoder.{i}.lif"], 2 ** (i + 1)) for i in range(L_dec)]
             inputs = {f"decoder.{i}": full[i] for i in range(L_dec)}
             inputs["decoder.readout"] = full[-1]
             outputs = {f"decoder.{i}": full[i + 1] for i in range(L_dec)}
@@ -98,9 +98,7 @@ def record(model, *, n: int = 16, steps=None, seed: int = 0, temperature=None, r
             gen.append(decode(tokens))
         bar.close()
         gen = torch.cat(gen)
-        # Imported here: Lava's process-model discovery imports every module in
-        # hardware/lava/, and the report's imports need Python 3.11.
-        from hardware.energy.report import encoder_input
+        from .report import encoder_input
         enc_in = encoder_input(gen, real_images, n, info)
         L_enc = len(vq.encoder)
         for i in range(0, len(enc_in), batch_size):

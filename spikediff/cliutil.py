@@ -1,0 +1,152 @@
+"""What every command line shares: spikediff, spikediff-export, spikediff-run,
+spikediff-energy and the benchmarks.
+
+Error handling (`handle_errors`), the device choice, the flags several commands
+take (--refine-*, --weights, --random-weights) and the one check that an output
+may be written (`check_outputs`). Nothing heavy at import: torch is imported
+inside the functions that need it, so that `--help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from pathlib import Path
+
+from .errors import SpikediffError
+
+
+def passive_openmp() -> None:
+    """Ask OpenMP to wait passively unless the caller chose otherwise.
+
+    libgomp's default busy-waiting makes a 2-thread torch op 50x slower whenever
+    another process holds a core (seen on 2-core machines: 0.3 ms -> 24 ms per
+    small conv); passive waiting costs little when the machine is idle. libgomp
+    reads the variable once, when torch loads it, so this has to run at the
+    start of the process, before `import torch`: every command's `main` does it
+    (through `handle_errors`; the commands import torch only after parsing) and
+    scripts/setup.sh exports it for everything else (tests, benchmarks that
+    import torch first). Importing spikediff changes no environment variable."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def handle_errors(main):
+    """The wrapper of every command's `main`: user errors become one clear line
+    and exit code 2, not a traceback; OpenMP waits passively (passive_openmp)."""
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        passive_openmp()
+        try:
+            return main(argv) or 0
+        except SpikediffError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+            # Python would flush stdout again at exit and fail the same way: point it at devnull.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+    return wrapper
+
+
+def pick_device(name: str) -> str:
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SpikediffError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; "
+                             "use --device cpu")
+    return name
+
+
+def check_outputs(paths, force: bool, *, folders: bool = False) -> None:
+    """Before any work: each output path (None: not asked for) may be written.
+    An existing one only with --force; not a folder unless the outputs are
+    folders (`folders`); where it goes must be a writable folder (or one
+    creatable inside a writable one)."""
+    for p in paths:
+        if p is None:
+            continue
+        p = Path(p)
+        if p.exists() and not force:
+            raise SpikediffError(f"{p} exists; pass --force to overwrite it")
+        if p.is_dir() and not folders:
+            raise SpikediffError(f"{p} is a folder, not a file")
+        probe = p.parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK):
+            raise SpikediffError(f"cannot write {p}: {probe} is not a writable folder")
+
+
+def add_refine_args(p: argparse.ArgumentParser) -> None:
+    """--refine-*: the optional corrector after sampling (config.Refinement)."""
+    p.add_argument("--refine-steps", type=int, metavar="K",
+                   help="after sampling, K steps that each re-mask and redraw a random fraction "
+                   "of the tokens (default: the config's, 0 = off as published; each costs one "
+                   "denoiser pass)")
+    p.add_argument("--refine-fraction", type=float, metavar="R",
+                   help="fraction of tokens each refinement step redraws (default: the "
+                   "config's, 0.2)")
+    p.add_argument("--refine-temperature", type=float, metavar="T",
+                   help="temperature of the refinement draws (default: the config's, 0.5)")
+
+
+def refine_overrides(a) -> dict:
+    """The --refine-* settings given on the command line, by Refinement field."""
+    from dataclasses import fields
+
+    from .config import Refinement
+    given = {f.name: getattr(a, f"refine_{f.name}") for f in fields(Refinement)}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def refine_settings(a, base):
+    """The config.Refinement to use: the command line's settings where given,
+    else those of `base` (a config's or an export's); checked."""
+    from dataclasses import replace
+
+    from .config import check_refine
+    r = replace(base, **refine_overrides(a))
+    check_refine(r)
+    return r
+
+
+def refine_from_args(a, ckpt_path):
+    """The command line's --refine-* over the checkpoint config's; None: none given."""
+    from . import checkpoint
+    from .config import Config
+    if not refine_overrides(a):
+        return None
+    cfg = Config.from_dict(checkpoint.load(ckpt_path)["config"])
+    return refine_settings(a, cfg.diffusion.refinement())
+
+
+def add_weights_arg(p: argparse.ArgumentParser) -> None:
+    """--weights: which denoiser of a run that kept a weight average to load."""
+    from .config import WEIGHTS
+    p.add_argument("--weights", choices=WEIGHTS, default="ema",
+                   help="denoiser weights of a run that kept an average (train.ema_decay): the "
+                   "average (default) or the last step's")
+
+
+def add_random_weights_arg(p: argparse.ArgumentParser) -> None:
+    """--random-weights PRESET: the same untrained stand-in in every command."""
+    from .config import PRESETS
+    p.add_argument("--random-weights", metavar="PRESET", choices=list(PRESETS),
+                   help="no checkpoint: a model of this preset (1x28x28) with random, untrained "
+                   "weights drawn from --seed, batch-norm statistics from one random batch so "
+                   "that every layer fires; for tests and timing, its spikes say nothing "
+                   "about a trained model")
+
+
+def random_weights_model(a):
+    """The model --random-weights names (spikediff.model.active_random_model,
+    inference form); an error if --checkpoint is given too."""
+    from .model import active_random_model
+    if a.checkpoint:
+        raise SpikediffError("give either --checkpoint or --random-weights, not both")
+    return active_random_model(a.random_weights, a.seed).inference()
