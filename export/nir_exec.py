@@ -271,7 +271,6 @@ def double_precision(model):
     return m
 
 
-_double = double_precision  # old name, still imported by hardware/backends.py
 
 
 @torch.no_grad()

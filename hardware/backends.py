@@ -105,9 +105,9 @@ class NorseBackend(Backend):
 
     def __init__(self, model, dtype=torch.float64):
         super().__init__()
-        from export.nir_exec import _double
+        from export.nir_exec import double_precision
         self.dtype = dtype
-        self.model = _double(model) if dtype == torch.float64 else copy.deepcopy(model).eval()
+        self.model = double_precision(model) if dtype == torch.float64 else copy.deepcopy(model).eval()
         self.T_den, self.T_vq = model.denoiser.cfg.T, model.vq.cfg.T
 
     @torch.no_grad()
