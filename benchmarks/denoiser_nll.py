@@ -30,9 +30,9 @@ from spikediff.train import encode_codes
 def heldout_nll(path, data_root, weights: str, repeats: int, seed: int, device,
                 batch_size: int = 250) -> dict:
     ckpt = checkpoint.load(path)
-    if ckpt.get("denoiser") is None:
+    if ckpt.denoiser is None:
         raise SpikediffError(f"{path} has no denoiser weights yet (stage 2 has not saved an epoch)")
-    d = ckpt["data"]
+    d = ckpt.data
     if not d.get("holdout"):
         raise SpikediffError(f"{path} kept no held-out training images (train.holdout = 0)")
     model = checkpoint.model_from(ckpt, weights).to(device).eval()
@@ -48,7 +48,7 @@ def heldout_nll(path, data_root, weights: str, repeats: int, seed: int, device,
             n += len(x0)
             elbo += out["elbo"].item() * len(x0)
             ce += out["masked_ce"].item() * len(x0)
-    cfg = ckpt["config"]
+    cfg = ckpt.config
     epochs, seconds, _ = checkpoint.denoiser_training(ckpt)
     return {"checkpoint": str(path), "dataset": d["name"], "weights": weights,
             "n_images": len(tokens), "repeats": repeats,

@@ -41,11 +41,11 @@ def measure_one(path: Path, a, refine: Refinement) -> dict:
 
     ckpt = checkpoint.load(path)
     model = checkpoint.model_from(ckpt)
-    held = evaluate(path, ckpt["data"]["name"], a.data_root, temperatures=[a.temperature],
+    held = evaluate(path, ckpt.data["name"], a.data_root, temperatures=[a.temperature],
                     select_n=a.n, seed=a.seed, refine=refine, select_only=True,
                     progress=not a.no_progress, fid_weights=a.fid_weights)
     fid = held["temperature_selection"]["fid_by_temperature"][str(a.temperature)]
-    images, _ = real_images(model, ckpt["data"]["name"], a.data_root, a.n_energy)
+    images, _ = real_images(model, ckpt.data["name"], a.data_root, a.n_energy)
     tally, info = measure(model, n=a.n_energy, temperature=a.temperature, refine=refine,
                           seed=a.seed, real_images=images, verify=True,
                           progress=not a.no_progress)
@@ -53,7 +53,7 @@ def measure_one(path: Path, a, refine: Refinement) -> dict:
     if not rep["brute_force_check"]["all_agree"]:
         raise SpikediffError(f"{path}: operation counts disagree with the brute-force count")
     t = rep["per_generated_image"]
-    train = ckpt["config"]["train"]
+    train = ckpt.config["train"]
     return {
         "checkpoint": str(path), "sha256": metrics.file_sha256(path)[:16],
         "firing_penalty": train.get("firing_penalty", 0.0),

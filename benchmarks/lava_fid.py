@@ -413,7 +413,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     net = metrics.FIDNetwork(a.fid_weights)
     cache = metrics.FeatureCache()
-    d = ck["data"]
+    d = ck.data
     ref, _ = reference_features(net, cache, d["name"], a.data_root, "test", d["image_size"],
                                 d["channels"] == 3, not a.no_progress)
     feats = {k: metrics.features_resumable(net, images[k].float(), cache,

@@ -64,10 +64,10 @@ def training_summary(path) -> tuple[str, int, str]:
     ck = checkpoint.load(path)
     epochs, seconds, hardware = checkpoint.denoiser_training(ck)
     decoder, decoder_seconds = checkpoint.decoder_training(ck)
-    minutes = (ck["seconds"].get("vq", 0.0) + seconds + decoder_seconds) / 60
-    T = ck["config"]["denoiser"]["T"]
+    minutes = (ck.seconds.get("vq", 0.0) + seconds + decoder_seconds) / 60
+    T = ck.config["denoiser"]["T"]
     decoder = f" + {decoder} decoder" if decoder != "0" else ""
-    return (f"{len(ck['history']['vq'])}+{epochs}{decoder} epochs, {minutes:.1f} min", T,
+    return (f"{len(ck.history['vq'])}+{epochs}{decoder} epochs, {minutes:.1f} min", T,
             hardware or "see model card")
 
 

@@ -22,10 +22,10 @@ from spikediff.evaluate import reconstruction, reconstruction_fid, reference_fea
 
 def recon_quality(path, data_root, split, net, cache, device, progress) -> dict:
     ckpt = checkpoint.load(path)
-    if ckpt.get("vq") is None:
+    if ckpt.vq is None:
         raise SpikediffError(f"{path} has no VQ-SVAE weights yet (stage 1 has not saved an epoch)")
     model = checkpoint.model_from(ckpt)
-    d = ckpt["data"]
+    d = ckpt.data
     holdout = d["holdout"] if split == "holdout" else None
     if split == "holdout" and not holdout:
         raise SpikediffError(f"{path} kept no held-out training images; use --split test")
@@ -37,8 +37,8 @@ def recon_quality(path, data_root, split, net, cache, device, progress) -> dict:
     r["fid"] = reconstruction_fid(net, cache, recons, ref, file_id, split, progress)
     decoder_epochs, decoder_seconds = checkpoint.decoder_training(ckpt)
     return {"checkpoint": str(path), "dataset": d["name"], "split": split} | r | {
-            "vq_epochs": len(ckpt["history"]["vq"]),
-            "vq_seconds": ckpt["seconds"].get("vq", 0.0),
+            "vq_epochs": len(ckpt.history["vq"]),
+            "vq_seconds": ckpt.seconds.get("vq", 0.0),
             "decoder_epochs": decoder_epochs, "decoder_seconds": decoder_seconds,
             "adversarial_weight": checkpoint.vq_train_settings(ckpt).get("adversarial_weight", 0.0)}
 

@@ -1,12 +1,17 @@
 """Checkpoints: one file with weights, optimizer, progress, config and provenance.
 
-Writes go to a temporary file in the same folder and are renamed into place,
-so a kill mid-write never leaves a truncated checkpoint behind.
+A file holds one `Checkpoint` record as a plain dict of tensors and built-in
+types (so `torch.load(weights_only=True)` reads it), with a schema version:
+older files are upgraded when read. Writes go to a temporary file in the same
+folder and are renamed into place, so a kill mid-write never leaves a
+truncated checkpoint behind.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +24,9 @@ from .model import SpikingDiffusion, build_model
 from .vqsvae import decodes
 
 FORMAT = "spikediff-checkpoint/1"
+# 2: the record below with its own "schema" field; 1: the same keys, unversioned.
+SCHEMA = 2
+STAGES = ("vq", "denoiser", "decoder")  # training stages, in order; "done" follows
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 # The best MNIST model; it carries the sampling settings it was tuned with.
 SHIPPED = WEIGHTS_DIR / "mnist.pt"
@@ -26,6 +34,60 @@ SHIPPED = WEIGHTS_DIR / "mnist.pt"
 
 class CheckpointError(SpikediffError):
     pass
+
+
+@dataclass
+class Checkpoint:
+    """What a run file holds. Weights and optimizer states are state dicts;
+    the provenance fields are None where they do not apply."""
+    config: dict                      # Config.to_dict()
+    data: dict                        # name, channels, image_size, n_train, holdout, limit, source_files
+    stage: str = "vq"                 # the stage being trained: vq, denoiser, decoder, or done
+    epoch: int = 0                    # epochs finished in `stage`
+    step: int = 0                     # optimizer steps over all stages
+    history: dict = field(default_factory=lambda: {s: [] for s in STAGES})  # per stage, per epoch
+    seconds: dict = field(default_factory=dict)  # wall time per stage
+    vq: dict | None = None
+    denoiser: dict | None = None
+    denoiser_ema: dict | None = None  # the weight average (train.ema_decay > 0)
+    optimizer: dict | None = None     # of the stage in progress; None in shipped files
+    rng: torch.Tensor | None = None
+    discriminator: dict | None = None  # the adversarial term's, during the VQ stages only
+    code_version: str | None = None
+    hardware: str | None = None
+    denoiser_hardware: str | None = None  # where the denoiser of a decoder-stage run was trained
+    vq_from: str | None = None        # --vq-from / --finetune: the run whose VQ-SVAE this took
+    finetuned_from: dict | None = None  # --finetune: path, weights, denoiser epochs, seconds, hardware
+    decoder_from: str | None = None   # --stage decoder: the run whose model this took
+    earlier_decoder: dict | None = None  # decoder stages the taken-over decoder had had
+    combined: dict | None = None      # `spikediff combine`: the two sources
+    stopped_by_time_budget: dict | None = None
+    sampling_note: str | None = None  # how the [diffusion] sampling settings were chosen
+    schema: int = SCHEMA
+
+    def to_file(self) -> dict:
+        """The dict that is saved (shallow: the tensors are not copied)."""
+        return {"format": FORMAT, **{f.name: getattr(self, f.name)
+                                     for f in dataclasses.fields(self)}}
+
+    @classmethod
+    def from_file(cls, d: dict, where="the checkpoint") -> "Checkpoint":
+        d = {k: v for k, v in d.items() if k != "format"}
+        d.setdefault("schema", 1)
+        if d["schema"] > SCHEMA:
+            raise CheckpointError(f"{where} was written by a newer spikediff (schema "
+                                  f"{d['schema']}, this one reads up to {SCHEMA}); upgrade")
+        d["schema"] = SCHEMA  # 1 -> 2: the same fields, now versioned
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CheckpointError(f"{where} has fields this version does not know: "
+                                  f"{', '.join(unknown)}")
+        missing = [k for k in ("config", "data") if k not in d]
+        if missing:
+            raise CheckpointError(f"{where} lacks {', '.join(missing)}; it is not a complete "
+                                  "spikediff checkpoint")
+        return cls(**d)
 
 
 def code_version() -> str:
@@ -37,9 +99,9 @@ def code_version() -> str:
     return f"{__version__}+{rev}" if rev else __version__
 
 
-def atomic_save(obj, path: str | Path) -> None:
+def atomic_save(ckpt: Checkpoint, path: str | Path) -> None:
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        torch.save(ckpt.to_file(), tmp)
 
 
 def resolve(path: str | Path | None) -> Path:
@@ -47,7 +109,7 @@ def resolve(path: str | Path | None) -> Path:
     return Path(path) if path is not None else SHIPPED
 
 
-def load(path: str | Path | None) -> dict:
+def load(path: str | Path | None) -> Checkpoint:
     path = resolve(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: give the path to a .pt file written by "
@@ -59,28 +121,28 @@ def load(path: str | Path | None) -> dict:
                               f"{str(e).splitlines()[0][:200]}); it may be truncated or corrupt") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a spikediff checkpoint (expected format {FORMAT})")
-    return ckpt
+    return Checkpoint.from_file(ckpt, str(path))
 
 
-def denoiser_training(ckpt: dict) -> tuple[str, float, str | None]:
+def denoiser_training(ckpt: Checkpoint) -> tuple[str, float, str | None]:
     """(epochs, seconds, hardware) of the denoiser's training; a run fine-tuned
     from another counts that one's too: epochs "30+12", hardware "A, then B"."""
-    n, sec = len(ckpt["history"]["denoiser"]), ckpt["seconds"].get("denoiser", 0.0)
+    n, sec = len(ckpt.history["denoiser"]), ckpt.seconds.get("denoiser", 0.0)
     # A decoder-stage run (--finetune CKPT --stage decoder) records where its
     # denoiser was trained: its own hardware trained only the decoder.
-    hw, f = ckpt.get("denoiser_hardware") or ckpt.get("hardware"), ckpt.get("finetuned_from")
+    hw, f = ckpt.denoiser_hardware or ckpt.hardware, ckpt.finetuned_from
     if not f:
         return str(n), sec, hw
     return (f"{f['denoiser_epochs']}+{n}", f["denoiser_seconds"] + sec,
             f"{f['hardware'] or 'unrecorded hardware'}, then {hw}")
 
 
-def decoder_training(ckpt: dict) -> tuple[str, float]:
+def decoder_training(ckpt: Checkpoint) -> tuple[str, float]:
     """(epochs, seconds) of the decoder stages behind this model: a decoder stage
     run on a decoder-stage run counts the earlier one too, epochs "3+3"; "0":
     none."""
-    n, sec = len(ckpt["history"].get("decoder", [])), ckpt["seconds"].get("decoder", 0.0)
-    earlier = ckpt.get("earlier_decoder")
+    n, sec = len(ckpt.history.get("decoder", [])), ckpt.seconds.get("decoder", 0.0)
+    earlier = ckpt.earlier_decoder
     if not earlier:
         return str(n), sec
     if not n:  # a denoiser fine-tuned on a decoder-stage run: that decoder, as it was
@@ -88,70 +150,63 @@ def decoder_training(ckpt: dict) -> tuple[str, float]:
     return f"{earlier['epochs']}+{n}", earlier["seconds"] + sec
 
 
-def combine(denoiser_path: str | Path, decoder_path: str | Path) -> dict:
+def combine(denoiser_path: str | Path, decoder_path: str | Path) -> Checkpoint:
     """One model from two runs on one VQ-SVAE: the denoiser (and its record) of
     the first, the VQ-SVAE with its decoder (and its decoder stages) of the
     second. The decoder stage never sees the denoiser, so a decoder trained on
     one run serves every denoiser trained on the same codes."""
     a, b = load(denoiser_path), load(decoder_path)
-    if a.get("denoiser") is None:
+    if a.denoiser is None:
         raise CheckpointError(f"{resolve(denoiser_path)} holds no trained denoiser")
-    if b.get("vq") is None:
+    if b.vq is None:
         raise CheckpointError(f"{resolve(decoder_path)} holds no trained VQ-SVAE")
     same = ("name", "channels", "image_size", "holdout")
-    if any(a["data"][k] != b["data"][k] for k in same) or a["config"]["vq"] != b["config"]["vq"]:
+    if any(a.data[k] != b.data[k] for k in same) or a.config["vq"] != b.config["vq"]:
         raise CheckpointError("the two checkpoints were trained on other data or VQ-SVAE settings; "
                               "combine runs built on one VQ-SVAE")
-    for k, v in a["vq"].items():
-        if not decodes(k) and not (k in b["vq"] and torch.equal(v, b["vq"][k])):
+    for k, v in a.vq.items():
+        if not decodes(k) and not (k in b.vq and torch.equal(v, b.vq[k])):
             raise CheckpointError(
                 f"the two VQ-SVAEs encode images differently ({k} differs), so the denoiser of "
                 f"{resolve(denoiser_path)} was trained on other codes than the decoder of "
                 f"{resolve(decoder_path)} decodes; combine runs built on one VQ-SVAE "
                 "(--vq-from, --finetune, --stage decoder)")
-    out = {k: v for k, v in a.items() if k not in ("optimizer", "rng", "discriminator",
-                                                     "decoder_from", "earlier_decoder")}
-    out.update(vq=b["vq"], stage="done", optimizer=None, rng=None, code_version=code_version(),
-               combined={"denoiser": str(resolve(denoiser_path)),
-                         "decoder": str(resolve(decoder_path)),
-                         "decoder_train": b["config"]["train"],
-                         "decoder_from": b.get("decoder_from"),
-                         "decoder_hardware": b.get("hardware")})
-    out["history"] = {**a["history"], "decoder": b["history"].get("decoder", [])}
-    out["seconds"] = {**a["seconds"], "decoder": b["seconds"].get("decoder", 0.0)}
-    if b.get("earlier_decoder"):
-        out["earlier_decoder"] = b["earlier_decoder"]
-    return out
+    return dataclasses.replace(
+        a, vq=b.vq, stage="done", optimizer=None, rng=None, discriminator=None,
+        decoder_from=None, earlier_decoder=b.earlier_decoder, code_version=code_version(),
+        combined={"denoiser": str(resolve(denoiser_path)), "decoder": str(resolve(decoder_path)),
+                  "decoder_train": b.config["train"], "decoder_from": b.decoder_from,
+                  "decoder_hardware": b.hardware},
+        history={**a.history, "decoder": b.history.get("decoder", [])},
+        seconds={**a.seconds, "decoder": b.seconds.get("decoder", 0.0)})
 
 
 SAMPLING = ("temperature", "refine_steps", "refine_fraction", "refine_temperature")
 
 
-def sampling_settings(ckpt: dict) -> dict:
+def sampling_settings(ckpt: Checkpoint) -> dict:
     """The sampling settings every command uses unless flags override them:
     the [diffusion] fields of the checkpoint's config."""
-    d = Config.from_dict(ckpt["config"]).diffusion  # older files lack the newer fields
+    d = Config.from_dict(ckpt.config).diffusion  # older files lack the newer fields
     return {k: getattr(d, k) for k in SAMPLING}
 
 
-def with_sampling(ckpt: dict, settings: dict, note: str) -> dict:
+def with_sampling(ckpt: Checkpoint, settings: dict, note: str) -> Checkpoint:
     """A copy of `ckpt` whose default sampling settings are `settings` (the
     [diffusion] fields in SAMPLING), with `note` saying how they were chosen."""
     unknown = set(settings) - set(SAMPLING)
     if unknown:
         raise ValueError(f"not sampling settings: {sorted(unknown)}")
-    out = dict(ckpt)
-    out["config"] = {**ckpt["config"], "diffusion": {**ckpt["config"]["diffusion"], **settings}}
-    check(Config.from_dict(out["config"]))
-    out["sampling_note"] = note
-    return out
+    config = {**ckpt.config, "diffusion": {**ckpt.config["diffusion"], **settings}}
+    check(Config.from_dict(config))
+    return dataclasses.replace(ckpt, config=config, sampling_note=note)
 
 
-def vq_train_settings(ckpt: dict) -> dict:
+def vq_train_settings(ckpt: Checkpoint) -> dict:
     """The [train] settings the VQ-SVAE, decoder included, last trained under: a
     combined model's are its decoder source's."""
-    c = ckpt.get("combined")
-    return c["decoder_train"] if c else ckpt["config"]["train"]
+    c = ckpt.combined
+    return c["decoder_train"] if c else ckpt.config["train"]
 
 
 def weights_hash(*modules: torch.nn.Module) -> str:
@@ -165,28 +220,28 @@ def weights_hash(*modules: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def model_from(ckpt: dict, weights: str = "ema", fold: bool = True) -> SpikingDiffusion:
+def model_from(ckpt: Checkpoint, weights: str = "ema", fold: bool = True) -> SpikingDiffusion:
     """The model for inference; its denoiser has the averaged weights where the
     run kept an average (train.ema_decay > 0) unless weights="raw" (the last
     step's), and is in its folded, spike-fed form (fold.py) unless fold=False
     (the trained, factored form)."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
-    cfg = Config.from_dict(ckpt["config"])
-    data = ckpt["data"]
+    cfg = Config.from_dict(ckpt.config)
+    data = ckpt.data
     model = build_model(cfg, data["channels"], data["image_size"])
-    model.vq.load_state_dict(ckpt["vq"])
-    if weights == "ema" and ckpt.get("denoiser_ema") is not None:
-        model.denoiser.load_state_dict(ema.module_weights(ckpt["denoiser_ema"]))
-    elif ckpt.get("denoiser") is not None:
-        model.denoiser.load_state_dict(ckpt["denoiser"])
+    model.vq.load_state_dict(ckpt.vq)
+    if weights == "ema" and ckpt.denoiser_ema is not None:
+        model.denoiser.load_state_dict(ema.module_weights(ckpt.denoiser_ema))
+    elif ckpt.denoiser is not None:
+        model.denoiser.load_state_dict(ckpt.denoiser)
     return model.inference() if fold else model.eval()
 
 
 def load_model(path: str | Path | None, *, need_denoiser: bool = True,
                weights: str = "ema", fold: bool = True) -> SpikingDiffusion:
     ckpt = load(path)
-    if need_denoiser and ckpt.get("denoiser") is None:
+    if need_denoiser and ckpt.denoiser is None:
         raise CheckpointError(f"{resolve(path)} holds only a trained VQ-SVAE (stage 1); "
                               "train the denoiser first: spikediff train --stage denoiser --resume")
     return model_from(ckpt, weights, fold)

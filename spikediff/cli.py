@@ -237,7 +237,7 @@ def cmd_set_sampling(a) -> int:
         raise ConfigError(f"--temperature must be >= 0 (0: the most likely token), got {a.temperature}")
     ckpt = checkpoint.load(a.checkpoint)
     from .config import Config
-    refine_settings(a, Config.from_dict(ckpt["config"]).diffusion.refinement())  # checks the flags
+    refine_settings(a, Config.from_dict(ckpt.config).diffusion.refinement())  # checks the flags
     settings = {f"refine_{k}": v for k, v in refine_overrides(a).items()}
     if a.temperature is not None:
         settings["temperature"] = a.temperature
@@ -259,44 +259,45 @@ def _sampling_text(s: dict) -> str:
 def cmd_info(a) -> int:
     from . import checkpoint
     ckpt = checkpoint.load(a.checkpoint)
-    d = ckpt["data"]
+    d = ckpt.data
     print(f"checkpoint: {checkpoint.resolve(a.checkpoint)}")
-    print(f"preset: {ckpt['config']['preset']}   stage: {ckpt['stage']}   step: {ckpt['step']}")
+    print(f"preset: {ckpt.config['preset']}   stage: {ckpt.stage}   step: {ckpt.step}")
     print(f"data: {d['name']} {d['channels']}x{d['image_size']}x{d['image_size']}, "
           f"{d['n_train']} train images")
-    for stage, rows in ckpt["history"].items():
+    for stage, rows in ckpt.history.items():
         if rows:
             last = rows[-1]
-            print(f"{stage}: {len(rows)} epochs, {ckpt['seconds'].get(stage, 0):.0f} s; last: "
+            print(f"{stage}: {len(rows)} epochs, {ckpt.seconds.get(stage, 0):.0f} s; last: "
                   + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch"))
-    if ckpt.get("vq_from"):
-        print(f"VQ-SVAE taken over from: {ckpt['vq_from']}")
-    if ckpt.get("finetuned_from"):
-        f = ckpt["finetuned_from"]
+    if ckpt.vq_from:
+        print(f"VQ-SVAE taken over from: {ckpt.vq_from}")
+    if ckpt.finetuned_from:
+        f = ckpt.finetuned_from
         print(f"denoiser fine-tuned from: {f['path']} ({f['weights']} weights after "
               f"{f['denoiser_epochs']} epochs, {f['denoiser_seconds']:.0f} s on {f['hardware']})")
-    if ckpt.get("decoder_from"):
-        print(f"decoder stage run on the whole model of: {ckpt['decoder_from']}")
-    if ckpt.get("combined"):
-        c = ckpt["combined"]
+    if ckpt.decoder_from:
+        print(f"decoder stage run on the whole model of: {ckpt.decoder_from}")
+    if ckpt.combined:
+        c = ckpt.combined
         print(f"combined: the denoiser of {c['denoiser']}, the VQ-SVAE (decoder) of {c['decoder']}")
-    if ckpt.get("earlier_decoder"):
-        e = ckpt["earlier_decoder"]
+    if ckpt.earlier_decoder:
+        e = ckpt.earlier_decoder
         print(f"its decoder had {e['epochs']} decoder-stage epochs before ({e['seconds']:.0f} s)")
-    if ckpt.get("denoiser_ema") is not None:
-        print(f"denoiser: averaged weights (EMA decay {ckpt['config']['train']['ema_decay']}) are "
+    if ckpt.denoiser_ema is not None:
+        print(f"denoiser: averaged weights (EMA decay {ckpt.config['train']['ema_decay']}) are "
               "used for sampling and export; --weights raw gives the last step's")
     t = checkpoint.vq_train_settings(ckpt)
     if t.get("adversarial_weight"):
-        where = ("in its decoder stage" if (ckpt.get("combined") or ckpt).get("decoder_from")
+        where = ("in its decoder stage" if (ckpt.combined["decoder_from"] if ckpt.combined
+                                             else ckpt.decoder_from)
                  else f"from VQ step {t['adversarial_start']}"
-                 + (" and in the decoder stage" if ckpt["history"].get("decoder") else ""))
+                 + (" and in the decoder stage" if ckpt.history.get("decoder") else ""))
         print(f"VQ-SVAE trained with an adversarial term (weight {t['adversarial_weight']}, "
               f"{where}); its discriminator is not part of the model")
-    if ckpt.get("denoiser") is not None:
+    if ckpt.denoiser is not None:
         print(f"sampling defaults: {_sampling_text(checkpoint.sampling_settings(ckpt))}"
-              + (f" ({ckpt['sampling_note']})" if ckpt.get("sampling_note") else ""))
-    print(f"code version: {ckpt.get('code_version', '?')}")
+              + (f" ({ckpt.sampling_note})" if ckpt.sampling_note else ""))
+    print(f"code version: {ckpt.code_version or '?'}")
     return 0
 
 

@@ -121,7 +121,7 @@ def refine_from_args(a, ckpt_path):
     from .config import Config
     if not refine_overrides(a):
         return None
-    cfg = Config.from_dict(checkpoint.load(ckpt_path)["config"])
+    cfg = Config.from_dict(checkpoint.load(ckpt_path).config)
     return refine_settings(a, cfg.diffusion.refinement())
 
 

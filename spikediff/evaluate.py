@@ -138,14 +138,14 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
     model = checkpoint.model_from(ckpt, weights)
     refine = model.config.diffusion.refinement() if refine is None else refine
     check_refine(refine)
-    d = ckpt["data"]
+    d = ckpt.data
     if d["name"] != dataset:
         raise SpikediffError(f"the checkpoint was trained on {d['name']}, not {dataset}; "
                              f"pass --dataset {d['name']}")
     size, rgb = d["image_size"], d["channels"] == 3
     net = metrics.FIDNetwork(fid_weights, device=device)
     cache = metrics.FeatureCache()
-    has_average = ckpt.get("denoiser_ema") is not None
+    has_average = ckpt.denoiser_ema is not None
     file_id = ckpt_id = metrics.file_sha256(checkpoint.resolve(ckpt_path))[:16]
     if has_average:
         ckpt_id += f"-{weights}"  # the two denoisers' samples are cached apart

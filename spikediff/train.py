@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, ema, sparsity
+from .checkpoint import STAGES, Checkpoint
 from .adversarial import Adversary
 from .config import Config, check
 from .data import load_images
@@ -31,7 +32,6 @@ from .model import SpikingDiffusion, build_model
 from .plots import save_grid, save_loss_plot
 from .progress import bar as progress_bar
 
-STAGES = ("vq", "denoiser", "decoder")
 ORDER = STAGES + ("done",)  # a checkpoint's "stage" moves along this
 
 
@@ -62,7 +62,7 @@ def _batches(n: int, batch_size: int, seed: int, stage: str, epoch: int):
 
 
 class Trainer:
-    def __init__(self, model: SpikingDiffusion, state: dict, images: torch.Tensor,
+    def __init__(self, model: SpikingDiffusion, state: Checkpoint, images: torch.Tensor,
                  out_dir: Path, device: str, progress: bool = True, deadline: float | None = None):
         self.model, self.state, self.out_dir = model, state, out_dir
         self.deadline = deadline  # time.monotonic() after which the denoiser stage stops
@@ -74,25 +74,25 @@ class Trainer:
 
     def save(self, opt: torch.optim.Optimizer | None) -> None:
         s = self.state
-        s["vq"] = self.model.vq.state_dict()
-        s["denoiser"] = self.model.denoiser.state_dict() if s["stage"] != "vq" else None
-        s["denoiser_ema"] = self.ema.state_dict() if self.ema is not None else s.get("denoiser_ema")
-        s["discriminator"] = self.adversary.state_dict() if self.adversary is not None else None
-        s["optimizer"] = opt.state_dict() if opt is not None else None
-        s["rng"] = torch.get_rng_state()
-        s["code_version"] = checkpoint.code_version()
-        s["hardware"] = describe_hardware(self.device)
+        s.vq = self.model.vq.state_dict()
+        s.denoiser = self.model.denoiser.state_dict() if s.stage != "vq" else None
+        s.denoiser_ema = self.ema.state_dict() if self.ema is not None else s.denoiser_ema
+        s.discriminator = self.adversary.state_dict() if self.adversary is not None else None
+        s.optimizer = opt.state_dict() if opt is not None else None
+        s.rng = torch.get_rng_state()
+        s.code_version = checkpoint.code_version()
+        s.hardware = describe_hardware(self.device)
         checkpoint.atomic_save(s, self.out_dir / "checkpoint.pt")
-        save_loss_plot(s["history"], self.out_dir / "losses.png")
+        save_loss_plot(s.history, self.out_dir / "losses.png")
 
     def run(self, stages: tuple[str, ...]) -> None:
         for stage in STAGES:
             if stage not in stages or not _epochs(self.cfg, stage):
                 continue
-            if self.state["stage"] != stage:
-                if ORDER.index(self.state["stage"]) > ORDER.index(stage):
+            if self.state.stage != stage:
+                if ORDER.index(self.state.stage) > ORDER.index(stage):
                     continue  # this stage finished in an earlier run
-                self.state.update(stage=stage, epoch=0, optimizer=None)
+                self.state.stage, self.state.epoch, self.state.optimizer = stage, 0, None
             self._run_stage(stage)
 
     def _run_stage(self, stage: str) -> None:
@@ -116,19 +116,19 @@ class Trainer:
             data = self._tokens()
             bs = cfg.train.denoiser_batch_size or cfg.train.batch_size
             if cfg.train.ema_decay:
-                self.ema = ema.averaged(net, cfg.train.ema_decay, self.state.get("denoiser_ema"))
+                self.ema = ema.averaged(net, cfg.train.ema_decay, self.state.denoiser_ema)
             self.firing_targets = sparsity.targets_for(cfg.train.firing_target, len(net.layers))
         opt = _optimizer(cfg, net.parameters())
-        if self.state.get("optimizer"):
-            opt.load_state_dict(self.state["optimizer"])
-        if self.state.get("rng") is not None:
-            torch.set_rng_state(self.state["rng"])
+        if self.state.optimizer:
+            opt.load_state_dict(self.state.optimizer)
+        if self.state.rng is not None:
+            torch.set_rng_state(self.state.rng)
         total = _epochs(cfg, stage)
         data = data.to(dev)  # the data sets are small: keep them beside the model
         if len(data) < bs:
             raise SpikediffError(f"{len(data)} training images is fewer than one batch ({bs})")
         per_epoch = len(data) // bs
-        for epoch in range(self.state["epoch"], total):
+        for epoch in range(self.state.epoch, total):
             net.train()
             t0, seen, sums, counts = time.perf_counter(), 0, {}, {}
             batches = list(_batches(len(data), bs, cfg.train.seed, stage, epoch))
@@ -149,7 +149,7 @@ class Trainer:
                     self.ema.update_parameters(net)
                 if self.adversary is not None:  # set in the VQ-SVAE's stages only
                     out |= self.adversary.update()
-                self.state["step"] += 1
+                self.state.step += 1
                 seen += len(idx)
                 for k, v in out.items():
                     if v.dim() == 0:  # per key: some terms start part-way through an epoch
@@ -160,23 +160,23 @@ class Trainer:
             wall = time.perf_counter() - t0
             record = {k: v / counts[k] for k, v in sums.items()} | {
                 "epoch": epoch + 1, "lr": lr, "seconds": wall, "images_per_s": seen / wall}
-            self.state["history"].setdefault(stage, []).append(record)
-            self.state["seconds"][stage] = self.state["seconds"].get(stage, 0.0) + wall
-            self.state["epoch"] = epoch + 1
+            self.state.history.setdefault(stage, []).append(record)
+            self.state.seconds[stage] = self.state.seconds.get(stage, 0.0) + wall
+            self.state.epoch = epoch + 1
             tqdm.write(f"{stage} epoch {epoch + 1}/{total}: " + ", ".join(
                     f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
             self._snapshot(stage, epoch + 1)
             if stage == "denoiser" and self.deadline and time.monotonic() > self.deadline:
                 # A time budget ends the stage here; the checkpoint says so.
                 self.cfg.train.epochs_denoiser = epoch + 1
-                self.state["config"]["train"]["epochs_denoiser"] = epoch + 1
-                self.state["stopped_by_time_budget"] = {"after_epoch": epoch + 1, "of": total}
+                self.state.config["train"]["epochs_denoiser"] = epoch + 1
+                self.state.stopped_by_time_budget = {"after_epoch": epoch + 1, "of": total}
                 tqdm.write(f"time budget reached: denoiser stops after epoch {epoch + 1}/{total}")
                 self.save(opt)
                 break
             self.save(opt)
         if stage == _last_stage(cfg):
-            self.state["stage"] = "done"
+            self.state.stage = "done"
             self.save(opt)  # the optimizer stays, so `--resume --epochs-... N` continues exactly
 
     def _adversary(self, start: int) -> Adversary | None:
@@ -185,7 +185,7 @@ class Trainer:
         if not t.adversarial_weight:
             return None
         return Adversary(self.model.vq.readout.out_channels, t.adversarial_weight, start, t.lr,
-                         t.seed, self.state.get("discriminator"), self.device)
+                         t.seed, self.state.discriminator, self.device)
 
     def _step(self, stage: str, batch: torch.Tensor, idx: torch.Tensor) -> dict:
         if stage == "decoder":  # batch: code grids; the images they encode are the targets
@@ -193,17 +193,17 @@ class Trainer:
             out = self.model.vq.decode_with_loss(batch, x)
             if self.adversary is not None:
                 out = self.adversary.generator_terms(out, x * 2 - 1, self.model.vq.readout.weight,
-                                                     self.state["step"])
+                                                     self.state.step)
             return {k: v for k, v in out.items() if k != "output"}
         if stage == "vq":
             x = batch.float() / 255
             out = self.model.vq(x)
             every = self.cfg.vq.restart_every
-            if every and self.state["step"] % every == every - 1:
+            if every and self.state.step % every == every - 1:
                 self.model.vq.codebook.restart_dead(out["features"])
             if self.adversary is not None:
                 out = self.adversary.generator_terms(out, x * 2 - 1, self.model.vq.readout.weight,
-                                                     self.state["step"])
+                                                     self.state.step)
             return {k: v for k, v in out.items()
                     if k not in ("images", "codes", "features", "output")}
         den, t = self.model.denoiser, self.cfg.train
@@ -260,10 +260,10 @@ def encode_codes(vq, images_u8: torch.Tensor, device, progress: bool = False) ->
     return torch.cat(chunks)
 
 
-def _extend(state: dict, extend: dict[str, int]) -> None:
+def _extend(state: Checkpoint, extend: dict[str, int]) -> None:
     """Raises epoch counts of a resumed run; a finished run goes back to its last stage
     (the decoder stage, which starts afresh, where --epochs-decoder adds one)."""
-    hist, train_cfg = state["history"], state["config"]["train"]
+    hist, train_cfg = state.history, state.config["train"]
     if extend and train_cfg.get("lr_schedule", "constant") != "constant":
         raise SpikediffError(f"this run's learning rate follows a {train_cfg['lr_schedule']} "
                              "schedule fixed by its epoch counts; training it further would not "
@@ -274,42 +274,41 @@ def _extend(state: dict, extend: dict[str, int]) -> None:
         if n < len(hist.get(stage, [])):
             raise SpikediffError(f"{flag} {n} is fewer than the {len(hist[stage])} {stage} epochs "
                                  "this run has already trained")
-        if stage == "vq" and state["stage"] != "vq" and n > len(hist["vq"]):
+        if stage == "vq" and state.stage != "vq" and n > len(hist["vq"]):
             raise SpikediffError(f"{flag}: this run's VQ stage is over and the denoiser was trained "
                                  "on its codes; start a new run to train the VQ-SVAE longer")
         if stage == "denoiser" and hist.get("decoder") and n > len(hist["denoiser"]):
             raise SpikediffError(f"{flag}: this run's decoder stage came after its denoiser; "
                                  "start a new run with --finetune to train the denoiser further")
         train_cfg[key] = n
-    if state["stage"] == "done":
+    if state.stage == "done":
         stage = "decoder" if train_cfg.get("epochs_decoder") else "denoiser"
         done = len(hist.get(stage, []))
         if train_cfg[f"epochs_{stage}"] <= done:
             raise SpikediffError(f"this run has finished ({done} {stage} epochs); pass "
                                  f"--epochs-{stage} N with N > {done} to train it further")
         if done == 0:  # a decoder stage added to a finished run: its own new optimizer
-            state["optimizer"] = None
-        elif state.get("optimizer") is None:
+            state.optimizer = None
+        elif state.optimizer is None:
             raise SpikediffError("this finished checkpoint has no optimizer state (shipped weights "
                                  "drop it), so it cannot be continued exactly; start a new run on it "
                                  "with --finetune CKPT")
-        state.update(stage=stage, epoch=done)
-        state.pop("stopped_by_time_budget", None)
+        state.stage, state.epoch, state.stopped_by_time_budget = stage, done, None
 
 
-def _take_over(path, flag: str, dataset: str, need_denoiser: bool) -> dict:
+def _take_over(path, flag: str, dataset: str, need_denoiser: bool) -> Checkpoint:
     """The checkpoint a new run builds on (--vq-from, --finetune), checked."""
     if not Path(path).is_file():  # load()'s own message speaks of --checkpoint
         trained = "denoiser" if need_denoiser else "VQ-SVAE stage"
         raise SpikediffError(f"{flag}: no checkpoint at {path}; give a checkpoint.pt "
                              f"whose {trained} is trained")
     source = checkpoint.load(path)
-    d = source["data"]
-    unfinished = source["stage"] == "vq" and source["epoch"] < source["config"]["train"]["epochs_vq"]
-    if unfinished or source.get("vq") is None:
+    d = source.data
+    unfinished = source.stage == "vq" and source.epoch < source.config["train"]["epochs_vq"]
+    if unfinished or source.vq is None:
         raise SpikediffError(f"{path} holds no finished VQ-SVAE (its stage 1 is still "
                              "running); finish it first with --resume --stage vq")
-    if need_denoiser and source.get("denoiser") is None:
+    if need_denoiser and source.denoiser is None:
         raise SpikediffError(f"{flag}: {path} holds no trained denoiser to start from; "
                              "use --vq-from to train a new one on its VQ-SVAE")
     if d["name"] != dataset:
@@ -318,35 +317,35 @@ def _take_over(path, flag: str, dataset: str, need_denoiser: bool) -> dict:
     return source
 
 
-def _start_from_denoiser(state: dict, source: dict, path) -> None:
+def _start_from_denoiser(state: Checkpoint, source: Checkpoint, path) -> None:
     """A fine-tuning run's starting weights, and the record of where they came from."""
-    averaged = source.get("denoiser_ema") is not None
-    state["denoiser"] = (ema.module_weights(source["denoiser_ema"]) if averaged
-                         else source["denoiser"])
+    averaged = source.denoiser_ema is not None
+    state.denoiser = (ema.module_weights(source.denoiser_ema) if averaged
+                         else source.denoiser)
     epochs, seconds, hardware = checkpoint.denoiser_training(source)  # all of its ancestry's
-    state["finetuned_from"] = {"path": str(checkpoint.resolve(path)),
+    state.finetuned_from = {"path": str(checkpoint.resolve(path)),
                                "weights": "ema" if averaged else "raw", "denoiser_epochs": epochs,
                                "denoiser_seconds": seconds, "hardware": hardware}
     _record_earlier_decoder(state, source)  # its VQ-SVAE, decoder included, is kept
 
 
-def _take_denoiser(state: dict, source: dict, path) -> None:
+def _take_denoiser(state: Checkpoint, source: Checkpoint, path) -> None:
     """A decoder-stage run keeps the source's denoiser as it is, with its record."""
-    state.update(stage="decoder", decoder_from=str(checkpoint.resolve(path)),
-                 denoiser=source["denoiser"], denoiser_ema=source.get("denoiser_ema"),
-                 denoiser_hardware=source.get("denoiser_hardware") or source.get("hardware"))
-    state["history"]["denoiser"] = source["history"]["denoiser"]
-    state["seconds"]["denoiser"] = source["seconds"].get("denoiser", 0.0)
-    if source.get("finetuned_from"):
-        state["finetuned_from"] = source["finetuned_from"]
+    state.stage, state.decoder_from = "decoder", str(checkpoint.resolve(path))
+    state.denoiser, state.denoiser_ema = source.denoiser, source.denoiser_ema
+    state.denoiser_hardware = source.denoiser_hardware or source.hardware
+    state.history["denoiser"] = source.history["denoiser"]
+    state.seconds["denoiser"] = source.seconds.get("denoiser", 0.0)
+    if source.finetuned_from:
+        state.finetuned_from = source.finetuned_from
     _record_earlier_decoder(state, source)
 
 
-def _record_earlier_decoder(state: dict, source: dict) -> None:
+def _record_earlier_decoder(state: Checkpoint, source: Checkpoint) -> None:
     """Where the taken-over decoder had decoder stages already: count them."""
     epochs, seconds = checkpoint.decoder_training(source)
     if epochs != "0":
-        state["earlier_decoder"] = {"epochs": epochs, "seconds": seconds}
+        state.earlier_decoder = {"epochs": epochs, "seconds": seconds}
 
 
 def describe_hardware(device: str) -> str:
@@ -356,10 +355,8 @@ def describe_hardware(device: str) -> str:
     return f"CPU, {os.cpu_count()} cores, {n} torch thread{'s' if n > 1 else ''}"
 
 
-def new_state(cfg: Config, data_info: dict) -> dict:
-    return {"format": checkpoint.FORMAT, "config": cfg.to_dict(), "data": data_info,
-            "stage": "vq", "epoch": 0, "step": 0, "optimizer": None, "rng": None,
-            "history": {s: [] for s in STAGES}, "seconds": {}, "vq": None, "denoiser": None}
+def new_state(cfg: Config, data_info: dict) -> Checkpoint:
+    return Checkpoint(config=cfg.to_dict(), data=data_info)
 
 
 def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES, device="cpu",
@@ -380,8 +377,8 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
     if resume:
         state = checkpoint.load(ckpt_path)
         _extend(state, extend or {})
-        cfg = Config.from_dict(state["config"])
-        d = state["data"]
+        cfg = Config.from_dict(state.config)
+        d = state.data
         dataset, limit = d["name"], d.get("limit")
         image_size, rgb = d["image_size"], d["channels"] == 3
     elif ckpt_path.exists():
@@ -392,7 +389,7 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
     if base is not None and not resume:
         flag = "--finetune" if finetune is not None else "--vq-from"
         source = _take_over(base, flag, dataset, need_denoiser=finetune is not None)
-        d, src_cfg = source["data"], Config.from_dict(source["config"])
+        d, src_cfg = source.data, Config.from_dict(source.config)
         cfg.vq = src_cfg.vq
         decoder_only = finetune is not None and tuple(stages) == ("decoder",)
         if decoder_only:
@@ -400,11 +397,11 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
                 raise SpikediffError("--stage decoder trains for train.epochs_decoder epochs, "
                                      "which is 0: pass --epochs-decoder N")
             cfg.denoiser, cfg.diffusion = src_cfg.denoiser, src_cfg.diffusion
-            cfg.train.epochs_denoiser = len(source["history"]["denoiser"])
+            cfg.train.epochs_denoiser = len(source.history["denoiser"])
             cfg.train.ema_decay = src_cfg.train.ema_decay
         elif finetune is not None:  # the same network; only how it trains ([train]) may change
             cfg.denoiser, cfg.diffusion = src_cfg.denoiser, src_cfg.diffusion
-        cfg.train.epochs_vq = len(source["history"]["vq"])
+        cfg.train.epochs_vq = len(source.history["vq"])
         cfg.train.holdout = d["holdout"]  # the same images stay unseen by both stages
         image_size, rgb = d["image_size"], d["channels"] == 3
         stages = ("decoder",) if decoder_only else ("denoiser",)
@@ -423,19 +420,19 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
                 "source_files": [str(p) for p in imgs.source_files]}
         state = new_state(cfg, info)
         if source is not None:
-            state.update(stage="denoiser", vq=source["vq"],
-                         vq_from=str(checkpoint.resolve(base)))
-            state["history"]["vq"] = source["history"]["vq"]
-            state["seconds"]["vq"] = source["seconds"].get("vq", 0.0)
+            state.stage, state.vq = "denoiser", source.vq
+            state.vq_from = str(checkpoint.resolve(base))
+            state.history["vq"] = source.history["vq"]
+            state.seconds["vq"] = source.seconds.get("vq", 0.0)
             if stages == ("decoder",):
                 _take_denoiser(state, source, base)
             elif finetune is not None:
                 _start_from_denoiser(state, source, base)
     model = build_model(cfg, images.shape[1], images.shape[-1])
-    if state.get("vq") is not None:
-        model.vq.load_state_dict(state["vq"])
-    if state.get("denoiser") is not None:
-        model.denoiser.load_state_dict(state["denoiser"])
+    if state.vq is not None:
+        model.vq.load_state_dict(state.vq)
+    if state.denoiser is not None:
+        model.denoiser.load_state_dict(state.denoiser)
     out_dir.mkdir(parents=True, exist_ok=True)
     Trainer(model, state, images, out_dir, device, progress, deadline).run(tuple(stages))
     return ckpt_path

@@ -57,38 +57,38 @@ def test_training_with_it_resumes_exactly_and_keeps_it_out_of_the_model(tiny_mni
 
     full = train(cfg(2), "mnist", tiny_mnist, tmp_path / "full", stages=("vq",), progress=False)
     state = checkpoint.load(full)
-    assert state["discriminator"] is not None
-    rows = state["history"]["vq"]
+    assert state.discriminator is not None
+    rows = state.history["vq"]
     assert rows[0]["adversarial_scale"] > 0 and rows[1]["discriminator"] > 0
     assert main(["info", "--checkpoint", str(full)]) == 0
     assert "adversarial term (weight 0.5, from VQ step 3)" in capsys.readouterr().out
     half = tmp_path / "half"
     train(cfg(1), "mnist", tiny_mnist, half, stages=("vq",), progress=False)
     s = checkpoint.load(half / "checkpoint.pt")
-    s["config"]["train"]["epochs_vq"] = 2  # as if killed after epoch 1
+    s.config["train"]["epochs_vq"] = 2  # as if killed after epoch 1
     checkpoint.atomic_save(s, half / "checkpoint.pt")
     train(None, None, tiny_mnist, half, stages=("vq",), resume=True, progress=False)
     resumed = checkpoint.load(half / "checkpoint.pt")
     for part in ("vq", "discriminator"):
-        a, b = state[part], resumed[part]
+        a, b = getattr(state, part), getattr(resumed, part)
         flat = a.get("net", a)
         for k, v in flat.items():
             assert torch.equal(v, b.get("net", b)[k]), f"{part}.{k} differs after resume"
     # the denoiser stage drops the discriminator: it is no part of the model
     train(None, None, tiny_mnist, half, resume=True, progress=False)
     done = checkpoint.load(half / "checkpoint.pt")
-    assert done["stage"] == "done" and done["discriminator"] is None
+    assert done.stage == "done" and done.discriminator is None
     # without the term the run trains other weights; with it starting after the
     # last step, the very same ones
     plain = load_config("tiny")
     plain.train.epochs_vq = 2
     p = checkpoint.load(train(plain, "mnist", tiny_mnist, tmp_path / "plain", stages=("vq",),
-                              progress=False))["vq"]
-    assert not torch.equal(p["readout.weight"], state["vq"]["readout.weight"])
+                              progress=False)).vq
+    assert not torch.equal(p["readout.weight"], state.vq["readout.weight"])
     late = cfg(2)
     late.train.adversarial_start = 10_000
     q = checkpoint.load(train(late, "mnist", tiny_mnist, tmp_path / "late", stages=("vq",),
-                              progress=False))["vq"]
+                              progress=False)).vq
     assert all(torch.equal(v, q[k]) for k, v in p.items())
 
 

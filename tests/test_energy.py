@@ -264,10 +264,10 @@ def test_constants_file_and_overrides(tmp_path):
 # ------------------------------------------------------------------------ CLI
 
 def _ckpt(path, m):
-    from spikediff.checkpoint import FORMAT, atomic_save
-    atomic_save({"format": FORMAT, "config": m.config.to_dict(),
-                 "data": {"name": "mnist", "channels": 1, "image_size": 28},
-                 "vq": m.vq.state_dict(), "denoiser": m.denoiser.state_dict()}, path)
+    from spikediff.checkpoint import Checkpoint, atomic_save
+    atomic_save(Checkpoint(config=m.config.to_dict(),
+                           data={"name": "mnist", "channels": 1, "image_size": 28},
+                           vq=m.vq.state_dict(), denoiser=m.denoiser.state_dict()), path)
 
 
 def test_cli_report_json_and_plot(tmp_path, tiny_mnist, capsys):
@@ -338,11 +338,11 @@ def test_cli_errors(tmp_path, capsys, monkeypatch, case):
         monkeypatch.setenv("SPIKEDIFF_LAVA_PY", str(tmp_path / "no-python"))
         args += ["--random-weights", "tiny", "--backend", "lava"]
     elif case == "stage1":
-        from spikediff.checkpoint import FORMAT, atomic_save
+        from spikediff.checkpoint import Checkpoint, atomic_save
         m = tiny_model(lively=False)
-        atomic_save({"format": FORMAT, "config": m.config.to_dict(),
-                     "data": {"name": "mnist", "channels": 1, "image_size": 28},
-                     "vq": m.vq.state_dict(), "denoiser": None}, tmp_path / "s1.pt")
+        atomic_save(Checkpoint(config=m.config.to_dict(),
+                               data={"name": "mnist", "channels": 1, "image_size": 28},
+                               vq=m.vq.state_dict()), tmp_path / "s1.pt")
         args += ["--checkpoint", str(tmp_path / "s1.pt")]
     rc = main(args)
     err = capsys.readouterr().err.strip().splitlines()

@@ -192,7 +192,7 @@ def test_denoiser_nll_script_is_paired_and_scaled_to_nats_per_token(tiny_mnist, 
     # rate); the estimate's sampling spread is about 1.7 % at 16 x 20 draws.
     ckpt = checkpoint.load(run / "checkpoint.pt")
     for k in ("head.weight", "head.bias"):
-        ckpt["denoiser"][k].zero_()
+        ckpt.denoiser[k].zero_()
     flat = tmp_path / "flat.pt"
     checkpoint.atomic_save(ckpt, flat)
     out = tmp_path / "r.json"

@@ -11,7 +11,7 @@ from export import cli as export_cli
 from export.nir_exec import Exported, GraphRunner, repeat, spiking_view, verify
 from export.nir_graph import (ExportError, build_graph, convT_phase, li_node, lif_node,
                               integrator_node, node_counts)
-from spikediff.checkpoint import FORMAT, SHIPPED, atomic_save
+from spikediff.checkpoint import SHIPPED, Checkpoint, atomic_save
 from spikediff.model import active_random_model
 from spikediff.neuron import DT, lif_parameters, lif_sequence, psp
 from snntorch_helpers import run_snntorch  # tests/snntorch_helpers.py
@@ -34,11 +34,11 @@ def tiny_file(tiny, tmp_path_factory):
 
 
 def save_ckpt(model, path):
-    atomic_save({"format": FORMAT, "config": model.config.to_dict(),
-                 "data": {"channels": model.channels, "image_size": model.image_size,
-                          "name": "mnist", "n_train": 0},
-                 "vq": model.vq.state_dict(), "denoiser": model.denoiser.state_dict(),
-                 "stage": "denoiser", "step": 0, "history": {}, "seconds": {}}, path)
+    atomic_save(Checkpoint(config=model.config.to_dict(),
+                           data={"channels": model.channels, "image_size": model.image_size,
+                                 "name": "mnist", "n_train": 0},
+                           vq=model.vq.state_dict(), denoiser=model.denoiser.state_dict(),
+                           stage="denoiser"), path)
 
 
 def _graph(nodes, edges):

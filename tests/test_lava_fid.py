@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from hardware import backends as B
-from spikediff.checkpoint import FORMAT, atomic_save
+from spikediff.checkpoint import Checkpoint, atomic_save
 from spikediff.model import active_random_model
 
 _spec = importlib.util.spec_from_file_location(
@@ -93,10 +93,10 @@ class _FakeNet:
 def patched(tmp_path, monkeypatch):
     tiny = active_random_model("tiny", seed=0)
     ck = tmp_path / "tiny.pt"
-    atomic_save({"format": FORMAT, "config": tiny.config.to_dict(),
-                 "data": {"channels": 1, "image_size": 28, "name": "mnist", "n_train": 0},
-                 "vq": tiny.vq.state_dict(), "denoiser": tiny.denoiser.state_dict(),
-                 "stage": "denoiser", "step": 0, "history": {}, "seconds": {}}, ck)
+    atomic_save(Checkpoint(config=tiny.config.to_dict(),
+                           data={"channels": 1, "image_size": 28, "name": "mnist", "n_train": 0},
+                           vq=tiny.vq.state_dict(), denoiser=tiny.denoiser.state_dict(),
+                           stage="denoiser"), ck)
     monkeypatch.setenv("SPIKEDIFF_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("spikediff.metrics.FIDNetwork", _FakeNet)
     ref = _proj(torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(1)))

@@ -13,7 +13,7 @@ import torch
 from spikediff.model import active_random_model
 from hardware import backends as B
 from hardware.run import main
-from spikediff.checkpoint import FORMAT, atomic_save
+from spikediff.checkpoint import Checkpoint, atomic_save
 from spikediff.diffusion import Refinement
 
 needs_lava = pytest.mark.needs_lava  # skipped without the Lava env: tests/conftest.py
@@ -34,10 +34,10 @@ def nir_file(tiny, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ckpt(tiny, tmp_path_factory):
     path = tmp_path_factory.mktemp("ck") / "tiny.pt"
-    atomic_save({"format": FORMAT, "config": tiny.config.to_dict(),
-                 "data": {"channels": 1, "image_size": 28, "name": "mnist", "n_train": 0},
-                 "vq": tiny.vq.state_dict(), "denoiser": tiny.denoiser.state_dict(),
-                 "stage": "denoiser", "step": 0, "history": {}, "seconds": {}}, path)
+    atomic_save(Checkpoint(config=tiny.config.to_dict(),
+                           data={"channels": 1, "image_size": 28, "name": "mnist", "n_train": 0},
+                           vq=tiny.vq.state_dict(), denoiser=tiny.denoiser.state_dict(),
+                           stage="denoiser"), path)
     return path
 
 

@@ -28,8 +28,8 @@ def test_train_then_sample_cli(tiny_mnist, tmp_path, capsys):
     for name in ("checkpoint.pt", "recon_e001.png", "samples_e001.png", "losses.png"):
         assert (run / name).is_file()
     ckpt = checkpoint.load(run / "checkpoint.pt")
-    assert ckpt["stage"] == "done" and ckpt["config"]["preset"] == "tiny"
-    assert ckpt["data"]["name"] == "mnist" and ckpt["data"]["n_train"] == 96
+    assert ckpt.stage == "done" and ckpt.config["preset"] == "tiny"
+    assert ckpt.data["name"] == "mnist" and ckpt.data["n_train"] == 96
     grid, npz = tmp_path / "g.png", tmp_path / "s.npz"
     assert main(["sample", "--checkpoint", str(run / "checkpoint.pt"), "--n", "5", "--out",
                  str(grid), "--npz", str(npz), "--steps", "4", "--no-progress"]) == 0
@@ -66,12 +66,12 @@ def test_resume_replays_exactly(tiny_mnist, tmp_path):
     train(tiny_cfg(epochs_vq=2, epochs_denoiser=2), "mnist", tiny_mnist, part, stages=("vq",),
           progress=False)
     state = checkpoint.load(part / "checkpoint.pt")
-    assert state["stage"] == "vq" and state["epoch"] == 2
+    assert state.stage == "vq" and state.epoch == 2
     train(None, None, tiny_mnist, part, resume=True, progress=False)
     a, b = checkpoint.load(full), checkpoint.load(part / "checkpoint.pt")
     for key in ("vq", "denoiser"):
-        for name, tensor in a[key].items():
-            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+        for name, tensor in getattr(a, key).items():
+            assert torch.equal(tensor, getattr(b, key)[name]), f"{key}.{name} differs after resume"
 
 
 def test_resume_mid_stage_identical(tiny_mnist, tmp_path):
@@ -81,10 +81,10 @@ def test_resume_mid_stage_identical(tiny_mnist, tmp_path):
     train(tiny_cfg(epochs_vq=1, epochs_denoiser=0), "mnist", tiny_mnist, half, stages=("vq",),
           progress=False)
     state = checkpoint.load(half / "checkpoint.pt")
-    state["config"]["train"]["epochs_vq"] = 2  # as if the run had been killed after epoch 1
+    state.config["train"]["epochs_vq"] = 2  # as if the run had been killed after epoch 1
     checkpoint.atomic_save(state, half / "checkpoint.pt")
     train(None, None, tiny_mnist, half, stages=("vq",), resume=True, progress=False)
-    a, b = checkpoint.load(full)["vq"], checkpoint.load(half / "checkpoint.pt")["vq"]
+    a, b = checkpoint.load(full).vq, checkpoint.load(half / "checkpoint.pt").vq
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -102,8 +102,8 @@ def test_finished_run_extends_exactly(tiny_mnist, tmp_path, capsys):
     assert main(["train", "--data-root", str(tiny_mnist), "--out", str(short), "--resume",
                  "--epochs-denoiser", "2", "--no-progress"]) == 0
     a, b = checkpoint.load(full), checkpoint.load(short / "checkpoint.pt")
-    assert b["stage"] == "done" and len(b["history"]["denoiser"]) == 2
-    assert all(torch.equal(a["denoiser"][k], b["denoiser"][k]) for k in a["denoiser"])
+    assert b.stage == "done" and len(b.history["denoiser"]) == 2
+    assert all(torch.equal(a.denoiser[k], b.denoiser[k]) for k in a.denoiser)
 
 
 def test_cli_errors_are_clear(tiny_mnist, tmp_path, capsys):
@@ -161,9 +161,9 @@ def test_time_budget_ends_denoiser_stage_and_says_so(tiny_mnist, tmp_path):
     path = train(tiny_cfg(epochs_denoiser=3), "mnist", tiny_mnist, tmp_path / "b", progress=False,
                  time_budget_min=1e-6)
     ckpt = checkpoint.load(path)
-    assert ckpt["stage"] == "done" and len(ckpt["history"]["denoiser"]) == 1
-    assert ckpt["stopped_by_time_budget"] == {"after_epoch": 1, "of": 3}
-    assert ckpt["config"]["train"]["epochs_denoiser"] == 1
+    assert ckpt.stage == "done" and len(ckpt.history["denoiser"]) == 1
+    assert ckpt.stopped_by_time_budget == {"after_epoch": 1, "of": 3}
+    assert ckpt.config["train"]["epochs_denoiser"] == 1
 
 
 def test_cosine_schedule_decays_and_resumes_exactly(tiny_mnist, tmp_path, monkeypatch, capsys):
@@ -174,7 +174,7 @@ def test_cosine_schedule_decays_and_resumes_exactly(tiny_mnist, tmp_path, monkey
     assert lr_factor("cosine", 10, 10) < 1e-12 and lr_factor("constant", 7, 10) == 1
     cfg = tiny_cfg(epochs_vq=2, epochs_denoiser=1, lr_schedule="cosine")
     full = checkpoint.load(train(cfg, "mnist", tiny_mnist, tmp_path / "full", progress=False))
-    lrs = [r["lr"] for r in full["history"]["vq"]]
+    lrs = [r["lr"] for r in full.history["vq"]]
     assert lrs[0] < cfg.train.lr and lrs[1] < 0.05 * cfg.train.lr  # each epoch's last rate
 
     snapshot = Trainer._snapshot
@@ -187,11 +187,12 @@ def test_cosine_schedule_decays_and_resumes_exactly(tiny_mnist, tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         train(cfg, "mnist", tiny_mnist, tmp_path / "killed", progress=False)
     monkeypatch.setattr(Trainer, "_snapshot", snapshot)
-    assert checkpoint.load(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 1
+    assert checkpoint.load(tmp_path / "killed" / "checkpoint.pt").epoch == 1
     resumed = checkpoint.load(train(None, None, tiny_mnist, tmp_path / "killed", resume=True,
                                     progress=False))
     for key in ("vq", "denoiser"):
-        assert all(torch.equal(full[key][k], resumed[key][k]) for k in full[key]), key
+        assert all(torch.equal(getattr(full, key)[k], getattr(resumed, key)[k])
+                   for k in getattr(full, key)), key
     # Its rate has decayed for the epochs it was given: extending it is refused, clearly.
     assert main(["train", "--out", str(tmp_path / "full"), "--resume", "--epochs-denoiser", "3",
                  "--no-progress"]) == 2
@@ -237,12 +238,12 @@ def test_ema_weights_average_steps_resume_exactly_and_are_what_sampling_uses(tin
 
     cfg = tiny_cfg(epochs_vq=1, epochs_denoiser=2, ema_decay=0.9)
     full = checkpoint.load(train(cfg, "mnist", tiny_mnist, tmp_path / "full", progress=False))
-    raw, avg = full["denoiser"], ema.module_weights(full["denoiser_ema"])
+    raw, avg = full.denoiser, ema.module_weights(full.denoiser_ema)
     assert raw.keys() == avg.keys()
     plain = checkpoint.load(train(tiny_cfg(epochs_vq=1, epochs_denoiser=2), "mnist", tiny_mnist,
                                   tmp_path / "plain", progress=False))
-    assert plain.get("denoiser_ema") is None  # the average leaves the training itself unchanged
-    assert all(torch.equal(v, raw[k]) for k, v in plain["denoiser"].items())
+    assert plain.denoiser_ema is None  # the average leaves the training itself unchanged
+    assert all(torch.equal(v, raw[k]) for k, v in plain.denoiser.items())
     assert any(not torch.equal(raw[k], avg[k]) for k in raw)
     # sampling and export load the average; --weights raw the last step's
     # (compared in the trained form: inference folds the first layer, fold.py)
@@ -257,8 +258,8 @@ def test_ema_weights_average_steps_resume_exactly_and_are_what_sampling_uses(tin
     train(None, None, tiny_mnist, short, resume=True, progress=False,
           extend={"epochs_denoiser": 2})
     ext = checkpoint.load(short / "checkpoint.pt")
-    for k, v in full["denoiser_ema"].items():
-        assert torch.equal(v, ext["denoiser_ema"][k]), k
+    for k, v in full.denoiser_ema.items():
+        assert torch.equal(v, ext.denoiser_ema[k]), k
     assert main(["info", "--checkpoint", str(short / "checkpoint.pt")]) == 0
     assert "averaged weights (EMA decay 0.9)" in capsys.readouterr().out
     out = tmp_path / "raw.png"
@@ -275,13 +276,13 @@ def test_new_denoiser_on_a_trained_vq(tiny_mnist, tmp_path, capsys):
     assert main(["train", "--data-root", str(tiny_mnist), "--out", str(run), "--preset", "tiny",
                  "--vq-from", str(first), "--epochs-denoiser", "2", "--no-progress"]) == 0
     new = checkpoint.load(run / "checkpoint.pt")
-    assert new["stage"] == "done" and len(new["history"]["denoiser"]) == 2
-    assert all(torch.equal(v, new["vq"][k]) for k, v in src["vq"].items())  # VQ untouched
-    assert new["history"]["vq"] == src["history"]["vq"] and new["vq_from"] == str(first)
-    assert new["data"]["holdout"] == src["data"]["holdout"]
-    assert new["config"]["vq"] == src["config"]["vq"] and new["config"]["train"]["epochs_vq"] == 1
+    assert new.stage == "done" and len(new.history["denoiser"]) == 2
+    assert all(torch.equal(v, new.vq[k]) for k, v in src.vq.items())  # VQ untouched
+    assert new.history["vq"] == src.history["vq"] and new.vq_from == str(first)
+    assert new.data["holdout"] == src.data["holdout"]
+    assert new.config["vq"] == src.config["vq"] and new.config["train"]["epochs_vq"] == 1
     assert not (run / "recon_e001.png").exists()  # no VQ epoch was trained
-    for rec in new["history"]["denoiser"]:
+    for rec in new.history["denoiser"]:
         assert rec["loss"] == rec["elbo"] != rec["masked_ce"]
     assert main(["info", "--checkpoint", str(run / "checkpoint.pt")]) == 0
     assert f"VQ-SVAE taken over from: {first}" in capsys.readouterr().out
@@ -292,7 +293,7 @@ def test_new_denoiser_on_a_trained_vq(tiny_mnist, tmp_path, capsys):
     assert main(["train", "--data-root", str(tiny_mnist), "--out", str(run2), "--preset", "tiny",
                  "--vq-from", str(vq_only), "--no-progress"]) == 0
     state = checkpoint.load(vq_only)
-    state["epoch"] = 1  # as if killed mid-stage
+    state.epoch = 1  # as if killed mid-stage
     checkpoint.atomic_save(state, vq_only)
     for args, message in [(["--vq-from", str(vq_only)], "no finished VQ-SVAE"),
                           (["--vq-from", str(first), "--dataset", "fashion-mnist"],
@@ -308,10 +309,10 @@ def test_finetune_starts_from_the_trained_denoiser(tiny_mnist, tmp_path, capsys)
     first = train(tiny_cfg(epochs_denoiser=2, ema_decay=0.5), "mnist", tiny_mnist, tmp_path / "a",
                   progress=False)
     src = checkpoint.load(first)
-    start = {k.removeprefix("module."): v for k, v in src["denoiser_ema"].items()
+    start = {k.removeprefix("module."): v for k, v in src.denoiser_ema.items()
              if k.startswith("module.")}
     # the average, not the last step's weights, is where fine-tuning starts
-    assert any(not torch.equal(start[k], v) for k, v in src["denoiser"].items()
+    assert any(not torch.equal(start[k], v) for k, v in src.denoiser.items()
                if v.is_floating_point())
     # A rate of 0 leaves the weights where they started (AdamW's decay scales
     # with the rate too), so this shows which ones were loaded; the config asks
@@ -322,19 +323,19 @@ def test_finetune_starts_from_the_trained_denoiser(tiny_mnist, tmp_path, capsys)
                  "--finetune", str(first), "--config", str(tmp_path / "ft.toml"),
                  "--epochs-denoiser", "1", "--no-progress"]) == 0
     new = checkpoint.load(run / "checkpoint.pt")
-    assert new["config"]["denoiser"] == src["config"]["denoiser"]
-    assert new["config"]["diffusion"] == src["config"]["diffusion"]
-    assert new["config"]["train"]["lr"] == 0.0 and len(new["history"]["denoiser"]) == 1
-    assert all(torch.equal(v, new["vq"][k]) for k, v in src["vq"].items())
+    assert new.config["denoiser"] == src.config["denoiser"]
+    assert new.config["diffusion"] == src.config["diffusion"]
+    assert new.config["train"]["lr"] == 0.0 and len(new.history["denoiser"]) == 1
+    assert all(torch.equal(v, new.vq[k]) for k, v in src.vq.items())
     params = dict(checkpoint.model_from(new, "raw", fold=False).denoiser.named_parameters())
     assert params and all(torch.equal(p, start[k]) for k, p in params.items())
-    f = new["finetuned_from"]
+    f = new.finetuned_from
     assert f["path"] == str(first) and f["weights"] == "ema" and f["denoiser_epochs"] == "2"
     # tables count both runs' training: "2+1" epochs, both times, both machines
     epochs, seconds, hardware = checkpoint.denoiser_training(new)
     assert epochs == "2+1" and checkpoint.denoiser_training(src)[0] == "2"
-    assert seconds == src["seconds"]["denoiser"] + new["seconds"]["denoiser"]
-    assert hardware == f"{src['hardware']}, then {new['hardware']}"
+    assert seconds == src.seconds["denoiser"] + new.seconds["denoiser"]
+    assert hardware == f"{src.hardware}, then {new.hardware}"
     # fine-tuning a fine-tuned run counts all three
     (tmp_path / "lr0.toml").write_text("[train]\nlr = 0.0\n")
     assert main(["train", "--data-root", str(tiny_mnist), "--out", str(tmp_path / "ft3"),
@@ -342,7 +343,7 @@ def test_finetune_starts_from_the_trained_denoiser(tiny_mnist, tmp_path, capsys)
                  str(tmp_path / "lr0.toml"), "--epochs-denoiser", "3", "--no-progress"]) == 0
     third = checkpoint.load(tmp_path / "ft3" / "checkpoint.pt")
     assert checkpoint.denoiser_training(third)[0] == "2+1+3"
-    assert third["finetuned_from"]["weights"] == "raw"  # that run kept no average
+    assert third.finetuned_from["weights"] == "raw"  # that run kept no average
     assert main(["info", "--checkpoint", str(run / "checkpoint.pt")]) == 0
     assert f"denoiser fine-tuned from: {first} (ema weights after 2 epochs" in capsys.readouterr().out
     # a rate above 0 moves them; --resume continues the fine-tuning run itself
@@ -352,8 +353,8 @@ def test_finetune_starts_from_the_trained_denoiser(tiny_mnist, tmp_path, capsys)
     assert main(["train", "--data-root", str(tiny_mnist), "--out", str(run2), "--resume",
                  "--epochs-denoiser", "2", "--no-progress"]) == 0
     moved = checkpoint.load(run2 / "checkpoint.pt")
-    assert len(moved["history"]["denoiser"]) == 2 and moved["finetuned_from"] == {**f}
-    assert not torch.equal(moved["denoiser"]["head.weight"], start["head.weight"])
+    assert len(moved.history["denoiser"]) == 2 and moved.finetuned_from == {**f}
+    assert not torch.equal(moved.denoiser["head.weight"], start["head.weight"])
     vq_only = train(tiny_cfg(epochs_vq=1), "mnist", tiny_mnist, tmp_path / "v", stages=("vq",),
                     progress=False)
     for args, message in [(["--finetune", str(vq_only)], "holds no trained denoiser"),
@@ -380,17 +381,17 @@ def test_decoder_stage_trains_only_what_decodes_codes(tiny_mnist, tmp_path, caps
                  "--finetune", str(first), "--stage", "decoder", "--epochs-decoder", "2",
                  "--config", str(tmp_path / "adv.toml"), "--no-progress"]) == 0
     new = checkpoint.load(run / "checkpoint.pt")
-    assert new["stage"] == "done" and len(new["history"]["decoder"]) == 2
-    assert "adversarial" in new["history"]["decoder"][0]  # the term was on from the first step
-    assert (run / "recon-decoder_e002.png").is_file() and new["discriminator"] is not None
+    assert new.stage == "done" and len(new.history["decoder"]) == 2
+    assert "adversarial" in new.history["decoder"][0]  # the term was on from the first step
+    assert (run / "recon-decoder_e002.png").is_file() and new.discriminator is not None
     # the denoiser (raw and averaged) and everything that makes the codes stay bit for bit
     for key in ("denoiser", "denoiser_ema"):
-        assert all(torch.equal(v, new[key][k]) for k, v in src[key].items()), key
-    moved = _decoding_side(src["vq"])
-    for k, v in src["vq"].items():
+        assert all(torch.equal(v, getattr(new, key)[k]) for k, v in getattr(src, key).items()), key
+    moved = _decoding_side(src.vq)
+    for k, v in src.vq.items():
         if k not in moved and not k.endswith("num_batches_tracked"):
-            assert torch.equal(v, new["vq"][k]), k
-    assert any(not torch.equal(v, new["vq"][k]) for k, v in moved.items() if v.is_floating_point())
+            assert torch.equal(v, new.vq[k]), k
+    assert any(not torch.equal(v, new.vq[k]) for k, v in moved.items() if v.is_floating_point())
     a, b = checkpoint.model_from(src), checkpoint.model_from(new)
     x = torch.rand(8, 1, 28, 28)
     assert torch.equal(a.vq.encode(x), b.vq.encode(x))
@@ -399,7 +400,7 @@ def test_decoder_stage_trains_only_what_decodes_codes(tiny_mnist, tmp_path, caps
                                       b.generate(4, generator=gb, steps=4))
     assert torch.equal(tok_a, tok_b) and not torch.equal(img_a, img_b)
     # the record: where the model came from, and the denoiser's own training
-    assert new["decoder_from"] == str(first) and len(new["history"]["denoiser"]) == 1
+    assert new.decoder_from == str(first) and len(new.history["denoiser"]) == 1
     assert checkpoint.denoiser_training(new) == checkpoint.denoiser_training(src)
     assert main(["info", "--checkpoint", str(run / "checkpoint.pt")]) == 0
     out = capsys.readouterr().out
@@ -412,7 +413,7 @@ def test_decoder_stage_trains_only_what_decodes_codes(tiny_mnist, tmp_path, caps
                  str(tmp_path / "const.toml"), "--no-progress"]) == 0
     assert main(["train", "--data-root", str(tiny_mnist), "--out", str(plain), "--resume",
                  "--epochs-decoder", "2", "--no-progress"]) == 0
-    assert len(checkpoint.load(plain / "checkpoint.pt")["history"]["decoder"]) == 2
+    assert len(checkpoint.load(plain / "checkpoint.pt").history["decoder"]) == 2
     # a decoder stage on a decoder-stage run counts the earlier one's epochs and time
     again = tmp_path / "again"
     assert main(["train", "--data-root", str(tiny_mnist), "--out", str(again), "--preset", "tiny",
@@ -421,7 +422,7 @@ def test_decoder_stage_trains_only_what_decodes_codes(tiny_mnist, tmp_path, caps
     twice, once = checkpoint.load(again / "checkpoint.pt"), checkpoint.load(plain / "checkpoint.pt")
     epochs, seconds = checkpoint.decoder_training(twice)
     assert epochs == "2+1" and checkpoint.decoder_training(once)[0] == "2"
-    assert seconds == pytest.approx(once["seconds"]["decoder"] + twice["seconds"]["decoder"])
+    assert seconds == pytest.approx(once.seconds["decoder"] + twice.seconds["decoder"])
     capsys.readouterr()
     assert main(["info", "--checkpoint", str(again / "checkpoint.pt")]) == 0
     assert "its decoder had 2 decoder-stage epochs before" in capsys.readouterr().out
@@ -447,11 +448,11 @@ def test_combine_puts_one_runs_decoder_under_anothers_denoiser(tiny_mnist, tmp_p
     assert main(["combine", "--denoiser", str(den_path), "--decoder", str(dec_path),
                  "--out", str(out)]) == 0
     both, dec, den = (checkpoint.load(p) for p in (out, dec_path, den_path))
-    assert all(torch.equal(v, both["vq"][k]) for k, v in dec["vq"].items())
-    assert all(torch.equal(v, both["denoiser"][k]) for k, v in den["denoiser"].items())
+    assert all(torch.equal(v, both.vq[k]) for k, v in dec.vq.items())
+    assert all(torch.equal(v, both.denoiser[k]) for k, v in den.denoiser.items())
     assert checkpoint.decoder_training(both) == checkpoint.decoder_training(dec)
     assert checkpoint.denoiser_training(both) == checkpoint.denoiser_training(den)
-    assert checkpoint.vq_train_settings(both) == dec["config"]["train"] != den["config"]["train"]
+    assert checkpoint.vq_train_settings(both) == dec.config["train"] != den.config["train"]
     # its samples: the denoiser run's token grids, decoded as the decoder run decodes them
     models = [checkpoint.model_from(c) for c in (both, den, dec)]
     (img, tok), (_, tok_den) = (m.generate(4, generator=torch.Generator().manual_seed(0), steps=4)
@@ -465,7 +466,7 @@ def test_combine_puts_one_runs_decoder_under_anothers_denoiser(tiny_mnist, tmp_p
                  "--epochs-denoiser", "1"]) == 0
     den2 = checkpoint.load(tmp_path / "den2" / "checkpoint.pt")
     assert checkpoint.decoder_training(den2) == checkpoint.decoder_training(dec)
-    assert all(torch.equal(v, den2["vq"][k]) for k, v in dec["vq"].items())
+    assert all(torch.equal(v, den2.vq[k]) for k, v in dec.vq.items())
     # refused: another VQ-SVAE's codes; an existing file, which stays as it was
     other = train(tiny_cfg(epochs_denoiser=1, seed=7), "mnist", tiny_mnist, tmp_path / "o",
                   progress=False)
@@ -484,22 +485,22 @@ def test_three_stage_run_resumes_exactly(tiny_mnist, tmp_path):
     cfg = dict(epochs_vq=1, epochs_denoiser=1, epochs_decoder=2)
     full = train(tiny_cfg(**cfg), "mnist", tiny_mnist, tmp_path / "full", progress=False)
     a = checkpoint.load(full)
-    assert a["stage"] == "done" and [len(a["history"][s]) for s in ("vq", "denoiser", "decoder")] \
+    assert a.stage == "done" and [len(a.history[s]) for s in ("vq", "denoiser", "decoder")] \
         == [1, 1, 2]
     # killed after the denoiser stage and one decoder epoch, then resumed
     part = tmp_path / "part"
     train(tiny_cfg(**cfg), "mnist", tiny_mnist, part, stages=("vq", "denoiser"), progress=False)
-    assert checkpoint.load(part / "checkpoint.pt")["stage"] == "denoiser"  # the decoder's to come
+    assert checkpoint.load(part / "checkpoint.pt").stage == "denoiser"  # the decoder's to come
     train(tiny_cfg(**cfg | {"epochs_decoder": 1}), "mnist", tiny_mnist, tmp_path / "one",
           progress=False)
     state = checkpoint.load(tmp_path / "one" / "checkpoint.pt")
-    state.update(stage="decoder", epoch=1)
-    state["config"]["train"]["epochs_decoder"] = 2
+    state.stage, state.epoch = "decoder", 1
+    state.config["train"]["epochs_decoder"] = 2
     checkpoint.atomic_save(state, part / "checkpoint.pt")
     train(None, None, tiny_mnist, part, resume=True, progress=False)
     b = checkpoint.load(part / "checkpoint.pt")
-    assert b["stage"] == "done" and len(b["history"]["decoder"]) == 2
-    assert all(torch.equal(v, b["vq"][k]) for k, v in a["vq"].items())
+    assert b.stage == "done" and len(b.history["decoder"]) == 2
+    assert all(torch.equal(v, b.vq[k]) for k, v in a.vq.items())
 
 
 FINETUNED = checkpoint.SHIPPED
@@ -509,9 +510,9 @@ FINETUNED = checkpoint.SHIPPED
 def test_finetuned_checkpoint_is_the_shipped_vq_svae_with_its_record():
     """The second shipped file: the default model's codes, its own denoiser and decoder."""
     ck, base = checkpoint.load(FINETUNED), checkpoint.load(checkpoint.WEIGHTS_DIR / "mnist-base.pt")
-    encoding = set(base["vq"]) - set(_decoding_side(base["vq"]))
-    assert all(torch.equal(base["vq"][k], ck["vq"][k]) for k in encoding)
-    assert not torch.equal(base["vq"]["readout.weight"], ck["vq"]["readout.weight"])
+    encoding = set(base.vq) - set(_decoding_side(base.vq))
+    assert all(torch.equal(base.vq[k], ck.vq[k]) for k in encoding)
+    assert not torch.equal(base.vq["readout.weight"], ck.vq["readout.weight"])
     assert checkpoint.denoiser_training(ck)[0] == "30+12"
     assert checkpoint.decoder_training(ck)[0] == "6"
     assert checkpoint.vq_train_settings(ck)["adversarial_weight"] == 0.8
@@ -526,7 +527,7 @@ def test_shipped_default_samples_with_the_settings_it_was_tuned_with():
     ck = checkpoint.load(None)
     assert checkpoint.sampling_settings(ck) == {"temperature": 1.0, "refine_steps": 40,
                                                 "refine_fraction": 0.1, "refine_temperature": 0.3}
-    assert "held-out" in ck["sampling_note"]
+    assert "held-out" in ck.sampling_note
 
 
 def test_set_sampling_records_defaults_that_flags_override(tiny_mnist, tmp_path, capsys):
@@ -539,7 +540,7 @@ def test_set_sampling_records_defaults_that_flags_override(tiny_mnist, tmp_path,
     assert ("sampling defaults: temperature 0, then 3 refinement steps of 0.2 at 0 (by hand)"
             in capsys.readouterr().out)
     before, after = checkpoint.load(run), checkpoint.load(tuned)
-    assert all(torch.equal(v, after["denoiser"][k]) for k, v in before["denoiser"].items())
+    assert all(torch.equal(v, after.denoiser[k]) for k, v in before.denoiser.items())
 
     def drawn(*flags):
         out = tmp_path / f"s{len(list(tmp_path.glob('s*.npz')))}.npz"
@@ -567,11 +568,11 @@ def test_firing_penalty_lowers_firing_and_resumes_exactly(tiny_mnist, tmp_path):
     sparse = train(tiny_cfg(firing_penalty=5.0, **kw), "mnist", tiny_mnist, tmp_path / "sparse",
                    progress=False)
     # the rates the training batches fired at in the last epoch (train-mode batch norm)
-    rate = {p: checkpoint.load(p)["history"]["denoiser"][-1]["firing_rate"] for p in (plain, sparse)}
+    rate = {p: checkpoint.load(p).history["denoiser"][-1]["firing_rate"] for p in (plain, sparse)}
     assert rate[sparse] < 0.7 * rate[plain]
     state = checkpoint.load(sparse)
-    assert state["config"]["train"]["firing_penalty"] == 5.0
-    last = state["history"]["denoiser"][-1]
+    assert state.config["train"]["firing_penalty"] == 5.0
+    last = state.history["denoiser"][-1]
     assert {"firing_penalty", "firing_rate", "firing_rate_0", "diffusion_loss"} <= set(last)
     assert last["loss"] == pytest.approx(last["diffusion_loss"] + last["firing_penalty"], rel=0.2)
     # stopped after one epoch and resumed: the same weights as the uninterrupted run
@@ -580,12 +581,12 @@ def test_firing_penalty_lowers_firing_and_resumes_exactly(tiny_mnist, tmp_path):
           progress=False)
     assert main(["train", "--data-root", str(tiny_mnist), "--out", str(half), "--resume",
                  "--epochs-denoiser", "3", "--no-progress"]) == 0
-    a, b = state["denoiser"], checkpoint.load(half / "checkpoint.pt")["denoiser"]
+    a, b = state.denoiser, checkpoint.load(half / "checkpoint.pt").denoiser
     assert all(torch.equal(a[k], b[k]) for k in a)
     # a target rate above what the layers fire leaves nothing to penalise
     free = train(tiny_cfg(firing_penalty=5.0, firing_target=(1.0,), **kw), "mnist", tiny_mnist,
                  tmp_path / "free", progress=False)
-    assert checkpoint.load(free)["history"]["denoiser"][-1]["firing_penalty"] == 0
+    assert checkpoint.load(free).history["denoiser"][-1]["firing_penalty"] == 0
 
 
 @pytest.mark.parametrize("flags, words", [
@@ -606,3 +607,27 @@ def test_firing_penalty_bad_input(tiny_mnist, tmp_path, capsys, flags, words):
     assert words in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if "error:" in line]) == 1
     assert not out.exists()
+
+
+def test_checkpoint_record_is_versioned_and_reads_older_files(tiny_mnist, tmp_path, capsys):
+    """A file is a Checkpoint record with a schema version: unversioned files
+    (schema 1, every file written before the field existed, the shipped ones
+    included) load as the current record; a newer schema or a field this
+    version does not know is refused with one line, not misread."""
+    run = train(tiny_cfg(epochs_vq=1, epochs_denoiser=1), "mnist", tiny_mnist, tmp_path / "a",
+                progress=False)
+    raw = torch.load(run, weights_only=True)
+    assert raw["schema"] == checkpoint.SCHEMA and raw["format"] == checkpoint.FORMAT
+    old = {k: v for k, v in raw.items() if k != "schema"}
+    torch.save(old, tmp_path / "old.pt")
+    ck = checkpoint.load(tmp_path / "old.pt")
+    assert isinstance(ck, checkpoint.Checkpoint) and ck.schema == checkpoint.SCHEMA
+    assert all(torch.equal(v, ck.denoiser[k]) for k, v in raw["denoiser"].items())
+    assert checkpoint.load(None).schema == checkpoint.SCHEMA  # the shipped file, unversioned
+    for name, bad, msg in (("newer", {**raw, "schema": checkpoint.SCHEMA + 1}, "newer spikediff"),
+                           ("unknown", {**raw, "colour": "blue"}, "does not know: colour"),
+                           ("partial", {k: v for k, v in raw.items() if k != "data"}, "lacks data")):
+        torch.save(bad, tmp_path / f"{name}.pt")
+        assert main(["info", "--checkpoint", str(tmp_path / f"{name}.pt")]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1, err

@@ -69,13 +69,13 @@ def load_model_and_data(a):
         raise checkpoint.CheckpointError(
             f"{checkpoint.resolve(a.checkpoint)} does not load into the model "
             f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    if ck.get("denoiser") is None:
+    if ck.denoiser is None:
         raise checkpoint.CheckpointError(f"{checkpoint.resolve(a.checkpoint)} holds only a trained "
                                          "VQ-SVAE (stage 1); the energy report needs the denoiser")
-    d = ck["data"]
+    d = ck.data
     meta = {"model": f"{checkpoint.resolve(a.checkpoint)} ({d['name']}, "
                      f"{d['channels']}x{d['image_size']}x{d['image_size']})",
-            "weights": "trained", "preset": ck["config"].get("preset")}
+            "weights": "trained", "preset": ck.config.get("preset")}
     return model, meta, a.dataset or d.get("name")
 
 
