@@ -14,7 +14,7 @@ from hardware.energy.constants import ConstantsError, EnergyConstants, load_cons
 from hardware.energy.counting import (LayerCounts, Recorder, Tally, brute_force_synops,
                                       count_layer, count_recording, dense_macs, fanout_map,
                                       model_layers, padded_macs, spec_of)
-from hardware.energy.report import _energies, build_report
+from hardware.energy.report import layer_energies, build_report
 from spikediff.config import load_config
 from spikediff.model import build_model
 from spikediff.neuron import LIF
@@ -104,13 +104,13 @@ def test_two_layer_chain_hand_count():
     assert (res["l1"].neuron_updates, res["l1"].active) == (2 * 3, 3)
     assert (res["l2"].neuron_updates, res["l2"].active) == (5 * 3, 0)
     tot = res["l1"] + res["l2"]
-    e = _energies(tot.scaled(1), 1, EnergyConstants())
+    e = layer_energies(tot.scaled(1), 1, EnergyConstants())
     # 45 nm: 23 ACs x 0.9 + 21 neuron updates x 3.6 (subtract, shift, add, compare)
     assert e["snn_45nm_pj"] == pytest.approx(23 * 0.9 + 21 * 3.6)
     # Loihi: 23 synops x 23.6 + 18 silent x 52 + 3 active x 81 neuron updates
     assert e["loihi_pj"] == pytest.approx(23 * 23.6 + 18 * 52 + 3 * 81)
     # two 8-bit synapses per connection (fixed-point split): twice the synaptic part only
-    e2 = _energies(tot.scaled(1), 2, EnergyConstants())
+    e2 = layer_energies(tot.scaled(1), 2, EnergyConstants())
     assert e2["loihi_pj"] == pytest.approx(46 * 23.6 + 18 * 52 + 3 * 81)
     assert e2["loihi_one_synapse_pj"] == pytest.approx(e["loihi_pj"])
     assert e2["snn_45nm_pj"] == e["snn_45nm_pj"]

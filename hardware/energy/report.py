@@ -79,7 +79,7 @@ def measure(model, *, n: int = 16, steps: int | None = None, seed: int = 0,
 
 # ---------------------------------------------------------------- aggregate
 
-def _energies(c: dict, parts: int, k: EnergyConstants) -> dict:
+def layer_energies(c: dict, parts: int, k: EnergyConstants) -> dict:
     """pJ of one layer's per-image counts under each model; `parts` synapses
     per connection on Loihi (the fixed-point mapping's split, see
     hardware.fixed_point)."""
@@ -131,7 +131,7 @@ def build_report(model, tally: Tally, constants: EnergyConstants, meta: dict | N
         row["ann_45nm_pj"] = row["ann_adds"] * k.ac_pj + row["ann_macs"] * k.mac_pj
         parts = 1 if s.analog else synapses_per_connection(weights[s.name])
         row["loihi_synapses_per_connection"] = parts
-        row.update(_energies(per, parts, k))
+        row.update(layer_energies(per, parts, k))
         if s.name in tally.brute:
             row["synops_brute_force"] = tally.brute[s.name] / c.samples
             row["brute_force_agrees"] = tally.brute[s.name] == c.synops
