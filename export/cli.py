@@ -26,14 +26,14 @@ FORMATS = {
            "verified by re-running it with the project's executor",
     "onnx": "encoder.onnx, decoder.onnx, denoiser.onnx in a folder, unrolled over T "
             "(onnxruntime)",
-    "netx": "Lava-dl netx (hdf5) via hardware.lava.netx_export, where installed",
+    "netx": "Lava-dl netx (hdf5) via export.netx, where installed",
 }
 DEFAULT_OUT = {"nir": "model.nir", "onnx": "model-onnx", "netx": "model-netx"}
 
 
 def netx_module():
-    """The optional netx exporter (another component), or None."""
-    name = "hardware.lava.netx_export"
+    """The optional netx exporter (export.netx), or None."""
+    name = "export.netx"
     try:
         if importlib.util.find_spec(name) is None:
             return None
@@ -137,10 +137,10 @@ def cmd_onnx(model, out: Path, a) -> int:
 def cmd_netx(model, out: Path, a) -> int:
     mod = netx_module()
     if mod is None:
-        raise SpikediffError("the netx format is not available: hardware.lava.netx_export is "
+        raise SpikediffError("the netx format is not available: export.netx is "
                              "not installed in this checkout (formats here: nir, onnx)")
     if not hasattr(mod, "export"):
-        raise SpikediffError("hardware.lava.netx_export has no export(model, out, force=...) "
+        raise SpikediffError("export.netx has no export(model, out, force=...) "
                              "function")
     check_outputs([out], a.force, folders=True)
     result = mod.export(model, out, force=a.force)

@@ -301,6 +301,49 @@ def test_fixed_pt_scaling_wide_layer(worker, tmp_path):
     assert float((res3.aligned("lif1") == ref["lif1"]).mean()) >= 0.99
 
 
+def test_plan_and_quantise_without_lava(tmp_path, monkeypatch):
+    """The worker's planner and fixed-point quantiser need no Lava: a NIR file ->
+    layer plan (lags, composed links, dt from the graph) -> integer parameters
+    within hardware.fixed_point's bit widths."""
+    from hardware import fixed_point as fp
+    for name in [m for m in sys.modules if m.startswith("hardware.lava.worker")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "lava", None)   # any `import lava...` fails
+    from hardware.lava.worker.plan import MappingError, load_graph, plan_graph
+    from hardware.lava.worker.quantise import fixed_params, float_currents
+
+    rng = np.random.default_rng(0)
+    g, shp = conv_graph(rng)
+    graph, dt, T = load_graph(write(tmp_path, g))
+    assert (dt, T) == (DT, 8)
+    plan = plan_graph(graph, dt)
+    assert {n: p.lag for n, p in plan.pops.items()} == {
+        "input": 0, "lif1": 1, "lif2": 2, "lif3": 3, "li": 4}
+    assert plan.alias == {"output": "li"} and plan.max_lag == 4
+    # flat -> fc composes into one link; LIF gain r dt/tau = 0.5 for tau = 2 dt
+    assert [(lk.source, lk.target) for lk in plan.links] == [
+        ("input", "lif1"), ("lif1", "lif2"), ("lif2", "lif3"), ("lif3", "li")]
+    assert plan.pops["lif1"].dv == 0.5 and plan.pops["lif2"].dv == 0.25
+
+    x = rng.uniform(0, 1, (T, 3, *shp))
+    observed = float_currents(plan, {"input": x})
+    assert set(observed) == {"lif1", "lif2", "lif3", "li"}
+    scales, qlinks, qbias, _ = fixed_params(plan, {"input": 1.0}, observed)
+    for name, S in scales.items():
+        assert S == fp.pow2_floor(S), name
+    for parts in qlinks:
+        assert 1 <= len(parts) <= 2
+        for M, _e in parts:
+            assert np.abs(M.data).max() <= fp.WEIGHT_MAX
+    for mant, ex in qbias.values():
+        assert np.abs(mant).max() <= fp.BIAS_MANT_MAX and 0 <= ex <= fp.BIAS_EXP_MAX
+
+    g.metadata.pop("dt")
+    graph, dt, _ = load_graph(write(tmp_path, g, "nodt.nir"))
+    with pytest.raises(MappingError, match="no 'dt'"):
+        plan_graph(graph, dt)
+
+
 @needs_lava
 def test_unsupported_node_named(worker, tmp_path):
     nodes = {"input": nir.Input(input_type={"input": np.array([1, 4, 4])}),

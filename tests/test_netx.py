@@ -16,7 +16,7 @@ import torch
 from spikediff.model import active_random_model
 from hardware import backends as B
 from hardware.lava.client import LavaUnavailableError, LavaWorker, find_lava_python
-from hardware.lava.netx_export import NetxExportError, export, export_netx
+from export.netx import NetxExportError, export, export_netx, quantise
 
 try:
     LAVA_PY = find_lava_python()
@@ -63,10 +63,11 @@ def test_netx_runs_to_mapper_spikes(part, tiny_nir, tmp_path):
         full = lw.run(str(tiny_nir), part, {"input": x}, "floating_pt", names)
     np.save(tmp_path / "in.npy", x[:, 0])
     steps = x.shape[0] + len(names)
-    r = subprocess.run([LAVA_PY, "-m", "hardware.lava.netx_export", "run",
+    # the Lava env runs the netx file (tests/netx_run.py: numpy and lava only)
+    r = subprocess.run([LAVA_PY, "-s", os.path.join(REPO, "tests", "netx_run.py"),
                         str(tmp_path / f"{part}.net"), str(tmp_path / "in.npy"), str(steps),
-                        str(tmp_path / "out.npz")], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+                        str(tmp_path / "out.npz")], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert r.returncode == 0, r.stderr[-3000:]
     out = np.load(tmp_path / "out.npz")
     T = x.shape[0]
@@ -78,3 +79,34 @@ def test_netx_runs_to_mapper_spikes(part, tiny_nir, tmp_path):
         np.testing.assert_array_equal(netx_spikes, q.aligned(name)[:, 0], err_msg=name)
         agree = float((netx_spikes == full.aligned(name)[:, 0]).mean())
         assert agree > 0.9, (name, agree)   # quantisation vs the float graph
+
+
+def test_netx_quantises_with_the_mappings_fixed_point_rules():
+    """One fixed-point module: a block's scale is the largest power of two that keeps
+    weights, input sum, bias and threshold within hardware.fixed_point's bit widths."""
+    from hardware import fixed_point as fp
+    rng = np.random.default_rng(0)
+    W, b = rng.normal(0, 0.3, (4, 3, 3, 3)), rng.normal(0, 0.05, 4)
+    q = quantise(dict(W=W, b=b, a=0.5, r=1.0, vth=1.0))
+    assert q["S"] == fp.pow2_floor(q["S"])
+    assert np.abs(q["Wq"]).max() <= fp.WEIGHT_MAX_MIXED and np.abs(q["bq"]).max() <= fp.BIAS_MANT_MAX
+    assert (np.abs(W).reshape(4, -1).sum(1).max() + np.abs(b).max()) * q["S"] <= fp.A_IN_LIMIT
+    assert q["vth_mant"] <= fp.V_LIMIT and q["vdecay"] == fp.DECAY_UNIT // 2
+    np.testing.assert_array_equal(q["Wq"], fp.to_int(W, q["S"]))
+    # twice the scale would break one of the limits
+    S2 = 2 * q["S"]
+    assert (np.abs(W).max() * S2 > fp.WEIGHT_MAX_MIXED or np.abs(b).max() * S2 > fp.BIAS_MANT_MAX
+            or (np.abs(W).reshape(4, -1).sum(1).max() + np.abs(b).max()) * S2 > fp.A_IN_LIMIT)
+
+
+def test_netx_takes_dt_from_the_graph(tiny_nir):
+    """The LIF decay is dt/tau with the graph's own dt (metadata), as on the Lava worker."""
+    from export.netx import _chain
+    g = nir.read(str(tiny_nir))
+    sub = g.nodes["decoder"]
+    _, layers = _chain(sub)
+    lif = sub.nodes[layers[0]["name"]]
+    assert layers[0]["a"] == float(sub.metadata["dt"]) / float(np.asarray(lif.tau).flat[0])
+    del sub.metadata["dt"]
+    with pytest.raises(NetxExportError, match="dt"):
+        _chain(sub)

@@ -7,7 +7,7 @@
         aligned = res.aligned("lif1")   # [T, B, *shape], comparable to Norse
         res.lags, res.timing
 
-The worker (``hardware.lava.worker``) runs in the Python 3.10 Lava environment
+The worker (the package ``hardware.lava.worker``) runs in the Python 3.10 Lava environment
 as a separate process group; requests and results travel as JSON lines and
 ``.npz`` files in a private temporary directory.  A crash or time-out kills
 the whole process group and raises :class:`LavaWorkerError` with the worker's
@@ -30,10 +30,18 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# All the worker imports from this project (stdlib, numpy, scipy, nir and lava
-# come from the Lava env itself).
-WORKER_FILES = ("hardware/__init__.py", "hardware/fixed_point.py", "hardware/lava/__init__.py",
-                "hardware/lava/mapping.py", "hardware/lava/worker.py")
+# All the worker imports from this project: its package (every .py file in
+# it) and the modules above it (stdlib, numpy, scipy, nir and lava come from
+# the Lava env itself).
+WORKER_PACKAGE = "hardware/lava/worker"
+WORKER_FILES = ("hardware/__init__.py", "hardware/fixed_point.py", "hardware/lava/__init__.py")
+
+
+def worker_files() -> list[str]:
+    """The files the worker runs from, relative to REPO: WORKER_FILES and its package."""
+    pkg = os.path.join(REPO, WORKER_PACKAGE)
+    return list(WORKER_FILES) + sorted(f"{WORKER_PACKAGE}/{f}" for f in os.listdir(pkg)
+                                       if f.endswith(".py"))
 
 HOWTO = (
     "The Lava environment (Python 3.10 with lava-dl 0.6.0, lava-nc, nir, numpy<2) was not found.\n"
@@ -118,7 +126,7 @@ class LavaWorker:
         # and cwd, and no user site (-s).  The copy goes with self.tmp.
         src = os.path.join(self.tmp, "src")
         try:
-            for f in WORKER_FILES:
+            for f in worker_files():
                 os.makedirs(os.path.join(src, os.path.dirname(f)), exist_ok=True)
                 shutil.copyfile(os.path.join(REPO, f), os.path.join(src, f))
         except OSError:

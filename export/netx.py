@@ -25,29 +25,32 @@ populations are not a single chain.
 
 Neurons: the NIR LIF (v <- v + dt/tau (r I - v), threshold 1, reset 0) is
 netx CUBA with iDecay = 4096 (no current memory), vDecay = 4096 dt/tau, and
-weights and bias scaled by r dt/tau. Quantisation per block: one power-of-two
-scale S (1.0 = S units), the largest with |weights| <= 254, |bias| <= 4095
-(13-bit bias mantissa, bias_exp 6), |input sum| < 2**15 and threshold
-S < 2**17. The same quantised network, written back as float NIR
+weights and bias scaled by r dt/tau; dt is the graph's own (its metadata).
+Quantisation per block (bit widths and rounding from hardware.fixed_point, the
+rules of our Lava mapping): one power-of-two scale S (1.0 = S units), the
+largest with |weights| <= 254 (8-bit mixed-sign mantissas), |bias| <= 4095
+(13-bit bias mantissa, bias_exp 6), |input sum| <= 2**15 - 1 (int16 a_in) and
+threshold mantissa <= 2**17 - 1. The same quantised network, written back as float NIR
 (``reference_graph``), runs on our mapper in floating_pt to identical spikes:
 with T + depth <= 6 every fixed-point halving of v is exact.
 
 Layout: netx stores shapes as [C, H, W] and reads them as (W, H, C); inputs
 to the netx Network are (W, H, C) arrays per step.
+
+Imports export's graph builder and executor and hardware.fixed_point (numpy
+only); nothing imports it but the CLI (export.cli).
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 import numpy as np
 
-try:  # the Lava env (Python 3.10) imports this module too, for run_netx
-    from spikediff.errors import SpikediffError
-except ImportError:  # pragma: no cover
-    SpikediffError = RuntimeError
+from hardware.fixed_point import (A_IN_LIMIT, BIAS_MANT_MAX, V_LIMIT, WEIGHT_MAX_MIXED, decay,
+                                  pow2_floor, to_int)
+from spikediff.errors import SpikediffError
 
 SUPPORTED = ("decoder", "denoiser")
 REFUSED = {
@@ -112,7 +115,7 @@ def _chain(sub):
             raise NetxExportError(
                 f"{name!r} is fed by {src} - not a single chain from {prev!r}; netx networks "
                 "are sequential")
-        a = float(view.metadata.get("dt", 1e-4)) / float(np.asarray(node.tau).flat[0])
+        a = _dt(view) / float(np.asarray(node.tau).flat[0])
         for p in ("tau", "r", "v_threshold", "v_reset", "v_leak"):
             v = np.asarray(getattr(node, p))
             if not np.all(v == v.flat[0]):
@@ -132,20 +135,27 @@ def _chain(sub):
     return view, layers
 
 
+def _dt(graph) -> float:
+    """The graph's time step (its metadata's "dt"), as the Lava worker reads it."""
+    if "dt" not in (graph.metadata or {}):
+        raise NetxExportError("the graph has no 'dt' in its metadata")
+    return float(np.asarray(graph.metadata["dt"]))
+
+
 def quantise(layer: dict) -> dict:
     """Power-of-two scale S and integer weight/bias/threshold mantissas of one block."""
     W, b = layer["W"], layer["b"]
-    cands = [2.0 ** 17 / max(layer["vth"], 1e-12)]
+    cands = [V_LIMIT / max(layer["vth"], 1e-12)]
     if np.abs(W).max() > 0:
-        cands.append(254.0 / np.abs(W).max())
-        cands.append((2.0 ** 15 - 1) / (np.abs(W).reshape(W.shape[0], -1).sum(1).max()
-                                        + np.abs(b).max()))
+        cands.append(WEIGHT_MAX_MIXED / np.abs(W).max())
+        cands.append(A_IN_LIMIT / (np.abs(W).reshape(W.shape[0], -1).sum(1).max()
+                                   + np.abs(b).max()))
     if np.abs(b).max() > 0:
-        cands.append(4095.0 / np.abs(b).max())
-    S = 2.0 ** math.floor(math.log2(min(cands)))
+        cands.append(BIAS_MANT_MAX / np.abs(b).max())
+    S = pow2_floor(min(cands))
     q = dict(layer)
-    q.update(S=S, Wq=np.round(W * S).astype(np.int32), bq=np.round(b * S).astype(np.int32),
-             vth_mant=int(round(layer["vth"] * S)), vdecay=int(round(layer["a"] * 4096)))
+    q.update(S=S, Wq=to_int(W, S), bq=to_int(b, S), vth_mant=int(round(layer["vth"] * S)),
+             vdecay=decay(layer["a"]))
     return q
 
 
@@ -247,51 +257,3 @@ def export(model, out, force: bool = False) -> str:
     lines.append(f"not exported: encoder ({REFUSED['encoder']})")
     lines.append(f"wrote {out / 'netx.json'}")
     return "\n".join(lines)
-
-
-# -- running a netx file (Lava environment) ---------------------------------------------
-def run_netx(net_path: str, x: np.ndarray, steps: int) -> list[np.ndarray]:
-    """Run a netx hdf5 network (fixed_pt) on one sample x [T, C, H, W] (binary spikes),
-    for `steps` steps; returns each block's spikes [steps, C, H, W] (Lava's own timing)."""
-    from lava.lib.dl import netx
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.magma.core.run_configs import Loihi2SimCfg
-    from lava.proc.io.sink import RingBuffer as Sink
-    from lava.proc.io.source import RingBuffer as Source
-
-    # LIFReset per block at its input's first step (block i: Lava step i + 2), as our
-    # mapper does: otherwise the bias integrates alone for the steps before the
-    # (delayed) input arrives.
-    net = netx.hdf5.Network(net_config=net_path, reset_interval=steps, reset_offset=1)
-    T = x.shape[0]
-    data = np.zeros((*x.shape[1:][::-1], steps), dtype=np.int32)   # (W, H, C, steps)
-    data[..., :T] = np.transpose(x, (0, 3, 2, 1)).transpose(1, 2, 3, 0)
-    src = Source(data=data)
-    src.s_out.connect(net.inp)
-    sinks = []
-    for blk in net.layers:
-        k = Sink(shape=blk.out.shape, buffer=steps)
-        blk.out.connect(k.a_in)
-        sinks.append(k)
-    net.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
-    try:
-        out = [np.asarray(k.data.get()) for k in sinks]       # (W, H, C, steps)
-    finally:
-        net.stop()
-    return [np.transpose(o, (3, 2, 1, 0)) != 0 for o in out]  # [steps, C, H, W]
-
-
-def _main(argv=None):
-    """python -m hardware.lava.netx_export run NET IN.npy STEPS OUT.npz  (in the Lava env)."""
-    import sys
-    a = argv if argv is not None else sys.argv[1:]
-    if len(a) != 5 or a[0] != "run":
-        print(_main.__doc__, file=sys.stderr)
-        return 2
-    outs = run_netx(a[1], np.load(a[2]), int(a[3]))
-    np.savez(a[4], **{f"block{i}": o.astype(np.uint8) for i, o in enumerate(outs)})
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -1,7 +1,7 @@
 """Persistent Lava worker: ``$SPIKEDIFF_LAVA_PY -m hardware.lava.worker``.
 
 Runs in the Lava environment (Python 3.10); imports only stdlib, numpy, nir,
-lava and hardware.lava.mapping.
+lava and this package (plan, quantise, network).
 
 Protocol: one JSON object per line on stdin, one JSON reply per line on the
 worker's protocol stdout (anything else the process or Lava prints goes to
@@ -42,6 +42,9 @@ import time
 import traceback
 from collections import OrderedDict
 
+# numpy, nir, Lava and this package's modules are imported once fd 1 is
+# redirected (main), so nothing they print can reach the protocol stream.
+
 
 def _protocol_stream():
     """Keep the real stdout for replies; send fd 1 (prints, Lava, children) to stderr."""
@@ -63,23 +66,25 @@ class Worker:
         self.out.flush()
 
     def _graph(self, path, subgraph):
-        from hardware.lava import mapping
+        from hardware.lava.worker.plan import load_graph, plan_graph
         key = (os.path.abspath(path), os.path.getmtime(path) if os.path.exists(path) else None, subgraph)
         if key not in self.graphs:
-            g, dt, T = mapping.load_graph(path, subgraph)
-            self.graphs[key] = (mapping.plan_graph(g, dt), T)
+            g, dt, T = load_graph(path, subgraph)   # dt: the graph's own metadata
+            self.graphs[key] = (plan_graph(g, dt), T)
         return key, self.graphs[key]
 
     def run(self, req):
         import numpy as np
-        from hardware.lava import mapping
+        from hardware.lava.worker.network import LavaNet
+        from hardware.lava.worker.plan import MappingError
+        from hardware.lava.worker.quantise import float_currents
         t0 = time.perf_counter()
         key, (plan, _T) = self._graph(req["nir"], req.get("subgraph"))
         with np.load(req["inputs"]) as f:
             inputs = {k: f[k] for k in f.files}
         shapes = {k: v.shape for k, v in inputs.items()}
         if not inputs:
-            raise mapping.MappingError("request has no input arrays")
+            raise MappingError("request has no input arrays")
         T, B = next(iter(shapes.values()))[:2]
         mode = req.get("mode", "floating_pt")
         record = req.get("record") or None
@@ -89,8 +94,8 @@ class Worker:
                 m = float(np.abs(v).max()) if v.size else 1.0
                 rng[k] = 2.0 ** np.ceil(np.log2(max(m, 1e-6)))
             # the currents of a float run of these inputs set (and re-check)
-            # the fixed-point scales: see mapping.float_currents
-            observed = mapping.float_currents(plan, inputs)
+            # the fixed-point scales: see quantise.float_currents
+            observed = float_currents(plan, inputs)
         nkey = (key, mode, int(B), int(T), tuple(record) if record else None,
                 tuple(sorted(rng.items())))
         t1 = time.perf_counter()
@@ -107,7 +112,7 @@ class Worker:
             while len(self.nets) >= max(self.max_cache, 1):
                 _, old = self.nets.popitem(last=False)
                 old.stop()
-            net = mapping.LavaNet(plan, B, T, mode, record, rng, observed)
+            net = LavaNet(plan, B, T, mode, record, rng, observed)
         try:
             out = net.run(inputs)
         except BaseException:
@@ -172,9 +177,8 @@ class Worker:
 def main():
     out = _protocol_stream()
     t0 = time.perf_counter()
-    import numpy  # noqa: F401
     import lava.magma.core.run_configs  # noqa: F401  (fail early if Lava is broken)
-    from hardware.lava import mapping  # noqa: F401
+    from hardware.lava.worker import network  # noqa: F401  (Lava's processes)
     w = Worker(out)
     w.reply({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0],
              "import_s": time.perf_counter() - t0})
@@ -184,5 +188,8 @@ def main():
         w.close()
 
 
-if __name__ == "__main__":
+# Lava's process-model discovery executes every file in the folder of a
+# process's module under its bare name, this one as "__main__" too: only
+# `python -m hardware.lava.worker` (spec hardware.lava.worker.__main__) serves.
+if __name__ == "__main__" and __spec__ is not None and __spec__.name != "__main__":
     main()
