@@ -26,7 +26,7 @@ populations are not a single chain.
 Neurons: the NIR LIF (v <- v + dt/tau (r I - v), threshold 1, reset 0) is
 netx CUBA with iDecay = 4096 (no current memory), vDecay = 4096 dt/tau, and
 weights and bias scaled by r dt/tau; dt is the graph's own (its metadata).
-Quantisation per block (bit widths and rounding from hardware.fixed_point, the
+Quantisation per block (bit widths and rounding from export.fixed_point, the
 rules of our Lava mapping): one power-of-two scale S (1.0 = S units), the
 largest with |weights| <= 254 (8-bit mixed-sign mantissas), |bias| <= 4095
 (13-bit bias mantissa, bias_exp 6), |input sum| <= 2**15 - 1 (int16 a_in) and
@@ -37,7 +37,7 @@ with T + depth <= 6 every fixed-point halving of v is exact.
 Layout: netx stores shapes as [C, H, W] and reads them as (W, H, C); inputs
 to the netx Network are (W, H, C) arrays per step.
 
-Imports export's graph builder and executor and hardware.fixed_point (numpy
+Imports export's graph builder and executor and export.fixed_point (numpy
 only); nothing imports it but the CLI (export.cli).
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware.fixed_point import (A_IN_LIMIT, BIAS_MANT_MAX, V_LIMIT, WEIGHT_MAX_MIXED, decay,
+from export.fixed_point import (A_IN_LIMIT, BIAS_MANT_MAX, V_LIMIT, WEIGHT_MAX_MIXED, decay,
                                   pow2_floor, to_int)
 from spikediff.errors import SpikediffError
 
@@ -83,11 +83,11 @@ def _chain(sub):
     """[(lif name, weight [O,C,kh,kw], bias [O], stride, padding, node)] of a LIF chain."""
     import nir
 
-    from export.nir_exec import _topo, spiking_view
+    from export.nir_exec import spiking_view, topological_order
     view = spiking_view(sub)
     preds = {n: [a for a, b in view.edges if b == n] for n in view.nodes}
     layers, prev = [], "input"
-    for name in _topo(view):
+    for name in topological_order(view):
         node = view.nodes[name]
         if not isinstance(node, nir.LIF):
             continue
@@ -240,13 +240,13 @@ def export(model, out, force: bool = False) -> str:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NetxExportError(f"{out} exists and is not a folder")
+    from spikediff.cliutil import check_outputs
+    check_outputs([out / f"{part}.net" for part in SUPPORTED] + [out / "netx.json"], force)
     g = _graph_of(model)
     out.mkdir(parents=True, exist_ok=True)
     summary, lines = {"refused": REFUSED, "subgraphs": {}}, []
     for part in SUPPORTED:
         path = out / f"{part}.net"
-        if path.exists() and not force:
-            raise NetxExportError(f"{path} exists; pass --force to overwrite it")
         info = export_netx(g, path, part)
         info.pop("reference_graph")
         summary["subgraphs"][part] = info

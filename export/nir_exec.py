@@ -70,9 +70,6 @@ def topological_order(graph: nir.NIRGraph) -> list[str]:
     return order
 
 
-_topo = topological_order  # old name, still imported by hardware/lava/netx_export.py
-
-
 class _Step:
     """A node applied to a whole sequence [T, B, ...]."""
 

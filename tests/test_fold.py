@@ -8,7 +8,7 @@ from export.nir_graph import build_graph
 from hardware.energy.counting import Recorder, model_layers
 from hardware.energy.constants import EnergyConstants
 from hardware.energy.report import build_report
-from hardware.fixed_point import synapses_per_connection
+from export.fixed_point import synapses_per_connection
 from spikediff import checkpoint
 from spikediff.checkpoint import SHIPPED
 from spikediff.fold import fold_denoiser

@@ -16,12 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("spikediff", "export", "hardware", "benchmarks")
 
-# Known private imports other engineers are removing right now (issue 27):
-# export/nir_exec.py's _topo and _double are being renamed; hardware/lava/ is
-# being split. Delete an entry when its fix lands (the test says when one goes stale).
-ALLOWED_PRIVATE = {
-    ("hardware.lava.netx_export", "export.nir_exec", "_topo"),
-}
+# Private imports across modules that are accepted (none): add an entry only
+# with a reason; the test says when one goes stale.
+ALLOWED_PRIVATE: set[tuple[str, str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:

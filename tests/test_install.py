@@ -56,9 +56,9 @@ def test_worker_sys_path_is_isolated(tmp_path, monkeypatch):
             assert _real(entry) != _real(p), f"worker sys.path has the caller's PYTHONPATH entry {p!r}"
     mods = rep["modules"]
     assert {"hardware.lava.worker.plan", "hardware.lava.worker.network",
-            "hardware.fixed_point"} <= set(mods), sorted(mods)
+            "export.fixed_point"} <= set(mods), sorted(mods)
     for name, f in mods.items():
-        if name.startswith("hardware"):
+        if name.startswith(("hardware", "export")):
             assert _under(f, tmp), f"{name} imported from {f}, not the worker's private copy"
         else:
             assert not any(_under(f, d) for d in main_dirs), f"{name} imported from the main env: {f}"

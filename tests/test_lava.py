@@ -304,8 +304,8 @@ def test_fixed_pt_scaling_wide_layer(worker, tmp_path):
 def test_plan_and_quantise_without_lava(tmp_path, monkeypatch):
     """The worker's planner and fixed-point quantiser need no Lava: a NIR file ->
     layer plan (lags, composed links, dt from the graph) -> integer parameters
-    within hardware.fixed_point's bit widths."""
-    from hardware import fixed_point as fp
+    within export.fixed_point's bit widths."""
+    from export import fixed_point as fp
     for name in [m for m in sys.modules if m.startswith("hardware.lava.worker")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "lava", None)   # any `import lava...` fails

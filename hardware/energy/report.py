@@ -16,7 +16,7 @@ from spikediff.atomic import atomic_path
 from spikediff.plots import save_figure
 
 from .constants import EnergyConstants
-from hardware.fixed_point import synapses_per_connection
+from export.fixed_point import synapses_per_connection
 
 from .counting import (COMPONENTS, Recorder, Tally, dense_macs, layer_weights, model_layers,
                        padded_macs)
@@ -82,7 +82,7 @@ def measure(model, *, n: int = 16, steps: int | None = None, seed: int = 0,
 def layer_energies(c: dict, parts: int, k: EnergyConstants) -> dict:
     """pJ of one layer's per-image counts under each model; `parts` synapses
     per connection on Loihi (the fixed-point mapping's split, see
-    hardware.fixed_point)."""
+    export.fixed_point)."""
     inactive = c["neuron_updates"] - c["active"]
     e45 = c["synops"] * k.ac_pj + c["macs"] * k.mac_pj + c["neuron_updates"] * k.neuron_update_45nm_pj
     loihi_syn = c["synops"] * parts * k.loihi_synop_pj
@@ -191,7 +191,7 @@ def build_report(model, tally: Tally, constants: EnergyConstants, meta: dict | N
                      "(52/81 pJ inactive/active) + " + LOIHI_MAC_CHOICE,
             "loihi_synapses_per_connection": "the Lava fixed-point mapping writes a weight as an "
                      "8-bit mantissa plus an 8-bit rounding residual (two synapses per "
-                     "connection, see hardware/fixed_point.py) wherever one 8-bit mantissa is "
+                     "connection, see export/fixed_point.py) wherever one 8-bit mantissa is "
                      "not exact, so those synaptic operations count twice; "
                      "loihi_one_synapse_pj is the same run at one synapse per connection",
             "host": "host-side operations listed separately, not in any chip energy",

@@ -2,7 +2,7 @@
 
 Two sides: ``client`` (main environment, Python 3.11, never imports Lava) starts
 and talks to ``worker``, a package of its own that runs in the Lava
-environment and imports only Lava, numpy, scipy, nir and hardware.fixed_point
+environment and imports only Lava, numpy, scipy, nir and export.fixed_point
 (``worker.plan`` turns a NIR graph into a layer plan without Lava). This file
 stays import-free: the worker imports it too.
 """

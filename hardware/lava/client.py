@@ -34,7 +34,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # it) and the modules above it (stdlib, numpy, scipy, nir and lava come from
 # the Lava env itself).
 WORKER_PACKAGE = "hardware/lava/worker"
-WORKER_FILES = ("hardware/__init__.py", "hardware/fixed_point.py", "hardware/lava/__init__.py")
+WORKER_FILES = ("hardware/__init__.py", "hardware/lava/__init__.py", "export/__init__.py",
+                "export/fixed_point.py")
 
 
 def worker_files() -> list[str]:

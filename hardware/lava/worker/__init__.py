@@ -1,8 +1,8 @@
 """The Lava worker (Python 3.10 Lava environment): ``python -m hardware.lava.worker``.
 
 Imports only the standard library, numpy, scipy, nir, lava and
-hardware.fixed_point; the client (hardware.lava.client) stages this folder,
-hardware/fixed_point.py and the two parent ``__init__`` files into a private
+export.fixed_point; the client (hardware.lava.client) stages this folder,
+export/fixed_point.py and the two parent ``__init__`` files into a private
 folder and runs it from there.  By job:
 
 * ``plan``: NIR graph -> layer plan (no Lava; importable and testable anywhere)

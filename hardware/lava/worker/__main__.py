@@ -165,7 +165,7 @@ class Worker:
                     res = {"sys_path": list(sys.path), "tmpdir": tempfile.gettempdir(),
                            "modules": {k: getattr(m, "__file__", None)
                                        for k, m in list(sys.modules.items())
-                                       if k.startswith("hardware") or k in ("numpy", "nir", "lava")}}
+                                       if k.startswith(("hardware", "export")) or k in ("numpy", "nir", "lava")}}
                 else:
                     raise ValueError(f"unknown command {cmd!r}")
                 self.reply({"id": rid, "ok": True, **res})

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from hardware.fixed_point import DECAY_MAX, GRADED_BITS, V_LIMIT, V_SHIFT, decay, quantise_input
+from export.fixed_point import DECAY_MAX, GRADED_BITS, V_LIMIT, V_SHIFT, decay, quantise_input
 from hardware.lava.worker.plan import MappingError, Plan
 from hardware.lava.worker.processes import FileSink, FileSource, VarProbe, save_atomic
 from hardware.lava.worker.quantise import covers, fixed_params

@@ -22,7 +22,7 @@ from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from hardware.fixed_point import GRADED_BITS, V_BITS
+from export.fixed_point import GRADED_BITS, V_BITS
 
 
 def save_atomic(path, arr):

@@ -1,6 +1,6 @@
 """Fixed-point parameters of a plan for Lava's fixed_pt models (numpy only: no Lava).
 
-The bit widths, rounding and weight split are hardware.fixed_point's; this
+The bit widths, rounding and weight split are export.fixed_point's; this
 module picks each population's power-of-two scale S (float 1.0 == S units of
 a_in) from the currents a float run of the same inputs really produces
 (:func:`float_currents`), and turns a plan into integer biases and per link
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hardware.fixed_point import (A_IN_LIMIT, BIAS_LIMIT, V_LIMIT, V_SHIFT, bias_mantissas,
+from export.fixed_point import (A_IN_LIMIT, BIAS_LIMIT, V_LIMIT, V_SHIFT, bias_mantissas,
                                   input_scale, pow2_floor, split_weights)
 from hardware.lava.worker.plan import Plan
 
