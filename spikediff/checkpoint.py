@@ -114,6 +114,9 @@ def load(path: str | Path | None) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: give the path to a .pt file written by "
                               "`spikediff train`")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), as a full disk or an interrupted copy "
+                              "leaves a file; use another copy of it, or train again")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a damaged file
@@ -121,7 +124,49 @@ def load(path: str | Path | None) -> Checkpoint:
                               f"{str(e).splitlines()[0][:200]}); it may be truncated or corrupt") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a spikediff checkpoint (expected format {FORMAT})")
-    return Checkpoint.from_file(ckpt, str(path))
+    state = Checkpoint.from_file(ckpt, str(path))
+    check_finite(state, str(path))
+    return state
+
+
+WEIGHT_FIELDS = ("vq", "denoiser", "denoiser_ema")
+
+
+def check_finite(ckpt: Checkpoint, where="the checkpoint") -> None:
+    """Refuses weights with NaN or inf (a diverged or damaged run): a model
+    with them samples blank images without any other sign."""
+    for name in WEIGHT_FIELDS:
+        weights = getattr(ckpt, name)
+        if not isinstance(weights, dict):
+            continue
+        for key, value in weights.items():
+            if (torch.is_tensor(value) and value.is_floating_point()
+                    and not bool(torch.isfinite(value).all())):
+                bad = "NaN" if bool(torch.isnan(value).any()) else "inf"
+                raise CheckpointError(f"{where} has non-finite weights ({bad} in {name}.{key}); "
+                                      "the run diverged or the file is damaged: use an earlier "
+                                      "checkpoint")
+
+
+def load_weights(module: torch.nn.Module, weights: dict, what: str, where="the checkpoint") -> None:
+    """module.load_state_dict(weights), with a mismatch (a config edited by hand
+    or of another model) said in one line: the first tensor and both shapes."""
+    expected = module.state_dict()
+    for key, value in weights.items():
+        if key in expected and torch.is_tensor(value) and value.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{where}: {what}.{key} has shape {tuple(value.shape)} in the file but the "
+                f"checkpoint's config builds {tuple(expected[key].shape)}; the config does not "
+                "match the weights (edited by hand?): restore the config the run was trained with")
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    if missing or unexpected:
+        which = (f"the checkpoint's config builds {what}.{missing[0]}, which the file lacks"
+                 if missing else f"the file has {what}.{unexpected[0]}, which the checkpoint's "
+                 "config does not build")
+        raise CheckpointError(f"{where}: {which} ({len(missing)} missing, {len(unexpected)} "
+                              "unexpected tensors); the config does not match the weights")
+    module.load_state_dict(weights)
 
 
 def denoiser_training(ckpt: Checkpoint) -> tuple[str, float, str | None]:
@@ -220,7 +265,8 @@ def weights_hash(*modules: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def model_from(ckpt: Checkpoint, weights: str = "ema", fold: bool = True) -> SpikingDiffusion:
+def model_from(ckpt: Checkpoint, weights: str = "ema", fold: bool = True,
+               where: str = "the checkpoint") -> SpikingDiffusion:
     """The model for inference; its denoiser has the averaged weights where the
     run kept an average (train.ema_decay > 0) unless weights="raw" (the last
     step's), and is in its folded, spike-fed form (fold.py) unless fold=False
@@ -230,11 +276,11 @@ def model_from(ckpt: Checkpoint, weights: str = "ema", fold: bool = True) -> Spi
     cfg = Config.from_dict(ckpt.config)
     data = ckpt.data
     model = build_model(cfg, data["channels"], data["image_size"])
-    model.vq.load_state_dict(ckpt.vq)
+    load_weights(model.vq, ckpt.vq, "vq", where)
     if weights == "ema" and ckpt.denoiser_ema is not None:
-        model.denoiser.load_state_dict(ema.module_weights(ckpt.denoiser_ema))
+        load_weights(model.denoiser, ema.module_weights(ckpt.denoiser_ema), "denoiser_ema", where)
     elif ckpt.denoiser is not None:
-        model.denoiser.load_state_dict(ckpt.denoiser)
+        load_weights(model.denoiser, ckpt.denoiser, "denoiser", where)
     return model.inference() if fold else model.eval()
 
 
@@ -244,4 +290,4 @@ def load_model(path: str | Path | None, *, need_denoiser: bool = True,
     if need_denoiser and ckpt.denoiser is None:
         raise CheckpointError(f"{resolve(path)} holds only a trained VQ-SVAE (stage 1); "
                               "train the denoiser first: spikediff train --stage denoiser --resume")
-    return model_from(ckpt, weights, fold)
+    return model_from(ckpt, weights, fold, str(resolve(path)))

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import pickle
 import shutil
+import sys
 import tarfile
 import tempfile
 import warnings
@@ -456,27 +458,89 @@ def _list_images(d: Path) -> list[Path]:
 
 
 def _decode_all(files: list[Path], mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """The images as one uint8 array [N, C, H, W], each converted to `mode`
+    and (size given) centre-cropped and resized to `size`; a folder of mixed
+    sizes or modes says so in one line on stderr. Unreadable images and
+    decompression bombs are refused (DatasetError)."""
     from PIL import Image, ImageOps
 
-    def one(p: Path) -> np.ndarray:
+    def one(p: Path) -> tuple[np.ndarray, tuple[int, int], str]:
         try:
             with Image.open(p) as im:
+                if im.width * im.height > Image.MAX_IMAGE_PIXELS:  # PIL only warns up to 2x
+                    raise Image.DecompressionBombError(f"{im.width}x{im.height}")
+                original = (im.size, im.mode)
                 im = im.convert(mode)
                 if size is not None and im.size != size:
                     # Centre crop to square, then antialiased resize.
                     im = ImageOps.fit(im, size, method=Image.Resampling.BILINEAR)
-                return np.asarray(im, dtype=np.uint8)
-        except OSError as e:
-            raise DatasetError(f"cannot decode image {p}: {e}") from None
+                return np.asarray(im, dtype=np.uint8), *original
+        except Image.DecompressionBombError as e:
+            raise DatasetError(
+                f"image {p} is refused as a possible decompression bomb ({e}: more than "
+                f"{Image.MAX_IMAGE_PIXELS:,} pixels); shrink it or remove it from the "
+                "folder") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL's ways to fail
+            raise DatasetError(f"cannot decode image {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
-    # PIL releases the GIL while decoding, so threads help.
-    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as ex:
-        arrs = list(ex.map(one, files))
+    # PIL releases the GIL while decoding, so threads help. PIL warns of a
+    # large image (DecompressionBombWarning) when opening it; `one` refuses
+    # those itself, so the warning is kept out of the output.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as ex:
+            decoded = list(ex.map(one, files))
+    arrs = [a for a, _, _ in decoded]
+    sizes = sorted({s for _, s, _ in decoded})
+    modes = sorted({m for _, _, m in decoded})
+    if size is not None and (len(sizes) > 1 or len(modes) > 1):
+        print(f"note: the {len(files)} images have {len(sizes)} sizes and {len(modes)} modes "
+              f"({', '.join(f'{w}x{h}' for w, h in sizes[:3])}{', ...' if len(sizes) > 3 else ''}; "
+              f"{', '.join(modes)}): each is converted to {mode} and centre-cropped and resized "
+              f"to {size[0]}x{size[1]}", file=sys.stderr)
     shapes = {a.shape for a in arrs}
     if len(shapes) > 1:
-        raise DatasetError(f"images have different sizes {sorted(shapes)[:4]}...: pass image_size")
+        raise DatasetError(f"the images in {files[0].parent} have different sizes "
+                           f"({', '.join(f'{w}x{h}' for w, h in sizes[:4])}); they must all "
+                           "have one size")
     x = np.stack(arrs)
     return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+
+
+def source_hashes(files) -> list[str]:
+    """sha256 of each file, remembered on disk by (path, size, mtime), so a
+    data set is read in full once, not at every start of a run."""
+    store = _cache_dir() / "source-sha256.json"
+    try:
+        table = json.loads(store.read_text())
+    except (OSError, ValueError):
+        table = {}
+    out, new = [], False
+    for f in files:
+        path = Path(f).resolve()
+        st = path.stat()
+        key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+        digest = table.get(key)
+        if digest is None:
+            h = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            digest = table[key] = h.hexdigest()
+            new = True
+        out.append(digest)
+    if new:
+        try:  # an optimisation: failing to write it is harmless
+            from .atomic import write_text
+            write_text(store, json.dumps(table))
+        except OSError:
+            pass
+    return out
+
+
+def data_digest(hashes: list[str]) -> str:
+    """One sha256 over a data set's files' hashes, in their order."""
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
 
 
 def _tree_key(d: Path, files: list[Path]) -> str:
