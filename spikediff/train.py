@@ -13,8 +13,11 @@ uninterrupted one would have done.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import socket
+import sys
 import time
 from pathlib import Path
 
@@ -24,8 +27,9 @@ from tqdm import tqdm
 from . import checkpoint, ema, sparsity
 from .checkpoint import STAGES, Checkpoint
 from .adversarial import Adversary
+from .atomic import remove_stray_temps
 from .config import Config, check
-from .data import load_images
+from .data import data_digest, load_images, source_hashes
 from .diffusion import diffusion_loss
 from .errors import SpikediffError
 from .model import SpikingDiffusion, build_model
@@ -348,6 +352,146 @@ def _record_earlier_decoder(state: Checkpoint, source: Checkpoint) -> None:
         state.earlier_decoder = {"epochs": epochs, "seconds": seconds}
 
 
+LOCK_NAME = "train.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+class RunLock:
+    """RUN_DIR/train.lock while a run writes to RUN_DIR: {"pid", "host"} of
+    its owner. A second run into the folder is refused; the lock of a process
+    that is gone (on this host) is taken over, with a note on stderr."""
+
+    def __init__(self, out_dir: Path):
+        self.path, self.held = Path(out_dir) / LOCK_NAME, False
+        self.me = {"pid": os.getpid(), "host": socket.gethostname()}
+
+    def acquire(self) -> None:
+        for _ in range(2):  # a second try after clearing a stale lock
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                self._clear_stale()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.me, f)
+            self.held = True
+            return
+        self._refuse(self._owner())  # another run took it in between
+
+    def _owner(self) -> dict | None:
+        try:
+            owner = json.loads(self.path.read_text())
+            return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            return None
+
+    def _refuse(self, owner: dict | None):
+        who = f"process {owner['pid']} on {owner.get('host', '?')}" if owner else "another process"
+        raise SpikediffError(f"{self.path.parent} is in use by another training run ({who} holds "
+                             f"{self.path}); wait for it to end, or choose another --out (if "
+                             "that run is gone, delete the lock file)")
+
+    def _clear_stale(self) -> None:
+        owner = self._owner()
+        if owner == {}:
+            return  # released meanwhile: try again
+        if owner is not None:
+            if owner.get("host") != self.me["host"] or _alive(owner["pid"]):
+                self._refuse(owner)
+            what = f"process {owner['pid']}, which is no longer running"
+        else:
+            if time.time() - self.path.stat().st_mtime < 10:  # may be being written now
+                self._refuse(None)
+            what = "an unreadable lock"
+        print(f"note: taking over {self.path} left by {what}", file=sys.stderr)
+        self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self.held and self._owner() == self.me:
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+
+def _check_data(state: Checkpoint, hashes: list[str], n_train: int, allow_change: bool) -> None:
+    """--resume: the data must be what the checkpoint was trained on (its
+    recorded sha256); a checkpoint without one is resumed with a warning."""
+    d = state.data
+    recorded = d.get("source_sha256")
+    if recorded is None:
+        changed = None
+        if d.get("n_train") is not None and d["n_train"] != n_train:
+            changed = f"it had {d['n_train']} training images, the data now gives {n_train}"
+        else:
+            print("warning: this checkpoint records no hash of its training data (written by an "
+                  "older spikediff), so the data could not be checked; its hash is recorded now",
+                  file=sys.stderr)
+    elif recorded == data_digest(hashes):
+        return
+    else:
+        old, new = d.get("source_files_sha256"), hashes
+        files = d.get("source_files") or []
+        if old is not None and len(old) != len(new):
+            changed = f"it was trained on {len(old)} files, the data now has {len(new)}"
+        elif old is not None:
+            i = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
+            name = Path(files[i]).name if i < len(files) else f"file {i + 1}"
+            changed = f"{name} changed (sha256 {old[i][:12]} recorded, {new[i][:12]} now)"
+        else:
+            changed = (f"its {len(files) or len(new)} files changed (sha256 {recorded[:12]} "
+                       f"recorded, {data_digest(new)[:12]} now)")
+    if changed is None:
+        pass
+    elif not allow_change:
+        raise SpikediffError(f"the training data differs from this run's: {changed}; resume on "
+                             "the original data, pass --allow-data-change to continue on this "
+                             "data anyway, or start a new run")
+    else:
+        print(f"warning: continuing on changed training data ({changed}); the checkpoint "
+              "records the change", file=sys.stderr)
+        d.setdefault("changes", []).append({"stage": state.stage, "epoch": state.epoch,
+                                            "step": state.step, "was": recorded,
+                                            "n_train_was": d.get("n_train")})
+        d["n_train"] = n_train
+    _record_hashes(d, hashes)
+
+
+def _record_hashes(data: dict, hashes: list[str]) -> None:
+    data["source_sha256"] = data_digest(hashes)
+    if len(hashes) <= 64:  # to say which file changed; a folder of images keeps only the digest
+        data["source_files_sha256"] = hashes
+    else:
+        data.pop("source_files_sha256", None)
+
+
+def _check_batches(cfg: Config, stages, n: int, limit: int | None) -> None:
+    """Refuses a data set smaller than one batch before anything is written."""
+    t = cfg.train
+    for stage in STAGES:
+        if stage not in stages or not _epochs(cfg, stage):
+            continue
+        denoiser = stage == "denoiser" and t.denoiser_batch_size
+        bs = t.denoiser_batch_size if denoiser else t.batch_size
+        if n < bs:
+            how = (f"raise --limit (now {limit})" if limit and limit < bs else
+                   "add images to the data set")
+            flag = "train.denoiser_batch_size in a --config" if denoiser else "--batch-size"
+            raise SpikediffError(f"{n} training images is fewer than one {stage} batch ({bs}): "
+                                 f"{how}, or pass a smaller {flag}")
+
+
 def describe_hardware(device: str) -> str:
     if str(device).startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
@@ -362,7 +506,8 @@ def new_state(cfg: Config, data_info: dict) -> Checkpoint:
 def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES, device="cpu",
           resume=False, limit: int | None = None, image_size=None, rgb=None, download=False,
           folder=None, progress=True, time_budget_min: float | None = None,
-          extend: dict[str, int] | None = None, vq_from=None, finetune=None) -> Path:
+          extend: dict[str, int] | None = None, vq_from=None, finetune=None,
+          allow_data_change: bool = False) -> Path:
     """Trains the given stages into out_dir. With resume, `extend` ({"epochs_vq" or
     "epochs_denoiser": n}) raises a run's epoch counts to train it further.
     With vq_from (a checkpoint path), a new run starts at the denoiser stage on
@@ -370,9 +515,29 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
     checkpoint path), the same, and the denoiser starts from that checkpoint's
     denoiser (its average where it kept one) with a fresh optimizer; with
     finetune and stages=("decoder",), the whole model is taken over as it is
-    and only the decoder stage runs."""
-    deadline = time.monotonic() + 60 * time_budget_min if time_budget_min else None
+    and only the decoder stage runs. A resumed run's data must be the data
+    the checkpoint records (by sha256) unless allow_data_change.
+
+    RUN_DIR/train.lock keeps a second run out of out_dir while this one writes
+    there; everything that can be checked is checked before the folder is made."""
     out_dir = Path(out_dir)
+    lock = RunLock(out_dir)
+    if out_dir.is_dir():
+        lock.acquire()
+    try:
+        return _train(cfg, dataset, data_root, out_dir, lock, stages=stages, device=device,
+                      resume=resume, limit=limit, image_size=image_size, rgb=rgb,
+                      download=download, folder=folder, progress=progress,
+                      time_budget_min=time_budget_min, extend=extend, vq_from=vq_from,
+                      finetune=finetune, allow_data_change=allow_data_change)
+    finally:
+        lock.release()
+
+
+def _train(cfg, dataset, data_root, out_dir: Path, lock: RunLock, *, stages, device, resume,
+           limit, image_size, rgb, download, folder, progress, time_budget_min, extend, vq_from,
+           finetune, allow_data_change) -> Path:
+    deadline = time.monotonic() + 60 * time_budget_min if time_budget_min else None
     ckpt_path = out_dir / "checkpoint.pt"
     if resume:
         state = checkpoint.load(ckpt_path)
@@ -414,10 +579,14 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
     images = images[:len(images) - holdout]
     if limit:
         images = images[:limit]
-    if not resume:
+    hashes = source_hashes(imgs.source_files)
+    if resume:
+        _check_data(state, hashes, len(images), allow_data_change)
+    else:
         info = {"name": dataset, "channels": images.shape[1], "image_size": images.shape[-1],
                 "n_train": len(images), "holdout": holdout, "limit": limit,
                 "source_files": [str(p) for p in imgs.source_files]}
+        _record_hashes(info, hashes)
         state = new_state(cfg, info)
         if source is not None:
             state.stage, state.vq = "denoiser", source.vq
@@ -428,11 +597,22 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
                 _take_denoiser(state, source, base)
             elif finetune is not None:
                 _start_from_denoiser(state, source, base)
+    _check_batches(cfg, stages, len(images), limit)
     model = build_model(cfg, images.shape[1], images.shape[-1])
+    where = str(ckpt_path) if resume else str(checkpoint.resolve(base))
     if state.vq is not None:
-        model.vq.load_state_dict(state.vq)
+        checkpoint.load_weights(model.vq, state.vq, "vq", where)
     if state.denoiser is not None:
-        model.denoiser.load_state_dict(state.denoiser)
+        checkpoint.load_weights(model.denoiser, state.denoiser, "denoiser", where)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not lock.held:
+        lock.acquire()
+        if not resume and ckpt_path.exists():  # another run got there first
+            raise SpikediffError(f"{ckpt_path} exists: pass --resume to continue that run, "
+                                 "or choose another --out")
+    stray = remove_stray_temps(out_dir)
+    if stray:
+        print(f"note: removed {len(stray)} temporary file{'s' if len(stray) > 1 else ''} a killed "
+              f"write left in {out_dir} ({', '.join(p.name for p in stray[:3])})", file=sys.stderr)
     Trainer(model, state, images, out_dir, device, progress, deadline).run(tuple(stages))
     return ckpt_path
