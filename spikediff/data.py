@@ -467,7 +467,8 @@ def _decode_all(files: list[Path], mode: str, size: tuple[int, int] | None) -> n
     def one(p: Path) -> tuple[np.ndarray, tuple[int, int], str]:
         try:
             with Image.open(p) as im:
-                if im.width * im.height > Image.MAX_IMAGE_PIXELS:  # PIL only warns up to 2x
+                limit = Image.MAX_IMAGE_PIXELS  # None: the user turned the check off
+                if limit and im.width * im.height > limit:  # PIL only warns up to 2x
                     raise Image.DecompressionBombError(f"{im.width}x{im.height}")
                 original = (im.size, im.mode)
                 im = im.convert(mode)
