@@ -9,9 +9,7 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import torch
 
 from conftest import write_idx_images
 from spikediff import checkpoint, train as train_mod
