@@ -12,6 +12,7 @@ import argparse
 import functools
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -63,6 +64,8 @@ class ArgumentParser(argparse.ArgumentParser):
     usage block; --help is unchanged. Subcommand parsers inherit it."""
 
     def error(self, message):
+        # a refused value reads as the project's other checks: "--n must be ..."
+        message = re.sub(r"^argument (\S+?)(/\S+)?: must ", r"\1 must ", message)
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
@@ -73,7 +76,7 @@ def _int(text: str, what: str) -> int:
     try:
         return int(text)
     except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
 
 
 def _float(text: str, what: str) -> float:
@@ -82,7 +85,7 @@ def _float(text: str, what: str) -> float:
     except (TypeError, ValueError):
         v = math.nan
     if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
     return v
 
 
@@ -93,7 +96,7 @@ def at_least(low: int, meaning: str = ""):
     def parse(text: str) -> int:
         v = _int(text, what)
         if v < low:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
         return v
     parse.__name__ = f"integer >= {low}"
     return parse
@@ -110,7 +113,7 @@ def positive(text: str) -> float:
     """`type=`: a finite number > 0 (a time, a size)."""
     v = _float(text, "a number > 0")
     if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
     return v
 
 
@@ -118,7 +121,7 @@ def nonneg(text: str) -> float:
     """`type=`: a finite number >= 0 (a weight; a temperature, where 0 means argmax)."""
     v = _float(text, "a number >= 0")
     if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
     return v
 
 
@@ -126,7 +129,7 @@ def fraction(text: str) -> float:
     """`type=`: a fraction in (0, 1] (0 would do nothing)."""
     v = _float(text, "a fraction in (0, 1]")
     if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
     return v
 
 
@@ -136,10 +139,10 @@ SEED_LIMIT = 2 ** 63
 def seed(text: str) -> int:
     """`type=`: a random seed, 0 <= seed < 2**63 (within torch.Generator.manual_seed's
     range, with room for the seeds derived from it)."""
-    what = "a seed, an integer in [0, 2**63)"
+    what = "an integer in [0, 2**63)"
     v = _int(text, what)
     if not 0 <= v < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
     return v
 
 
@@ -148,7 +151,7 @@ def temperatures(text: str) -> list[float]:
     try:
         return [nonneg(t.strip()) for t in text.split(",")]
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated temperatures >= 0 like "
+        raise argparse.ArgumentTypeError(f"must be comma-separated temperatures >= 0 like "
                                          f"0.8,0.9,1.0, got {text!r}") from None
 
 
@@ -160,7 +163,7 @@ def rates(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected rates like 0.05 or 0.05,0.1,0.1,0.05, "
                                          f"got {text!r}") from None
     if not all(0.0 <= v <= 1.0 for v in values):  # NaN fails too
-        raise argparse.ArgumentTypeError(f"rates must lie in [0, 1], got {text!r}")
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text!r}")
     return values
 
 
