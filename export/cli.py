@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from spikediff.atomic import atomic_path
-from spikediff.cliutil import check_outputs, handle_errors
+from spikediff.cliutil import ArgumentParser, check_outputs, count, handle_errors
 from spikediff.errors import SpikediffError
 
 FORMATS = {
@@ -46,8 +46,8 @@ def available() -> dict[str, bool]:
     return {"nir": True, "onnx": True, "netx": netx_module() is not None}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="spikediff-export", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="formats: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--float32", action="store_true",
                    help="nir: store parameters as float32 (default float64, which keeps "
                    "BN folding exact enough for spike-exact re-runs)")
-    p.add_argument("--n", type=int, default=2, help="--verify: inputs per part (default 2)")
+    p.add_argument("--n", type=count, default=2, help="--verify: inputs per part (default 2)")
     return p
 
 
@@ -111,8 +111,7 @@ def cmd_nir(model, out: Path, a) -> int:
 def cmd_onnx(model, out: Path, a) -> int:
     from .onnx_export import NAMES, check_onnx, export_onnx
 
-    targets = [out / f"{part}.onnx" for part in NAMES]
-    check_outputs(targets, a.force)
+    check_outputs(_onnx_targets(out), a.force)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".onnx-", dir=out) as tmp:
         written = export_onnx(model, tmp)
@@ -132,6 +131,11 @@ def cmd_onnx(model, out: Path, a) -> int:
             return 1
         print("all outputs within 1e-4, codes identical")
     return 0
+
+
+def _onnx_targets(out: Path) -> list[Path]:
+    from .onnx_export import NAMES
+    return [out / f"{part}.onnx" for part in NAMES]
 
 
 def cmd_netx(model, out: Path, a) -> int:
@@ -158,12 +162,15 @@ def main(argv=None) -> int:
         return 0
     if a.to == "netx" and netx_module() is None:
         return cmd_netx(None, Path(a.out or DEFAULT_OUT["netx"]), a)
-    if a.n < 1:
-        raise SpikediffError("--n must be at least 1")
     from spikediff import checkpoint
     out = Path(a.out or DEFAULT_OUT[a.to])
+    # before the (slow) load; each cmd_* checks again right before writing
     if a.to == "nir":
-        check_outputs([out], a.force)  # before the (slow) load
+        check_outputs([out], a.force)
+    elif a.to == "onnx":
+        check_outputs(_onnx_targets(out), a.force)
+    else:
+        check_outputs([out], a.force, folders=True)
     model = checkpoint.load_model(a.checkpoint)
     print(f"checkpoint: {checkpoint.resolve(a.checkpoint)} (preset {model.config.preset})")
     return {"nir": cmd_nir, "onnx": cmd_onnx, "netx": cmd_netx}[a.to](model, out, a)

@@ -25,14 +25,15 @@ import sys
 import time
 from pathlib import Path
 
-from spikediff.cliutil import (add_random_weights_arg, add_refine_args, check_outputs, handle_errors,
-                               random_weights_model, refine_settings)
+from spikediff.cliutil import (ArgumentParser, add_random_weights_arg, add_refine_args,
+                               check_outputs, count, handle_errors, nonneg, random_weights_model,
+                               refine_settings, seed)
 from spikediff.errors import SpikediffError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     from . import BACKENDS, LAVA_MODES
-    p = argparse.ArgumentParser(prog="spikediff-run", description=__doc__,
+    p = ArgumentParser(prog="spikediff-run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=BACKENDS, default="lava")
     p.add_argument("--checkpoint", help="a .pt file from `spikediff train` "
@@ -40,11 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_random_weights_arg(p)
     p.add_argument("--nir", help="an exported NIR file to run (default: export the checkpoint "
                    "to a temporary file)")
-    p.add_argument("--n", type=int, default=4, help="images to generate (one batch)")
+    p.add_argument("--n", type=count, default=4, help="images to generate (one batch)")
     p.add_argument("--out", help="write the images as a PNG grid here")
-    p.add_argument("--steps", type=int, help="diffusion sampling steps (default: one per token)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, help="softmax temperature (default: the config's)")
+    p.add_argument("--steps", type=count, help="diffusion sampling steps (default: one per token)")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--temperature", type=nonneg, help="softmax temperature, 0: always the "
+                   "most likely token (default: the config's)")
     add_refine_args(p)
     p.add_argument("--lava-mode", choices=LAVA_MODES, default="floating_pt",
                    help="floating_pt (exact arithmetic) or fixed_pt (Loihi-like integers)")
@@ -97,15 +99,13 @@ def _check_same_weights(nir_path, exported: str | None, model, source: str) -> N
 @handle_errors
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    import torch  # after parsing: --help and usage errors stay fast
+    if a.out is not None and a.json is not None and Path(a.out).resolve() == Path(a.json).resolve():
+        raise SpikediffError(f"--out and --json both name {a.out}; give two files")
+    check_outputs([a.out, a.json], a.force)
+    import torch  # after the checks: --help and usage errors stay fast
 
     from . import backends as B
 
-    if a.n < 1:
-        raise SpikediffError("--n must be at least 1")
-    if a.steps is not None and a.steps < 1:
-        raise SpikediffError("--steps must be at least 1")
-    check_outputs([a.out, a.json], a.force)
     need_model = a.backend == "norse" or a.compare or not a.nir
     model, source = load_model(a) if need_model else (None, None)
     tmp = None

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from .cliutil import (add_refine_args, add_weights_arg, check_outputs, handle_errors,
-                      pick_device, refine_from_args, refine_overrides, refine_settings)
+from .cliutil import (ArgumentParser, add_refine_args, add_weights_arg, at_least,
+                      check_outputs, count, count0, handle_errors, nonneg, pick_device,
+                      positive, rates, refine_from_args, refine_overrides, refine_settings,
+                      seed, temperatures)
 from .errors import SpikediffError
 
 
@@ -14,7 +17,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="folder holding the data set "
                    "(default: $SPIKEDIFF_DATA_ROOT)")
     p.add_argument("--folder", help="with --dataset folder: an image folder tree")
-    p.add_argument("--image-size", type=int, help="resize images (CIFAR-10: 28 matches the paper)")
+    p.add_argument("--image-size", type=count, help="resize images (CIFAR-10: 28 matches the paper)")
     p.add_argument("--grayscale", action="store_true", help="convert RGB data sets to grayscale")
     p.add_argument("--download", action="store_true", help="download the standard files if missing")
 
@@ -22,27 +25,20 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="a .pt file from `spikediff train` "
                    "(default: the shipped MNIST checkpoint)")
-    p.add_argument("--temperature", type=float, help="softmax temperature (default: the config's)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: one per latent token)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--temperature", type=nonneg, help="softmax temperature, 0: always the most "
+                   "likely token (default: the config's)")
+    p.add_argument("--steps", type=count, help="sampling steps (default: one per latent token)")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--batch-size", type=count, default=64)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     add_weights_arg(p)
     add_refine_args(p)
 
 
-def _rates(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected rates like 0.05 or 0.05,0.1,0.1,0.05, "
-                                         f"got {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .config import PRESETS
     from .data import DATASETS
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="spikediff", description=__doc__,
         epilog="Export, hardware and energy tools: spikediff-export, spikediff-run, "
                "spikediff-energy.")
@@ -68,21 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "rate, schedule, weight average) with a fresh optimizer; the denoiser starts "
                    "from CKPT's averaged weights where it kept them (with --stage decoder: train "
                    "its decoder instead, the denoiser as it is)")
-    p.add_argument("--epochs-vq", type=int)
-    p.add_argument("--epochs-denoiser", type=int)
-    p.add_argument("--epochs-decoder", type=int, help="epochs of the decoder stage (default 0: none)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--firing-penalty", type=float, metavar="W",
+    p.add_argument("--epochs-vq", type=count)
+    p.add_argument("--epochs-denoiser", type=count)
+    p.add_argument("--epochs-decoder", type=count0, help="epochs of the decoder stage (default 0: none)")
+    p.add_argument("--batch-size", type=count)
+    p.add_argument("--seed", type=seed)
+    p.add_argument("--firing-penalty", type=nonneg, metavar="W",
                    help="add W x the denoiser's mean firing rate above target to its loss: "
                    "sparser spikes, less energy on a chip (train.firing_penalty; default 0: off)")
-    p.add_argument("--firing-target", type=_rates, metavar="R[,R...]",
+    p.add_argument("--firing-target", type=rates, metavar="R[,R...]",
                    help="firing rate each denoiser layer may reach unpenalised, one for all or "
                    "one per layer, in [0, 1] (train.firing_target; default 0)")
-    p.add_argument("--limit", type=int, help="train on the first N images only (quick runs)")
+    p.add_argument("--limit", type=count, help="train on the first N images only (quick runs)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt (with "
                    "--epochs-denoiser N: train a finished run further, exactly as if N had been set)")
-    p.add_argument("--time-budget", type=float, metavar="MIN",
+    p.add_argument("--time-budget", type=positive, metavar="MIN",
                    help="end the denoiser stage after the epoch that finishes past MIN minutes "
                    "of wall time (the checkpoint records where it stopped)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -91,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate images from a checkpoint")
     _add_sampling_args(p)
-    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--n", type=count, default=64, help="number of images")
     p.add_argument("--out", default="samples.png", help="PNG grid to write")
     p.add_argument("--npz", help="also write the images (uint8) and token grids here")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -118,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "Choose them on held-out images: spikediff eval --select-only.")
     p.add_argument("--checkpoint", required=True, help="the checkpoint to copy")
     p.add_argument("--out", required=True, help="checkpoint file to write")
-    p.add_argument("--temperature", type=float, help="softmax temperature of the draws")
+    p.add_argument("--temperature", type=nonneg, help="softmax temperature of the draws "
+                   "(0: always the most likely token)")
     add_refine_args(p)
     p.add_argument("--note", required=True, help="how the settings were chosen (shown by "
                    "`spikediff info`), e.g. 'held-out FID, N = 1000, temperatures 0.6-1.0'")
@@ -138,14 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="default: the shipped MNIST checkpoint")
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
     p.add_argument("--data-root")
-    p.add_argument("--n", type=int, default=10000, help="samples for FID/KID")
-    p.add_argument("--temperature", type=float, help="default: the checkpoint's")
-    p.add_argument("--temperatures", help="comma-separated candidates, chosen by FID on "
+    p.add_argument("--n", type=at_least(2), default=10000, help="samples for FID/KID")
+    p.add_argument("--temperature", type=nonneg, help="default: the checkpoint's")
+    p.add_argument("--temperatures", type=temperatures, help="comma-separated candidates, chosen by FID on "
                    "held-out training images (e.g. 0.8,0.9,1.0)")
-    p.add_argument("--select-n", type=int, default=1000, help="samples per candidate temperature")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--select-n", type=at_least(2), default=1000, help="samples per candidate temperature")
+    p.add_argument("--steps", type=count)
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--batch-size", type=count, default=256)
     add_weights_arg(p)
     add_refine_args(p)
     p.add_argument("--device", default="cpu")
@@ -155,12 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select-only", action="store_true", help="with --temperatures: only the "
                    "held-out FID of each candidate; the test split is not touched")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--force", action="store_true", help="overwrite --json if it exists")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
     return parser
 
 
 def cmd_train(a) -> int:
+    # the run folder may exist (--resume), but must be a folder: checked before any work
+    check_outputs([Path(a.out) / "checkpoint.pt"], force=True)
     from .config import check, load_config
     from .train import train
 
@@ -200,14 +200,13 @@ def cmd_train(a) -> int:
 
 
 def cmd_sample(a) -> int:
+    check_outputs([a.out, a.npz], a.force)
+    if a.npz is not None and Path(a.npz).resolve() == Path(a.out).resolve():
+        raise SpikediffError(f"--out and --npz both name {a.out}; give two files")
     import time
 
     from . import checkpoint
     from .sample import generate, write_outputs
-
-    check_outputs([a.out, a.npz], a.force)
-    if a.n < 1:
-        raise SpikediffError("--n must be at least 1")
     model = checkpoint.load_model(a.checkpoint, weights=a.weights)
     refine = refine_settings(a, model.config.diffusion.refinement())
     t0 = time.perf_counter()
@@ -222,19 +221,16 @@ def cmd_sample(a) -> int:
 
 
 def cmd_combine(a) -> int:
-    from . import checkpoint
     check_outputs([a.out], a.force)
+    from . import checkpoint
     checkpoint.atomic_save(checkpoint.combine(a.denoiser, a.decoder), a.out)
     print(f"checkpoint: {a.out} (denoiser of {a.denoiser}, decoder of {a.decoder})")
     return 0
 
 
 def cmd_set_sampling(a) -> int:
-    from . import checkpoint
-    from .config import ConfigError
     check_outputs([a.out], a.force)
-    if a.temperature is not None and a.temperature < 0:
-        raise ConfigError(f"--temperature must be >= 0 (0: the most likely token), got {a.temperature}")
+    from . import checkpoint
     ckpt = checkpoint.load(a.checkpoint)
     from .config import Config
     refine_settings(a, Config.from_dict(ckpt.config).diffusion.refinement())  # checks the flags
@@ -302,15 +298,14 @@ def cmd_info(a) -> int:
 
 
 def cmd_eval(a) -> int:
+    temps = a.temperatures
+    check_outputs([a.json], a.force)
+    if a.select_only and not temps:
+        raise SpikediffError("--select-only compares the --temperatures candidates; give them")
     import json
 
     from .atomic import write_text
     from .evaluate import evaluate, format_result
-    temps = [float(t) for t in a.temperatures.split(",")] if a.temperatures else None
-    if a.n < 2:
-        raise SpikediffError("--n must be at least 2")
-    if a.select_only and not temps:
-        raise SpikediffError("--select-only compares the --temperatures candidates; give them")
     r = evaluate(a.checkpoint, a.dataset, a.data_root, a.n, temperature=a.temperature,
                  temperatures=temps, select_n=a.select_n, steps=a.steps, seed=a.seed,
                  batch_size=a.batch_size, device=pick_device(a.device),

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -52,6 +54,119 @@ def handle_errors(main):
     return wrapper
 
 
+class UsageError(SpikediffError):
+    """A command line argparse refuses (unknown flag, bad value); exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The parser of every command: a refused command line is one `error: ...`
+    line on stderr and exit code 2 (through `handle_errors`), not argparse's
+    usage block; --help is unchanged. Subcommand parsers inherit it."""
+
+    def error(self, message):
+        # a refused value reads as the project's other checks: "--n must be ..."
+        message = re.sub(r"^argument (\S+?)(/\S+)?: must ", r"\1 must ", message)
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+# --- Numeric options: every one goes through one of these `type=` callables, so that
+# a value outside its meaning is refused while parsing, before any work. ---
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+
+
+def _float(text: str, what: str) -> float:
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return v
+
+
+def at_least(low: int, meaning: str = ""):
+    """`type=`: an integer >= low (`meaning` of the limit, for the message)."""
+    what = f"an integer >= {low}" + (f" ({meaning})" if meaning else "")
+
+    def parse(text: str) -> int:
+        v = _int(text, what)
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return v
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+count = at_least(1)
+"""`type=`: a count, an integer >= 1 (images, steps, epochs, batch size)."""
+
+count0 = at_least(0)
+"""`type=`: an integer >= 0 where 0 has a documented meaning (none, off)."""
+
+
+def positive(text: str) -> float:
+    """`type=`: a finite number > 0 (a time, a size)."""
+    v = _float(text, "a number > 0")
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return v
+
+
+def nonneg(text: str) -> float:
+    """`type=`: a finite number >= 0 (a weight; a temperature, where 0 means argmax)."""
+    v = _float(text, "a number >= 0")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return v
+
+
+def fraction(text: str) -> float:
+    """`type=`: a fraction in (0, 1] (0 would do nothing)."""
+    v = _float(text, "a fraction in (0, 1]")
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
+    return v
+
+
+SEED_LIMIT = 2 ** 63
+
+
+def seed(text: str) -> int:
+    """`type=`: a random seed, 0 <= seed < 2**63 (within torch.Generator.manual_seed's
+    range, with room for the seeds derived from it)."""
+    what = "an integer in [0, 2**63)"
+    v = _int(text, what)
+    if not 0 <= v < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return v
+
+
+def temperatures(text: str) -> list[float]:
+    """`type=`: comma-separated temperatures, each >= 0 (0: argmax)."""
+    try:
+        return [nonneg(t.strip()) for t in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated temperatures >= 0 like "
+                                         f"0.8,0.9,1.0, got {text!r}") from None
+
+
+def rates(text: str) -> tuple[float, ...]:
+    """`type=`: one rate or comma-separated rates, each in [0, 1]."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected rates like 0.05 or 0.05,0.1,0.1,0.05, "
+                                         f"got {text!r}") from None
+    if not all(0.0 <= v <= 1.0 for v in values):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text!r}")
+    return values
+
+
 def pick_device(name: str) -> str:
     import torch
     if name == "auto":
@@ -71,10 +186,10 @@ def check_outputs(paths, force: bool, *, folders: bool = False) -> None:
         if p is None:
             continue
         p = Path(p)
-        if p.exists() and not force:
-            raise SpikediffError(f"{p} exists; pass --force to overwrite it")
         if p.is_dir() and not folders:
             raise SpikediffError(f"{p} is a folder, not a file")
+        if p.exists() and not force:
+            raise SpikediffError(f"{p} exists; pass --force to overwrite it")
         probe = p.parent
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
@@ -84,14 +199,14 @@ def check_outputs(paths, force: bool, *, folders: bool = False) -> None:
 
 def add_refine_args(p: argparse.ArgumentParser) -> None:
     """--refine-*: the optional corrector after sampling (config.Refinement)."""
-    p.add_argument("--refine-steps", type=int, metavar="K",
+    p.add_argument("--refine-steps", type=count0, metavar="K",
                    help="after sampling, K steps that each re-mask and redraw a random fraction "
                    "of the tokens (default: the config's, 0 = off as published; each costs one "
                    "denoiser pass)")
-    p.add_argument("--refine-fraction", type=float, metavar="R",
+    p.add_argument("--refine-fraction", type=fraction, metavar="R",
                    help="fraction of tokens each refinement step redraws (default: the "
                    "config's, 0.2)")
-    p.add_argument("--refine-temperature", type=float, metavar="T",
+    p.add_argument("--refine-temperature", type=nonneg, metavar="T",
                    help="temperature of the refinement draws (default: the config's, 0.5)")
 
 

@@ -62,8 +62,10 @@ def cached_tokens(path, model: SpikingDiffusion, n: int, seed: int, temperature:
 
 
 def save_npz(path, **arrays) -> None:
-    with atomic_path(path) as tmp:
-        np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+    """Arrays as one .npz file at exactly `path` (numpy would append .npz to a
+    file name without it: it writes to the open file instead)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
 def write_outputs(images: torch.Tensor, tokens: torch.Tensor, grid=None, npz=None) -> None:

@@ -73,3 +73,36 @@ def test_progress_bars_only_on_a_terminal(tmp_path):
     assert "\r" not in logged and "sampling" not in logged
     shown = _sample_stderr(tmp_path, on_terminal=True)
     assert "sampling" in shown and "\r" in shown
+
+
+def _actions(parser):
+    """Every option of a parser and of its subcommands, with the command's name."""
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _actions(sub)
+        else:
+            yield parser.prog, action
+
+
+def test_every_numeric_option_is_checked_against_its_meaning():
+    """No option of the four commands takes a bare int or float: each goes
+    through a cliutil type (count, nonneg, fraction, seed, ...) that refuses a
+    value outside its meaning, and each parser is cliutil's (one error: line)."""
+    from export.cli import build_parser as export_parser
+    from hardware.energy.cli import build_parser as energy_parser
+    from hardware.run import build_parser as run_parser
+    from spikediff.cli import build_parser as spikediff_parser
+    from spikediff.cliutil import ArgumentParser
+    bare = []
+    for build in (spikediff_parser, export_parser, run_parser, energy_parser):
+        parser = build()
+        assert isinstance(parser, ArgumentParser), parser.prog
+        for prog, action in _actions(parser):
+            if action.type in (int, float):
+                bare.append(f"{prog} {action.option_strings[0]}")
+            if action.default is not None and callable(action.type) and isinstance(
+                    action.default, (int, float)) and not isinstance(action.default, bool):
+                action.type(str(action.default))  # the default passes its own check
+    assert not bare, f"options without a cliutil type: {bare}"

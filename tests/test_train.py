@@ -590,7 +590,7 @@ def test_firing_penalty_lowers_firing_and_resumes_exactly(tiny_mnist, tmp_path):
 
 
 @pytest.mark.parametrize("flags, words", [
-    (["--firing-penalty", "-1"], "firing_penalty must be >= 0"),
+    (["--firing-penalty", "-1"], "--firing-penalty must be a number >= 0"),
     (["--firing-penalty", "1", "--firing-target", "1.5"], "must lie in [0, 1]"),
     (["--firing-penalty", "1", "--firing-target", "0.1,0.1,0.1"], "one rate, or one per layer"),
     (["--firing-target", "abc"], "expected rates like"),

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from spikediff.cliutil import (add_random_weights_arg, add_refine_args, check_outputs, handle_errors,
-                               random_weights_model, refine_settings)
+from spikediff.cliutil import (ArgumentParser, add_random_weights_arg, add_refine_args,
+                               check_outputs, count, handle_errors, nonneg, random_weights_model,
+                               refine_settings, seed)
 from spikediff.errors import SpikediffError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spikediff-energy", description=__doc__,
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="spikediff-energy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("report", help="count operations on real generation and price them",
@@ -25,13 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="a .pt file from `spikediff train` "
                    "(default: the shipped MNIST checkpoint)")
     add_random_weights_arg(p)
-    p.add_argument("--n", type=int, default=64, help="images to generate (and real images to "
+    p.add_argument("--n", type=count, default=64, help="images to generate (and real images to "
                    "encode); firing rates from fewer than 64 are noisy (default: 64)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: one per latent token)")
-    p.add_argument("--temperature", type=float, help="sampling temperature (default: the config's)")
+    p.add_argument("--steps", type=count, help="sampling steps (default: one per latent token)")
+    p.add_argument("--temperature", type=nonneg, help="sampling temperature, 0: always the "
+                   "most likely token (default: the config's)")
     add_refine_args(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--batch-size", type=count, default=64)
     p.add_argument("--dataset", help="data set of the real images for the encoder "
                    "(default: the checkpoint's)")
     p.add_argument("--data-root", help="folder holding the data set (default: $SPIKEDIFF_DATA_ROOT)")
@@ -113,17 +116,13 @@ def _lava_tally(model, a, images, refine):
 
 
 def cmd_report(a) -> int:
+    check_outputs([a.json, a.plot], a.force)
+    if a.json is not None and a.plot is not None and Path(a.json).resolve() == Path(a.plot).resolve():
+        raise SpikediffError(f"--json and --plot both name {a.json}; give two files")
     from .constants import load_constants
     from .report import build_report, format_report, measure, save_plot, summary_line, write_json
 
-    if a.n < 1:
-        raise SpikediffError("--n must be at least 1")
-    if a.steps is not None and a.steps < 1:
-        raise SpikediffError("--steps must be at least 1")
-    if a.batch_size < 1:
-        raise SpikediffError("--batch-size must be at least 1")
     constants = load_constants(a.constants, a.set)
-    check_outputs([a.json, a.plot], a.force)
     model, meta, dataset = load_model_and_data(a)
     refine = refine_settings(a, model.config.diffusion.refinement())
     warnings = []
