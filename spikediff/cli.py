@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=count, help="train on the first N images only (quick runs)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt (with "
                    "--epochs-denoiser N: train a finished run further, exactly as if N had been set)")
+    p.add_argument("--allow-data-change", action="store_true", help="with --resume: continue "
+                   "on data that differs from what the run recorded (by sha256)")
     p.add_argument("--time-budget", type=positive, metavar="MIN",
                    help="end the denoiser stage after the epoch that finishes past MIN minutes "
                    "of wall time (the checkpoint records where it stopped)")
@@ -194,7 +196,8 @@ def cmd_train(a) -> int:
                  resume=a.resume, limit=a.limit, image_size=a.image_size,
                  rgb=False if a.grayscale else None, download=a.download, folder=a.folder,
                  progress=not a.no_progress, time_budget_min=a.time_budget, extend=extend,
-                 vq_from=a.vq_from, finetune=a.finetune)
+                 vq_from=a.vq_from, finetune=a.finetune,
+                 allow_data_change=a.allow_data_change)
     print(f"checkpoint: {path}")
     return 0
 
