@@ -10,7 +10,6 @@ given.
 """
 from __future__ import annotations
 
-import argparse
 
 import torch
 
@@ -20,11 +19,12 @@ from spikediff.errors import SpikediffError
 from spikediff.evaluate import denoiser_id
 from spikediff.plots import save_grid
 from spikediff.sample import generate
+from spikediff.cliutil import ArgumentParser  # one error: line, exit 2
 
 
 @handle_errors
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", help="checkpoint.pt files sharing one denoiser")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--n", type=int, default=32, help="samples (a multiple of 8)")

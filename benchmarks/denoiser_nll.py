@@ -12,7 +12,6 @@ samples (`spikediff eval --select-only`) is what the README's table reports.
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
@@ -24,6 +23,7 @@ from spikediff.data import load_images
 from spikediff.diffusion import diffusion_loss
 from spikediff.errors import SpikediffError
 from spikediff.train import encode_codes
+from spikediff.cliutil import ArgumentParser  # one error: line, exit 2
 
 
 @torch.no_grad()
@@ -61,7 +61,7 @@ def heldout_nll(path, data_root, weights: str, repeats: int, seed: int, device,
 
 @handle_errors
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", help="checkpoint.pt files with a trained denoiser")
     p.add_argument("--data-root")
     p.add_argument("--weights", choices=checkpoint.WEIGHTS, default="ema",

@@ -33,6 +33,7 @@ from hardware.energy.report import (build_report, format_report, measure, save_p
 from spikediff import checkpoint  # noqa: E402
 from spikediff.config import load_config  # noqa: E402
 from spikediff.model import build_model  # noqa: E402
+from spikediff.cliutil import ArgumentParser, handle_errors  # one error: line, exit 2
 
 OUT = ROOT / "benchmarks" / "results"
 
@@ -63,8 +64,8 @@ def run(label, model, meta, a, n, steps, dataset="mnist"):
     return rep
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=64, help="images for the shipped/default model "
                    "(default: 64)")
     p.add_argument("--paper-n", type=int, default=2, help="images for the paper preset (slow: T=16)")
@@ -73,7 +74,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="4 images, 7 sampling steps each (smoke test)")
     p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     steps = 7 if a.quick else None
     n = 4 if a.quick else a.n
@@ -104,4 +105,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(handle_errors(main)())

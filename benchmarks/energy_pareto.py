@@ -19,7 +19,6 @@ panel per hardware model, the ANN's energy as a line).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from spikediff import checkpoint, metrics  # noqa: E402
 from spikediff.atomic import write_text  # noqa: E402
 from spikediff.diffusion import Refinement  # noqa: E402
 from spikediff.errors import SpikediffError  # noqa: E402
+from spikediff.cliutil import ArgumentParser, handle_errors  # one error: line, exit 2
 
 
 def measure_one(path: Path, a, refine: Refinement) -> dict:
@@ -126,7 +126,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoints", nargs="+", required=True, help="models to compare")
     p.add_argument("--data-root", help="folder with the data set's standard files")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "energy-pareto"),
@@ -173,4 +173,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(handle_errors(main)())

@@ -63,6 +63,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from spikediff.cliutil import handle_errors  # noqa: E402
+from spikediff.cliutil import ArgumentParser  # one error: line, exit 2
 
 RESULTS = ROOT / "benchmarks" / "results"
 SETS = ("lava", "norse_a", "norse_b")
@@ -297,7 +298,7 @@ def default_data_root():
 
 @handle_errors
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
+    p = ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="default: the shipped MNIST checkpoint")
     p.add_argument("--n", type=int, default=200, help="images per set")

@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from spikediff.model import active_random_model  # noqa: E402
 from hardware import backends as B  # noqa: E402
+from spikediff.cliutil import ArgumentParser, handle_errors  # one error: line, exit 2
 
 
 def timed(backend, model, n, steps, seed):
@@ -50,7 +51,7 @@ def timed(backend, model, n, steps, seed):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint")
     p.add_argument("--preset", default="default", help="random-weights preset when no checkpoint")
     p.add_argument("--n", type=int, default=4)
@@ -112,4 +113,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(handle_errors(main)())

@@ -21,6 +21,7 @@ from spikediff import checkpoint
 from spikediff.atomic import write_text
 from spikediff.cliutil import add_refine_args, add_weights_arg, handle_errors, refine_from_args
 from spikediff.evaluate import evaluate
+from spikediff.cliutil import ArgumentParser  # one error: line, exit 2
 
 RESULTS = Path(__file__).parent / "results"
 PAPER_FID = {"mnist": 37.50, "fashion-mnist": 91.98, "kmnist": 59.23, "emnist-letters": 67.41,
@@ -73,7 +74,7 @@ def training_summary(path) -> tuple[str, int, str]:
 
 @handle_errors
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", help="DATASET[:LABEL]=CHECKPOINT pairs (LABEL names the "
                    "row and result file when one data set has several checkpoints)")
     p.add_argument("--data-root", required=True)

@@ -22,6 +22,7 @@ import sys
 import time
 
 import torch
+from spikediff.cliutil import ArgumentParser, handle_errors  # one error: line, exit 2
 
 
 def measure(preset: str, what: str, device: str, repeats: int) -> dict:
@@ -77,13 +78,13 @@ def measure(preset: str, what: str, device: str, repeats: int) -> dict:
             "threads": torch.get_num_threads(), "device": device}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--presets", default="default,paper")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--one", nargs=2, metavar=("PRESET", "WHAT"), help=argparse.SUPPRESS)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.one:
         print(json.dumps(measure(*a.one, a.device, a.repeats)))
         return
@@ -104,4 +105,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(handle_errors(main)())

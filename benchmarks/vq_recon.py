@@ -10,7 +10,6 @@ decoding of a code grid. Features are cached, so a killed run resumes.
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 from spikediff import checkpoint, metrics
@@ -18,6 +17,7 @@ from spikediff.atomic import write_text
 from spikediff.cliutil import handle_errors, pick_device
 from spikediff.errors import SpikediffError
 from spikediff.evaluate import reconstruction, reconstruction_fid, reference_features
+from spikediff.cliutil import ArgumentParser  # one error: line, exit 2
 
 
 def recon_quality(path, data_root, split, net, cache, device, progress) -> dict:
@@ -45,7 +45,7 @@ def recon_quality(path, data_root, split, net, cache, device, progress) -> dict:
 
 @handle_errors
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", help="checkpoint.pt files with a trained VQ-SVAE")
     p.add_argument("--data-root")
     p.add_argument("--split", choices=("holdout", "test"), default="holdout",

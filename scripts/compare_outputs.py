@@ -12,7 +12,6 @@ difference. Run it in the main environment (`source scripts/setup.sh`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from spikediff.cliutil import ArgumentParser, handle_errors  # one error: line, exit 2
 
 REPO = Path(__file__).resolve().parent.parent
 W = "spikediff/weights"
@@ -157,7 +157,7 @@ def compare(a: Path, b: Path, rel: str, roots: tuple[Path, Path] = (REPO, REPO))
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("base", help="commit to compare against (e.g. HEAD~3)")
     p.add_argument("--head", help="the other commit (default: the working tree)")
     p.add_argument("--lava", action="store_true", help="also one image on Lava (about a minute)")
@@ -211,4 +211,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(handle_errors(main)())

@@ -11,9 +11,10 @@ from .cliutil import (ArgumentParser, add_refine_args, add_weights_arg, at_least
 from .errors import SpikediffError
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+def _add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mnist") -> None:
     from .data import DATASETS
-    p.add_argument("--dataset", choices=[*DATASETS, "folder"], default="mnist")
+    p.add_argument("--dataset", choices=[*DATASETS, "folder"], default=dataset_default,
+                   help="(default: mnist)")
     p.add_argument("--data-root", help="folder holding the data set "
                    "(default: $SPIKEDIFF_DATA_ROOT)")
     p.add_argument("--folder", help="with --dataset folder: an image folder tree")
@@ -48,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train stage 1 (VQ-SVAE) and stage 2 (spiking denoiser). "
                        "RUN_DIR/checkpoint.pt is rewritten after every epoch; --resume "
                        "continues a stopped run exactly.")
-    _add_data_args(p)
+    _add_data_args(p, dataset_default=None)  # None: with --resume, "not given" is not "mnist"
     p.add_argument("--out", required=True, help="run folder (checkpoint, PNGs)")
-    p.add_argument("--preset", default="default", choices=list(PRESETS))
+    p.add_argument("--preset", choices=list(PRESETS), help="(default: default)")
     p.add_argument("--config", help="TOML file overriding the preset (sections vq, denoiser, "
                    "diffusion, train)")
     p.add_argument("--stage", choices=["both", "vq", "denoiser", "decoder"], default="both",
@@ -178,7 +179,7 @@ def cmd_train(a) -> int:
                                  "the run continues with its recorded config")
         extend = overrides
     else:
-        cfg = load_config(a.preset, a.config)
+        cfg = load_config(a.preset or "default", a.config)
         for key, value in overrides.items():
             setattr(cfg.train, key, value)
         check(cfg)
@@ -192,12 +193,17 @@ def cmd_train(a) -> int:
         raise SpikediffError("--vq-from trains a new denoiser; to train only the decoder of a "
                              "finished run, use --finetune CKPT --stage decoder")
     stages = ("vq", "denoiser", "decoder") if a.stage == "both" else (a.stage,)
-    path = train(cfg, a.dataset, a.data_root, a.out, stages=stages, device=pick_device(a.device),
+    # with --resume these may repeat the run's own settings, but not change them
+    given = {k: getattr(a, k) for k in ("dataset", "preset", "config", "limit", "image_size",
+                                        "grayscale", "vq_from", "finetune")}
+    path = train(cfg, a.dataset or "mnist", a.data_root, a.out, stages=stages,
+                 device=pick_device(a.device),
                  resume=a.resume, limit=a.limit, image_size=a.image_size,
                  rgb=False if a.grayscale else None, download=a.download, folder=a.folder,
                  progress=not a.no_progress, time_budget_min=a.time_budget, extend=extend,
                  vq_from=a.vq_from, finetune=a.finetune,
-                 allow_data_change=a.allow_data_change)
+                 allow_data_change=a.allow_data_change,
+                 resume_flags={k: v for k, v in given.items() if v not in (None, False)})
     print(f"checkpoint: {path}")
     return 0
 

@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import torch
@@ -264,6 +265,48 @@ def encode_codes(vq, images_u8: torch.Tensor, device, progress: bool = False) ->
     return torch.cat(chunks)
 
 
+def _check_resume_flags(state: Checkpoint, flags: dict, extend: dict[str, int]) -> None:
+    """--resume with the run's other flags repeated (the command as first typed) is
+    fine; a flag that would change what the run is gets refused instead of being
+    ignored. Epoch counts in a repeated --config extend the run like --epochs-*."""
+    from .config import load_config
+    cfg, d = state.config, state.data
+    recorded = {"dataset": d["name"], "preset": cfg.get("preset"), "limit": d.get("limit"),
+                "image_size": d["image_size"], "grayscale": d["channels"] == 1}
+    for key, value in flags.items():
+        flag = "--" + key.replace("_", "-")
+        if key == "grayscale" and recorded["grayscale"]:
+            continue
+        if key in recorded and value != recorded[key]:
+            was = "not given" if recorded[key] in (None, False) else recorded[key]
+            raise SpikediffError(f"{flag} {value if value is not True else ''}".rstrip()
+                                 + f" cannot change when resuming: this run has {was}; drop the "
+                                 "flag, or start a new run")
+    for key in ("vq_from", "finetune"):
+        if key in flags:
+            took = (state.finetuned_from or {}).get("path") or state.decoder_from or state.vq_from
+            if took is None or Path(took).resolve() != Path(flags[key]).resolve():
+                raise SpikediffError(f"--{key.replace('_', '-')} {flags[key]}: this run was not "
+                                     f"built on it ({took or 'it started from scratch'}); drop "
+                                     "the flag to resume it")
+    if "config" in flags:
+        mine = Config.from_dict(cfg)
+        asked = load_config(cfg.get("preset") or "default", flags["config"])  # validates the file
+        asked_d, mine_d = asked.to_dict(), mine.to_dict()
+        file_values = tomllib.loads(Path(flags["config"]).read_text())
+        for section, values in file_values.items():
+            for key in values:
+                if section == "train" and key.startswith("epochs_"):
+                    if asked_d["train"][key] != mine_d["train"][key]:
+                        extend.setdefault(key, asked_d["train"][key])
+                    continue
+                if asked_d[section][key] != mine_d[section][key]:
+                    raise SpikediffError(
+                        f"--config {flags['config']} sets {section}.{key} = "
+                        f"{asked_d[section][key]!r}, but this run has {mine_d[section][key]!r}; "
+                        "a resumed run keeps its config: drop --config, or start a new run")
+
+
 def _extend(state: Checkpoint, extend: dict[str, int]) -> None:
     """Raises epoch counts of a resumed run; a finished run goes back to its last stage
     (the decoder stage, which starts afresh, where --epochs-decoder adds one)."""
@@ -506,7 +549,7 @@ def new_state(cfg: Config, data_info: dict) -> Checkpoint:
 def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES, device="cpu",
           resume=False, limit: int | None = None, image_size=None, rgb=None, download=False,
           folder=None, progress=True, time_budget_min: float | None = None,
-          extend: dict[str, int] | None = None, vq_from=None, finetune=None,
+          extend: dict[str, int] | None = None, vq_from=None, finetune=None, resume_flags=None,
           allow_data_change: bool = False) -> Path:
     """Trains the given stages into out_dir. With resume, `extend` ({"epochs_vq" or
     "epochs_denoiser": n}) raises a run's epoch counts to train it further.
@@ -529,19 +572,22 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
                       resume=resume, limit=limit, image_size=image_size, rgb=rgb,
                       download=download, folder=folder, progress=progress,
                       time_budget_min=time_budget_min, extend=extend, vq_from=vq_from,
-                      finetune=finetune, allow_data_change=allow_data_change)
+                      finetune=finetune, allow_data_change=allow_data_change,
+                      resume_flags=resume_flags)
     finally:
         lock.release()
 
 
 def _train(cfg, dataset, data_root, out_dir: Path, lock: RunLock, *, stages, device, resume,
            limit, image_size, rgb, download, folder, progress, time_budget_min, extend, vq_from,
-           finetune, allow_data_change) -> Path:
+           finetune, allow_data_change, resume_flags) -> Path:
     deadline = time.monotonic() + 60 * time_budget_min if time_budget_min else None
     ckpt_path = out_dir / "checkpoint.pt"
     if resume:
         state = checkpoint.load(ckpt_path)
-        _extend(state, extend or {})
+        extend = dict(extend or {})
+        _check_resume_flags(state, resume_flags or {}, extend)
+        _extend(state, extend)
         cfg = Config.from_dict(state.config)
         d = state.data
         dataset, limit = d["name"], d.get("limit")

@@ -188,3 +188,17 @@ def test_good_values_other_commands(tmp_path):
                        "--json", "r.json"], tmp_path)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "r.png").exists() and (tmp_path / "r.json").exists()
+
+
+SCRIPTS = sorted([*(REPO / "benchmarks").glob("*.py"), REPO / "scripts" / "compare_outputs.py"])
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_benchmark_scripts_refuse_an_unknown_flag_in_one_line(script, tmp_path):
+    """The scripts that produce the docs' numbers parse their command line the same
+    way as the four CLIs (cliutil.ArgumentParser through handle_errors)."""
+    _setup(tmp_path)
+    before = _snapshot(tmp_path)
+    out = subprocess.run([sys.executable, str(script), "--no-such-flag", "1"], capture_output=True,
+                         text=True, env=_env(), cwd=tmp_path, timeout=120)
+    _assert_refused(out, before, tmp_path, words=f"{script.name}: ")

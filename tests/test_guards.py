@@ -143,6 +143,36 @@ def test_resume_refuses_changed_data(tiny_mnist, tmp_path, capsys):
     assert after["source_sha256"] != recorded["source_sha256"]
 
 
+def test_resume_refuses_flags_that_would_change_the_run(vq_run, tiny_mnist, tmp_path, capsys):
+    """Repeating the first command with --resume works; a flag that changes what the
+    run is (data set, preset, size, a config value, the run it was built on) is one
+    error line, not silently ignored, and the checkpoint is untouched."""
+    run = copy_run(vq_run, tmp_path)
+    before = (run / "checkpoint.pt").read_bytes()
+    same = tmp_path / "same.toml"
+    same.write_text("[train]\nbatch_size = %d\n" % load_config("tiny").train.batch_size)
+    other = tmp_path / "other.toml"
+    other.write_text("[train]\nlr = 0.5\n")
+    base = ["train", "--data-root", str(tiny_mnist), "--out", str(run), "--resume", "--no-progress"]
+    for args, words in ((["--dataset", "kmnist"], "--dataset kmnist cannot change when resuming: "
+                         "this run has mnist"),
+                        (["--preset", "paper"], "--preset paper cannot change when resuming: "
+                         "this run has tiny"),
+                        (["--limit", "5"], "--limit 5 cannot change when resuming"),
+                        (["--image-size", "14"], "--image-size 14 cannot change when resuming"),
+                        (["--config", str(other)], "sets train.lr = 0.5, but this run has"),
+                        (["--finetune", str(run / "checkpoint.pt")], "this run was not built on")):
+        assert main([*base, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and words in err, (args, err)
+        assert (run / "checkpoint.pt").read_bytes() == before
+    # the run's own settings, repeated: accepted, and the run goes on
+    train(None, "mnist", tiny_mnist, run, resume=True, progress=False,
+          resume_flags={"dataset": "mnist", "preset": "tiny", "config": str(same),
+                        "grayscale": True})
+    assert checkpoint.load(run / "checkpoint.pt").stage == "done"
+
+
 def test_resume_of_a_checkpoint_without_data_hashes_warns(vq_run, tiny_mnist, tmp_path, capsys):
     run = copy_run(vq_run, tmp_path)
     old = checkpoint.load(run / "checkpoint.pt")
