@@ -64,6 +64,15 @@ if [ "${SPIKEDIFF_SKIP_LAVA:-0}" != 1 ]; then
     SPIKEDIFF_LAVA_PY="$(_build_env lava 3.10 "$_repo/requirements/lava.txt")"
     export SPIKEDIFF_LAVA_PY
 fi
+# Third-party NIR consumers whose pins clash with ours (sinabs pins nir <= 1.0.4)
+# get their own cached environments, built only when asked for:
+#   SPIKEDIFF_CONSUMERS="sinabs spyx" source scripts/setup.sh
+# exports SPIKEDIFF_SINABS_PY, SPIKEDIFF_SPYX_PY (requirements/consumer-NAME.txt).
+for _c in ${SPIKEDIFF_CONSUMERS:-}; do
+    _var="SPIKEDIFF_$(echo "$_c" | tr '[:lower:]-' '[:upper:]_')_PY"
+    printf -v "$_var" '%s' "$(_build_env "consumer-$_c" 3.11 "$_repo/requirements/consumer-$_c.txt")"
+    export "${_var?}"
+done
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # see spikediff/cliutil.py: passive_openmp
 export PYTHONPATH="$_repo${PYTHONPATH:+:$PYTHONPATH}"
 set +eu; set $_saved_pipefail pipefail
