@@ -1,6 +1,8 @@
 """`spikediff-export`: write a trained model as NIR (or ONNX) and check it by re-running it.
 
   spikediff-export --to nir  [--checkpoint CKPT] [--out model.nir] [--verify] [--force]
+                   [--part encoder|decoder|denoiser] [--spiking-only] [--target NAME]
+  spikediff-export --verify FILE [--checkpoint CKPT]     check an existing NIR file
   spikediff-export --to onnx [--checkpoint CKPT] [--out DIR] [--verify] [--force]
   spikediff-export --list
 
@@ -58,9 +60,21 @@ def build_parser() -> ArgumentParser:
                    + ", ".join(f"{k}: {v}" for k, v in DEFAULT_OUT.items()))
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("--list", action="store_true", help="list the export formats and exit")
-    p.add_argument("--verify", action="store_true",
+    p.add_argument("--verify", nargs="?", const=True, default=False, metavar="FILE",
                    help="re-import the written export and compare it with the Norse model "
-                   "on a few random inputs, layer by layer")
+                   "on a few random inputs, layer by layer; with FILE (nir): check that "
+                   "existing file (its metadata against its graph, then every layer against "
+                   "--checkpoint) and write nothing")
+    p.add_argument("--part", choices=["encoder", "decoder", "denoiser"],
+                   help="nir: write this part alone as the file's graph (default: all three "
+                   "as subgraphs)")
+    p.add_argument("--spiking-only", action="store_true",
+                   help="nir: move the analog readouts (LI, I) to the host, so that every node "
+                   "is a synapse or a LIF neuron; the metadata's host records say how to read "
+                   "the Output")
+    p.add_argument("--target", default="generic", metavar="NAME",
+                   help="nir: write the network in the form this consumer reads correctly: "
+                   "generic (default), snntorch, norse, sinabs, spyx (docs/nir.md)")
     p.add_argument("--float32", action="store_true",
                    help="nir: store parameters as float32 (default float64, which keeps "
                    "BN folding exact enough for spike-exact re-runs)")
@@ -83,28 +97,45 @@ def _print_counts(counts: dict) -> None:
 
 
 def cmd_nir(model, out: Path, a) -> int:
-    import nir
     import numpy as np
 
-    from .nir_exec import Exported, format_rows, verify
     from .nir_graph import build_graph, node_counts
+    from .targets import profile
 
+    target = profile(a.target)
     check_outputs([out], a.force)
-    graph = build_graph(model, np.float32 if a.float32 else np.float64)
-    _atomic_write(out, lambda tmp: nir.write(tmp, graph))
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB), NIR nodes by type:")
+    graph = build_graph(model, np.float32 if a.float32 else np.float64, part=a.part,
+                        form="spiking" if a.spiking_only else "full")
+    graph = target.adapt(graph)
+    _atomic_write(out, lambda tmp: target.write(graph, tmp))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, target {target.NAME}), "
+          "NIR nodes by type:")
     _print_counts(node_counts(graph))
-    if a.verify:
-        ex = Exported.read(out)  # re-import: nir.read with its type check
-        rows = verify(model, ex, n=a.n)
-        print("verification (graph re-read from the file vs the Norse model, float64):")
-        print(format_rows(rows))
-        bad = [r for r in rows if r["mismatches"]
-               or (r["kind"] == "values" and r["max_abs"] > 1e-5)]
-        if bad:
-            print(f"MISMATCH in {len(bad)} rows")
-            return 1
-        print("all spike trains identical; values within 1e-5")
+    return verify_file(model, out, a) if a.verify else 0
+
+
+def verify_file(model, path: Path, a) -> int:
+    """Re-read `path` (metadata checked against the graph) and compare every layer
+    with the model on a.n random inputs per part."""
+    from .nir_exec import Exported, format_rows, verify
+
+    ex = Exported.read(path)  # nir.read with its type check, then the metadata check
+    said = ex.md.get("weights_sha256")
+    from spikediff.checkpoint import weights_hash
+    if said is not None and str(said) != weights_hash(model.vq, model.denoiser):
+        raise SpikediffError(f"{path} was exported from other weights than "
+                             f"{a.checkpoint or 'the shipped checkpoint'}: pass the checkpoint "
+                             "it came from with --checkpoint")
+    rows = verify(model, ex, n=a.n)
+    print(f"verification of {path} ({', '.join(ex.parts)}; graph re-read from the file vs "
+          "the Norse model, float64):")
+    print(format_rows(rows))
+    bad = [r for r in rows if r["mismatches"]
+           or (r["kind"] == "values" and r["max_abs"] > 1e-5)]
+    if bad:
+        print(f"MISMATCH in {len(bad)} rows")
+        return 1
+    print("all spike trains identical; values within 1e-5")
     return 0
 
 
@@ -163,6 +194,20 @@ def main(argv=None) -> int:
     if a.to == "netx" and netx_module() is None:
         return cmd_netx(None, Path(a.out or DEFAULT_OUT["netx"]), a)
     from spikediff import checkpoint
+    if isinstance(a.verify, str):  # --verify FILE: check an existing file, write nothing
+        if a.to != "nir" or a.out or a.part or a.spiking_only or a.target != "generic":
+            raise SpikediffError("--verify FILE checks an existing NIR file; it takes only "
+                                 "--checkpoint and --n")
+        path = Path(a.verify)
+        if not path.is_file():
+            raise SpikediffError(f"--verify {path}: no such file")
+        model = checkpoint.load_model(a.checkpoint)
+        return verify_file(model, path, a)
+    if a.to != "nir" and (a.part or a.spiking_only or a.target != "generic"):
+        raise SpikediffError("--part, --spiking-only and --target apply to --to nir only")
+    if a.to == "nir":
+        from .targets import profile
+        profile(a.target)  # an unknown target before the (slow) load
     out = Path(a.out or DEFAULT_OUT[a.to])
     # before the (slow) load; each cmd_* checks again right before writing
     if a.to == "nir":

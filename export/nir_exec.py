@@ -17,7 +17,6 @@ spikediff.denoiser), called from `Exported.encode`, `decode`, `denoise`, `genera
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from spikediff.denoiser import one_hot_input, raw_input
 from spikediff.errors import SpikediffError
 from spikediff.vqsvae import image_current, nearest_code, tanh_readout, to_unit
 
+from . import nir_schema
 from .nir_graph import NEURON_NODES, refinement_of, step_parameters
 
 
@@ -174,40 +174,83 @@ def repeat(x: torch.Tensor, T: int) -> torch.Tensor:
 # -- host steps ----------------------------------------------------------------
 @dataclass
 class Exported:
-    """The three subgraphs of an exported file with the host steps between them."""
+    """The parts of an exported file (all three, or one with `--part`) with the host
+    steps between them, as its metadata records them (export/nir_schema.py)."""
     graph: nir.NIRGraph
     dtype: torch.dtype = torch.float64
+    where: str = "the file"
 
     def __post_init__(self):
-        for part in ("encoder", "decoder", "denoiser"):
-            if part not in self.graph.nodes:
-                raise ExecError(f"not a spikediff export: no '{part}' subgraph")
-        self.md = self.graph.metadata
-        self.enc = GraphRunner(self.graph.nodes["encoder"], dtype=self.dtype)
-        self.dec = GraphRunner(self.graph.nodes["decoder"], dtype=self.dtype)
-        self.den = GraphRunner(self.graph.nodes["denoiser"], dtype=self.dtype)
-        cb = self.graph.nodes["decoder"].nodes["codebook"].weight
-        self.codebook = _t(cb[:, :, 0, 0].T, self.dtype)  # K x D
-        dmd = self.graph.nodes["denoiser"].metadata
-        self.K, self.mask_id = int(dmd["codebook_size"]), int(dmd["mask_id"])
-        self.steps, self.token_input = int(dmd["diffusion_steps"]), str(dmd["token_input"])
-        self.T_vq = int(self.graph.nodes["encoder"].metadata["T"])
-        self.T_den = int(dmd["T"])
-        self.P = int(self.graph.nodes["decoder"].metadata["phase_factor"])
-        self.grid = tuple(int(g) for g in self.md["grid"])
+        self.parts = nir_schema.check(self.graph, self.where)
+        g = self.graph
+        whole = str(g.metadata.get("part")) == "model"
+        self.subs = {p: g.nodes[p] for p in self.parts} if whole else {self.parts[0]: g}
+        self.md = g.metadata
+        self.runners = {p: GraphRunner(sub, dtype=self.dtype) for p, sub in self.subs.items()}
+        if "encoder" in self.subs:
+            emd = self.subs["encoder"].metadata
+            self.T_vq = int(emd["T"])
+            self.codebook = _t(nir_schema.find(emd, "nearest_code")["codebook"], self.dtype)
+        if "decoder" in self.subs:
+            dmd = self.subs["decoder"].metadata
+            self.T_vq = int(dmd["T"])
+            self.K = int(nir_schema.find(dmd, "one_hot")["classes"])
+            self.P = int(nir_schema.find(dmd, "pixel_shuffle")["factor"])
+        if "denoiser" in self.subs:
+            nmd = self.subs["denoiser"].metadata
+            self.K, self.mask_id = int(nmd["codebook_size"]), int(nmd["mask_id"])
+            self.steps, self.token_input = int(nmd["diffusion_steps"]), str(nmd["token_input"])
+            self.T_den = int(nmd["T"])
+        if "grid" in self.md:
+            self.grid = tuple(int(v) for v in np.asarray(self.md["grid"]).reshape(-1))
 
     @classmethod
     def read(cls, path: str | Path, dtype=torch.float64) -> "Exported":
-        return cls(nir.read(str(path)), dtype)
+        path = Path(path)
+        if not path.is_file():
+            raise ExecError(f"no NIR file at {path}")
+        try:
+            g = nir.read(str(path))
+        except Exception as e:  # nir.read raises whatever h5py or its type check raises
+            raise ExecError(f"{path} is not a readable NIR file ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+        return cls(g, dtype, str(path))
+
+    def _need(self, part: str) -> None:
+        if part not in self.subs:
+            raise ExecError(f"{self.where} holds only the {', '.join(self.parts)} part(s); "
+                            f"the {part} is needed here: export without --part")
+
+    def _run(self, part: str, x: torch.Tensor) -> dict:
+        self._need(part)
+        return self.runners[part].run(x)
+
+    def read_out(self, part: str, vals: dict) -> torch.Tensor:
+        """The part's readout value (after the last step), full or spiking form."""
+        md = self.subs[part].metadata
+        rec = nir_schema.find(md, "readout")
+        if rec is None:  # full form: the Output at the last step
+            return vals[nir_schema.strs(md["readout"]["nodes"])[0]][-1]
+        x = sum(vals[s] for s in rec["sources"])
+        T = x.shape[0]
+        steps = torch.arange(T - 1, -1, -1, dtype=self.dtype)  # T-1-t
+        w = sum(float(g) * float(d) ** steps
+                for d, g in zip(np.asarray(rec["decays"]).reshape(-1),
+                                np.asarray(rec["gains"]).reshape(-1)))
+        v = torch.zeros_like(x[0])
+        for t in range(T):  # in step order, as the LI/I nodes accumulate
+            v = v + w[t] * x[t]
+        return v
 
     # encoder
     def encoder_run(self, images01: torch.Tensor) -> dict:
-        return self.enc.run(repeat(image_current(images01.to(self.dtype)), self.T_vq))
+        return self._run("encoder", repeat(image_current(images01.to(self.dtype)), self.T_vq))
 
     def features(self, images01: torch.Tensor) -> torch.Tensor:
-        return self.enc(repeat(image_current(images01.to(self.dtype)), self.T_vq))[-1]
+        return self.read_out("encoder", self.encoder_run(images01))
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        self._need("encoder")
         return nearest_code(z, self.codebook)
 
     def encode(self, images01: torch.Tensor) -> torch.Tensor:
@@ -215,21 +258,23 @@ class Exported:
 
     # decoder
     def decoder_input(self, codes: torch.Tensor) -> torch.Tensor:
+        self._need("decoder")
         oh = F.one_hot(codes, self.K).permute(0, 3, 1, 2).to(self.dtype)
         return repeat(oh, self.T_vq)
 
     def decoder_run(self, codes: torch.Tensor) -> dict:
-        return self.dec.run(self.decoder_input(codes))
+        return self._run("decoder", self.decoder_input(codes))
 
     def image_from_phases(self, phases: torch.Tensor) -> torch.Tensor:
-        """Output at the last step -> image in [0, 1]."""
+        """The decoder's readout value -> image in [0, 1]."""
         return to_unit(tanh_readout(F.pixel_shuffle(phases, self.P)))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.image_from_phases(self.dec(self.decoder_input(codes))[-1])
+        return self.image_from_phases(self.read_out("decoder", self.decoder_run(codes)))
 
     # denoiser
     def denoiser_input(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self._need("denoiser")
         if self.token_input == "raw":
             x = raw_input(tokens, t, self.dtype)
         else:
@@ -237,25 +282,27 @@ class Exported:
         return repeat(x, self.T_den)
 
     def denoiser_run(self, tokens, t) -> dict:
-        return self.den.run(self.denoiser_input(tokens, t))
+        return self._run("denoiser", self.denoiser_input(tokens, t))
 
     def denoise(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.den(self.denoiser_input(tokens, t))[-1]
+        return self.read_out("denoiser", self.denoiser_run(tokens, t))
 
     @torch.no_grad()
     def generate(self, n: int, *, temperature: float | None = None, steps: int | None = None,
                  generator: torch.Generator | None = None):
         """Images [n, C, H, W] in [0, 1] and token grids, entirely through the graph."""
         from spikediff.diffusion import sample_tokens
+        self._need("denoiser")
+        self._need("decoder")
         temp = float(self.md["temperature"]) if temperature is None else temperature
         tokens = sample_tokens(self.denoise, n, self.grid, self.mask_id, self.steps, steps,
                                temp, generator, refine=refinement_of(self.md))
         return self.decode(tokens), tokens
 
 
-def host_steps(graph: nir.NIRGraph, part: str | None = None) -> list[str]:
-    md = graph.nodes[part].metadata if part else graph.metadata
-    return json.loads(md["host_steps"])
+def host_steps(graph: nir.NIRGraph, part: str | None = None) -> list[dict]:
+    """The typed host records of a part (or of a one-part file's top level)."""
+    return nir_schema.host_records(graph.nodes[part].metadata if part else graph.metadata)
 
 
 # -- verification against the Norse model ------------------------------------------
@@ -297,40 +344,41 @@ def verify(model, exported: "Exported", *, n: int = 4, seed: int = 0,
                      "mismatches": int((ref != got).sum()) if kind == "codes" else 0,
                      "max_abs": float((ref - got).abs().max())})
 
-    # encoder
-    images = torch.rand(n, C, S, S, generator=g, dtype=torch.float64).to(exported.dtype)
-    ref = m.vq.encode_spikes(images)
-    got = exported.encoder_run(images)
-    for i, r in enumerate(ref):
-        spikes("encoder", f"encoder.{i}.lif", r, got[f"encoder.{i}.lif"])
-    values("encoder", "output (feature)", m.vq.features(ref[-1]), got["output"][-1])
-    codes_ref = m.vq.codebook.nearest(m.vq.features(ref[-1]))
-    values("encoder", "nearest code (host)", codes_ref,
-           exported.nearest(got["output"][-1]), "codes")
-    # decoder
+    if "encoder" in exported.subs:
+        images = torch.rand(n, C, S, S, generator=g, dtype=torch.float64).to(exported.dtype)
+        ref = m.vq.encode_spikes(images)
+        got = exported.encoder_run(images)
+        for i, r in enumerate(ref):
+            spikes("encoder", f"encoder.{i}.lif", r, got[f"encoder.{i}.lif"])
+        feature = exported.read_out("encoder", got)
+        values("encoder", "feature (readout)", m.vq.features(ref[-1]), feature)
+        codes_ref = m.vq.codebook.nearest(m.vq.features(ref[-1]))
+        values("encoder", "nearest code (host)", codes_ref, exported.nearest(feature), "codes")
     K = model.vq.cfg.codebook_size
-    codes = torch.randint(0, K, (n, *model.grid), generator=g)
-    asg = m.vq.generate_spikes(m.vq.codebook.lookup(codes))
-    dec = m.vq.decode_spikes(asg)
-    got = exported.decoder_run(codes)
-    spikes("decoder", "spike_generator.lif", asg, got["spike_generator.lif"])
-    p = 1
-    for i, r in enumerate(dec):
-        p *= 2
-        spikes("decoder", f"decoder.{i}.lif", F.pixel_unshuffle(r.flatten(0, 1), p).view(
-            r.shape[0], r.shape[1], -1, *model.grid), got[f"decoder.{i}.lif"])
-    values("decoder", "image", m.vq.decode(codes), exported.image_from_phases(got["output"][-1]))
-    # denoiser
-    den = m.denoiser
-    tokens = torch.randint(0, K + 1, (n, *model.grid), generator=g)
-    t = torch.randint(1, den.diffusion_steps + 1, (n,), generator=g)
-    ref = den.spikes(tokens, t)
-    got = exported.denoiser_run(tokens, t)
-    for i, r in enumerate(ref):
-        spikes("denoiser", f"layers.{i}.lif", r, got[f"layers.{i}.lif"])
-    values("denoiser", "logits", den.readout(ref), got["output"][-1])
+    if "decoder" in exported.subs:
+        codes = torch.randint(0, K, (n, *model.grid), generator=g)
+        asg = m.vq.generate_spikes(m.vq.codebook.lookup(codes))
+        dec = m.vq.decode_spikes(asg)
+        got = exported.decoder_run(codes)
+        spikes("decoder", "spike_generator.lif", asg, got["spike_generator.lif"])
+        p = 1
+        for i, r in enumerate(dec):
+            p *= 2
+            spikes("decoder", f"decoder.{i}.lif", F.pixel_unshuffle(r.flatten(0, 1), p).view(
+                r.shape[0], r.shape[1], -1, *model.grid), got[f"decoder.{i}.lif"])
+        values("decoder", "image", m.vq.decode(codes),
+               exported.image_from_phases(exported.read_out("decoder", got)))
+    if "denoiser" in exported.subs:
+        den = m.denoiser
+        tokens = torch.randint(0, K + 1, (n, *model.grid), generator=g)
+        t = torch.randint(1, den.diffusion_steps + 1, (n,), generator=g)
+        ref = den.spikes(tokens, t)
+        got = exported.denoiser_run(tokens, t)
+        for i, r in enumerate(ref):
+            spikes("denoiser", f"layers.{i}.lif", r, got[f"layers.{i}.lif"])
+        values("denoiser", "logits", den.readout(ref), exported.read_out("denoiser", got))
     # generation through the graph vs the model, same seed
-    if generate:
+    if generate and {"denoiser", "decoder"} <= set(exported.subs):
         a, ta = m.generate(generate, generator=torch.Generator().manual_seed(seed))
         b, tb = exported.generate(generate, generator=torch.Generator().manual_seed(seed))
         values("generate", "tokens", ta, tb, "codes")

@@ -4,10 +4,11 @@ Layout of the written graph (shapes exclude batch and time):
 
     top:  image  -> encoder  -> feature          (one NIRGraph per spiking part,
           codes  -> decoder  -> image_phases       each with one Input "input"
-          tokens -> denoiser -> logits             and one Output "output")
+          tokens -> denoiser -> logits             and its Output(s))
 
-Per-step semantics the graph was made for: spikediff.neuron's (dt in metadata,
-forward Euler as Norse's `lif_box`): LIF `v <- v + dt/tau * (v_leak - v + r*I)`,
+or one part alone (`part=`). The metadata says how to step it and what the host
+does, as typed keys (export/nir_schema.py). Per-step semantics: spikediff.neuron's
+(dt in metadata, forward Euler as Norse's `lif_box`): LIF `v <- v + dt/tau * (v_leak - v + r*I)`,
 spike if `v > v_threshold`, then `v = v_reset`; LI the same without spikes;
 I `v <- v + dt * r * I`. Several edges into one node are summed. The neuron
 nodes' parameters are translated here both ways: `lif_node`, `li_node`,
@@ -33,12 +34,15 @@ Exact forms used for what NIR cannot say directly:
 - the encoder feature `(1-a)*PSP + a*rate` as two readouts summing into the
   encoder's Output: an LI node (dt/tau = 1-decay, r = (1-a)/(1-decay)) gives
   (1-a)*PSP, an I node (r = a/(T*dt)) gives a*rate; read at the last step;
-- token ids as one-hot grids into 1x1 Conv2d nodes (the embeddings).
+- the code lookup (one-hot codes -> code vectors) folded into the spike
+  generator's synapse, and the denoiser's token and step embeddings into its first
+  synapse (spikediff.fold): no Conv2d -> Conv2d chain is left;
+- the spiking form (`form="spiking"`): the analog readouts (LI, I) become host
+  `readout` records, so that every node is a synapse or a spiking neuron.
 """
 from __future__ import annotations
 
 import copy
-import json
 
 import nir
 import numpy as np
@@ -53,8 +57,9 @@ from spikediff.fold import bn_fold, folded_conv
 from spikediff.neuron import (DT, TAU_MEM, V_RESET, V_TH, IFParameters, IParameters,
                               LIFParameters, LIParameters, per_step)
 
-FORMAT = "spikediff-nir/1"
-INPUT_ENCODING = "analog current repeated for T steps"
+from . import nir_schema
+
+FORMAT = nir_schema.FORMAT
 
 
 class ExportError(SpikediffError):
@@ -196,23 +201,23 @@ def _conv_fold(layer, name: str, hw, dtype) -> nir.Conv2d:
     return conv_node(w, b, hw, tuple(conv.padding), tuple(conv.stride), dtype)
 
 
-# -- metadata ------------------------------------------------------------------
-def _meta(model, part: str, host_steps: list[str], extra: dict) -> dict:
+# -- metadata (structured: export/nir_schema.py) ---------------------------------
+def _meta(model, part: str, input_info: dict, records: list[dict], extra: dict) -> dict:
     cfg = model.config
     T = cfg.vq.T if part in ("encoder", "decoder") else cfg.denoiser.T
     md = {
         "format": FORMAT,
         "part": part,
+        "form": "full",
         "dt": float(DT),
         "T": int(T),
-        "input_encoding": INPUT_ENCODING,
-        "neuron": ("LIF: per step v <- v + dt/tau*(v_leak - v + r*I) (forward Euler, Norse "
-                   "lif_box), spike if v > v_threshold, then v = v_reset; LI: same, no spike; "
-                   "I: v <- v + dt*r*I. Readouts (LI, I) are read at the last step."),
-        "host_steps": json.dumps(host_steps),
+        **nir_schema.CONVENTIONS,
+        "input": {"node": "input", **input_info},
+        "readout": {"nodes": ["output"], "at": "last_step"},
+        "host": nir_schema.host(records),
         "preset": str(cfg.preset),
         "spikediff_version": __version__,
-        "layout": "shapes exclude batch and time; maps are [C, H, W]",
+        "weights_sha256": weights_hash(model.vq, model.denoiser),
     }
     md.update(extra)
     return md
@@ -238,19 +243,19 @@ def encoder_graph(model, dtype=np.float64) -> nir.NIRGraph:
     shape = nodes[prev].output_type["output"]
     a = float(vq.mix.detach())
     T = vq.cfg.T
+    # the feature (1-a)*PSP + a*rate: two readouts summing into the Output, read at the last step
     nodes["readout.psp"] = li_node(shape, vq.cfg.psp_decay, 1 - a)
     nodes["readout.rate"] = integrator_node(shape, a / T)
     nodes["output"] = nir.Output(output_type=np.array(shape))
     edges += [(prev, "readout.psp"), (prev, "readout.rate"),
               ("readout.psp", "output"), ("readout.rate", "output")]
-    host = [
-        "input: image in [0, 1] minus 0.5, the same analog current at each of T steps",
-        "output at the last step is the feature (1-a)*PSP + a*rate: readout.psp gives "
-        "(1-a)*sum_t s_t*decay^(T-1-t), readout.rate gives a*mean_t s_t; the two edges sum",
-        "nearest-code search (L2, argmin) of each feature vector against the codebook = "
-        "decoder/codebook weight[:, :, 0, 0].T (K x D)",
+    records = [
+        {"op": "input_current", "when": "before", "scale": 1.0, "offset": -0.5},
+        {"op": "nearest_code", "when": "after", "metric": "l2",
+         "codebook": _np(vq.codebook.embedding, dtype)},  # K x D
     ]
-    return _graph(nodes, edges, _meta(model, "encoder", host, {
+    return _graph(nodes, edges, _meta(model, "encoder", {
+        "shape": [C, S, S], "encoding": "analog"}, records, {
         "mix_a": a, "psp_decay": float(vq.cfg.psp_decay)}))
 
 
@@ -259,15 +264,19 @@ def decoder_graph(model, dtype=np.float64) -> nir.NIRGraph:
     K, D = vq.cfg.codebook_size, vq.cfg.code_dim
     h, w = model.grid
     nodes = {"input": nir.Input(input_type=np.array([K, h, w]))}
-    emb = vq.codebook.embedding.detach().double()  # K x D
-    nodes["codebook"] = conv_node(emb.t().reshape(D, K, 1, 1), torch.zeros(D, dtype=torch.float64),
-                                  (h, w), 0, 1, dtype)
-    edges = [("input", "codebook")]
-    nodes["spike_generator.synapse"] = _conv_fold(vq.spike_generator, "vq.spike_generator",
-                                                  (h, w), dtype)
+    # The code lookup (a bias-free 1x1 map of the one-hot codes) folded into the spike
+    # generator's synapse: one Conv2d on the one-hot spikes, exact (zero padding maps to
+    # zero codes), so the graph has no Conv2d -> Conv2d chain.
+    sg = vq.spike_generator
+    _check_spiking_conv(sg, "vq.spike_generator")
+    W, b = folded_conv(sg)                                   # [D, D, k, k], [D]
+    emb = vq.codebook.embedding.detach().double()             # [K, D]
+    W = torch.einsum("odkl,cd->ockl", W.double(), emb)       # [D, K, k, k]
+    nodes["spike_generator.synapse"] = conv_node(W, b, (h, w), tuple(sg.synapse.padding),
+                                                 tuple(sg.synapse.stride), dtype)
     nodes["spike_generator.lif"] = lif_node((D, h, w))
-    edges += [("codebook", "spike_generator.synapse"),
-              ("spike_generator.synapse", "spike_generator.lif")]
+    edges = [("input", "spike_generator.synapse"),
+             ("spike_generator.synapse", "spike_generator.lif")]
     prev, p = "spike_generator.lif", 1
     for i, layer in enumerate(vq.decoder):
         name = f"vq.decoder.{i}"
@@ -293,15 +302,15 @@ def decoder_graph(model, dtype=np.float64) -> nir.NIRGraph:
     nodes["output"] = nir.Output(output_type=np.array(shape))
     edges += [(prev, "readout.synapse"), ("readout.synapse", "readout.psp"),
               ("readout.psp", "output")]
-    host = [
-        "input: one-hot code grid (K channels), the same at each of T steps",
-        "codebook is the 1x1 lookup of code vectors; spike_generator turns them into spikes",
-        f"maps after decoder.i are phase-stacked (space-to-depth, torch.pixel_unshuffle order) "
-        f"at the latent grid; the output has C*{p_out}^2 channels",
-        f"output at the last step: image = tanh(torch.pixel_shuffle(output, {p_out})), "
-        "in [-1, 1]; (image + 1) / 2 in [0, 1]",
+    # maps after decoder.i are phase-stacked (space-to-depth, torch.pixel_unshuffle order)
+    records = [
+        {"op": "one_hot", "when": "before", "classes": int(K)},
+        {"op": "pixel_shuffle", "when": "after", "factor": int(p_out)},
+        {"op": "tanh", "when": "after"},
+        {"op": "affine", "when": "after", "scale": 0.5, "offset": 0.5},  # [-1, 1] -> [0, 1]
     ]
-    return _graph(nodes, edges, _meta(model, "decoder", host, {
+    return _graph(nodes, edges, _meta(model, "decoder", {
+        "shape": [K, h, w], "encoding": "spikes"}, records, {
         "phase_factor": int(p_out), "psp_decay": float(vq.cfg.psp_decay),
         "codebook_size": int(K), "code_dim": int(D)}))
 
@@ -316,19 +325,22 @@ def denoiser_graph(model, dtype=np.float64) -> nir.NIRGraph:
         if not den.spike_input:
             raise ExportError("the denoiser is in its training form; export its inference "
                               "form (spikediff.fold.fold_denoiser), as build_graph does")
+        # binary spikes: the one-hot token grid (K+1 classes, K = mask), then the one-hot
+        # step t (N+1 classes) at every position; layers.0.synapse is the token and time
+        # embeddings, the first conv and its batch norm folded into one conv (spikediff.fold)
         cin = (K + 1) + (N + 1)
-        nodes = {"input": nir.Input(input_type=np.array([cin, h, w]))}
-        edges.append(("input", "layers.0.synapse"))
-        inp = ("binary spikes: channels 0..K the one-hot token grid (K+1 classes, K = mask), "
-               "channels K+1.. the one-hot diffusion step t (N+1 classes) at every position; "
-               "layers.0.synapse is the token and time embeddings, the first conv and its "
-               "batch norm folded into one conv (spikediff.fold)")
-    elif mode == "raw":
-        nodes = {"input": nir.Input(input_type=np.array([2, h, w]))}
-        edges.append(("input", "layers.0.synapse"))
-        inp = "2 analog channels: token id and diffusion step t as floats (the paper's input)"
+        first = {"op": "one_hot_tokens_and_step", "when": "before",
+                 "token_classes": int(K + 1), "step_classes": int(N + 1)}
+        encoding = "spikes"
+    elif mode == "raw":  # the paper's input: token id and step t as two analog channels
+        cin = 2
+        first = {"op": "input_current", "when": "before", "scale": 1.0, "offset": 0.0,
+                 "channels": ["token id", "diffusion step t"]}
+        encoding = "analog"
     else:
         raise ExportError(f"denoiser token_input {mode!r} has no NIR mapping")
+    nodes = {"input": nir.Input(input_type=np.array([cin, h, w]))}
+    edges.append(("input", "layers.0.synapse"))
     prev = None
     for i, layer in enumerate(den.layers):
         conv = _conv_fold(layer, f"denoiser.layers.{i}", (h, w), dtype)
@@ -344,6 +356,7 @@ def denoiser_graph(model, dtype=np.float64) -> nir.NIRGraph:
     c_last = den.layers[-1].synapse.out_channels
     W = head.weight.detach().double()
     b = head.bias.detach().double()
+    # the head over concat(last, first): two synapses summing into the mean over T
     nodes["head.last"] = conv_node(W[:, :c_last], b, (h, w), 1, 1, dtype)
     nodes["head.first"] = conv_node(W[:, c_last:], torch.zeros_like(b), (h, w), 1, 1, dtype)
     T = den.cfg.T
@@ -352,63 +365,135 @@ def denoiser_graph(model, dtype=np.float64) -> nir.NIRGraph:
     edges += [(prev, "head.last"), ("layers.0.lif", "head.first"),
               ("head.last", "readout.mean"), ("head.first", "readout.mean"),
               ("readout.mean", "output")]
-    host = [
-        "input: " + inp + "; the same at each of T steps",
-        "head over concat(last, first) = head.last + head.first summed into readout.mean "
-        "(I, r = 1/(T*dt)): the output at the last step is the mean over T of the logits",
-        "between denoiser calls (absorbing diffusion sampling): softmax(logits/temperature), "
-        "draw a token per position, reveal each still-masked token with probability "
-        "1/(steps left) (spikediff.diffusion.sample_tokens); finally decode the grid",
-    ]
-    return _graph(nodes, edges, _meta(model, "denoiser", host, {
+    d = model.config.diffusion
+    records = [first, {"op": "sample_tokens", "when": "between_calls", "mask_id": int(den.mask_id),
+                       "diffusion_steps": int(N), "reveal": "each masked token with probability "
+                       "1/(steps left)", "temperature": float(d.temperature)}]
+    return _graph(nodes, edges, _meta(model, "denoiser", {
+        "shape": [cin, h, w], "encoding": encoding}, records, {
         "token_input": mode, "codebook_size": int(K), "mask_id": int(den.mask_id),
         "diffusion_steps": int(N)}))
 
 
-def build_graph(model, dtype=np.float64) -> nir.NIRGraph:
-    """The whole exportable model: one top-level NIRGraph with three subgraphs."""
+# -- the spiking form: readouts to the host -----------------------------------------
+def spiking_form(sub: nir.NIRGraph) -> nir.NIRGraph:
+    """The same part with its analog readouts (LI, I) moved to the host: every node a
+    chip sees is then a synapse or a spiking neuron. The nodes that fed the readouts
+    feed the Output instead (the denoiser's two head synapses sum into it, as they
+    summed into the readout), read at every step, and a host `readout` record says
+    how to integrate it: value = sum_k gain_k * sum_t decay_k^(T-1-t) * output_t,
+    exactly what the LI (decay 1 - dt/tau, gain dt r / tau) and I (decay 1, gain dt r)
+    nodes did. (NIR graphs have one Output per subgraph, so the sum stays in it.)"""
+    dt = float(sub.metadata["dt"])
+    readouts = {n: v for n, v in sub.nodes.items() if isinstance(v, (nir.LI, nir.I))}
+    if not readouts:
+        return copy.deepcopy(sub)
+    outs = [n for n, v in sub.nodes.items() if isinstance(v, nir.Output)]
+    if len(outs) != 1:
+        raise ExportError(f"a spiking form needs one Output, the graph has {len(outs)}")
+    out = outs[0]
+    sources = sorted({a for a, b in sub.edges if b in readouts and a not in readouts})
+    nodes = {n: copy.deepcopy(v) for n, v in sub.nodes.items() if n not in readouts}
+    shape = np.array(nodes[sources[0]].output_type["output"])
+    nodes[out] = nir.Output(output_type=shape)
+    edges = [(a, b) for a, b in sub.edges if a in nodes and b in nodes] + \
+        [(src, out) for src in sources]
+    decays, gains = [], []
+    for n, v in readouts.items():
+        if isinstance(v, nir.LI):
+            a = dt / float(np.asarray(v.tau).flat[0])
+            decays.append(1.0 - a)
+            gains.append(a * float(np.asarray(v.r).flat[0]))
+        else:
+            decays.append(1.0)
+            gains.append(dt * float(np.asarray(v.r).flat[0]))
+        for p in ("tau", "r"):
+            arr = np.asarray(getattr(v, p, 0.0))
+            if not np.all(arr == arr.flat[0]):
+                raise ExportError(f"readout {n!r}: {p} varies across neurons; no host readout")
+    if len({frozenset(a for a, b in sub.edges if b == n) for n in readouts}) != 1:
+        raise ExportError("the readouts read different nodes; no single host readout")
+    md = copy.deepcopy(sub.metadata)
+    md["form"] = "spiking"
+    md["readout"] = {"nodes": [out], "at": "every_step"}
+    records = nir_schema.host_records(sub.metadata)
+    records.insert(1 if records and records[0].get("when") == "before" else 0,
+                   {"op": "readout", "when": "after", "sources": [out],
+                    "decays": np.array(decays), "gains": np.array(gains)})
+    md["host"] = nir_schema.host(records)
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=md)
+
+
+def build_graph(model, dtype=np.float64, *, part: str | None = None,
+                form: str = "full") -> nir.NIRGraph:
+    """The whole exportable model: one top-level NIRGraph with three subgraphs; with
+    `part`, that part alone as the top-level graph. form "spiking": readouts on the host."""
     model = copy.deepcopy(model).inference()  # a no-op on a loaded (folded) model
-    enc = encoder_graph(model, dtype)
-    dec = decoder_graph(model, dtype)
-    den = denoiser_graph(model, dtype)
+    parts = {"encoder": encoder_graph, "decoder": decoder_graph, "denoiser": denoiser_graph}
+    if form not in ("full", "spiking"):
+        raise ExportError(f"form must be 'full' or 'spiking', got {form!r}")
+    graphs = {}
+    for name, make in parts.items():
+        if part is None or part == name:
+            g = make(model, dtype)
+            graphs[name] = spiking_form(g) if form == "spiking" else g
+    if part is not None:
+        g = graphs[part]
+        g.metadata.update(_sampling(model))
+        return g
 
     def shape(g, io):
         return np.array(next(iter((g.input_type if io == "in" else g.output_type).values())))
 
-    nodes = {
-        "image": nir.Input(input_type=shape(enc, "in")), "encoder": enc,
-        "feature": nir.Output(output_type=shape(enc, "out")),
-        "codes": nir.Input(input_type=shape(dec, "in")), "decoder": dec,
-        "image_phases": nir.Output(output_type=shape(dec, "out")),
-        "tokens": nir.Input(input_type=shape(den, "in")), "denoiser": den,
-        "logits": nir.Output(output_type=shape(den, "out")),
-    }
-    edges = [("image", "encoder"), ("encoder", "feature"), ("codes", "decoder"),
-             ("decoder", "image_phases"), ("tokens", "denoiser"), ("denoiser", "logits")]
-    host = [
-        "encoder: image - 0.5 repeated T steps -> feature; host: nearest code (argmin L2) "
-        "against decoder/codebook",
-        "denoiser: called once per sampling step from a fully masked grid, then once per "
-        "refinement step (refine_steps, 0: none) on the finished grid with a random "
-        "refine_fraction of it re-masked; host: softmax sampling and reveal schedule between "
-        "calls (absorbing diffusion, spikediff.diffusion.sample_tokens)",
-        "decoder: one-hot codes repeated T steps -> image_phases; host: "
-        "tanh(pixel_shuffle(x, phase_factor)), then (x + 1) / 2",
-    ]
-    md = _meta(model, "model", host, {
+    enc, dec, den = graphs["encoder"], graphs["decoder"], graphs["denoiser"]
+    nodes = {"image": nir.Input(input_type=shape(enc, "in")), "encoder": enc,
+             "codes": nir.Input(input_type=shape(dec, "in")), "decoder": dec,
+             "tokens": nir.Input(input_type=shape(den, "in")), "denoiser": den}
+    edges = [("image", "encoder"), ("codes", "decoder"), ("tokens", "denoiser")]
+    for pname, g, io in (("encoder", enc, "feature"), ("decoder", dec, "image_phases"),
+                         ("denoiser", den, "logits")):
+        nodes[io] = nir.Output(output_type=shape(g, "out"))
+        edges.append((pname, io))
+    md = {
+        "format": FORMAT, "part": "model", "form": form,
+        "spikediff_version": __version__, "preset": str(model.config.preset),
+        # how the parts are called: generate = denoiser calls (sampling steps, then the
+        # refinement steps), then the decoder on the final grid; encode = encoder + host
+        "sequence": {"generate": ["denoiser", "decoder"], "encode": ["encoder"]},
+        **_sampling(model),
         "T_denoiser": int(model.config.denoiser.T), "channels": int(model.channels),
-        "image_size": int(model.image_size), "grid": np.array(model.grid),
-        "temperature": float(model.config.diffusion.temperature),
-        "refine_steps": int(model.config.diffusion.refine_steps),
-        "refine_fraction": float(model.config.diffusion.refine_fraction),
-        "refine_temperature": float(model.config.diffusion.refine_temperature),
-        "diffusion_steps": int(model.diffusion_steps), "codebook_size": int(model.vq.cfg.codebook_size),
+        "image_size": int(model.image_size),
+        "diffusion_steps": int(model.diffusion_steps),
+        "codebook_size": int(model.vq.cfg.codebook_size),
         "phase_factor": int(dec.metadata["phase_factor"]),
         "token_input": model.denoiser.cfg.token_input,
         # spikediff-run --compare checks that its Norse model is the one exported
         "weights_sha256": weights_hash(model.vq, model.denoiser),
-    })
+    }
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=md)
+
+
+def _sampling(model) -> dict:
+    d = model.config.diffusion
+    return {"grid": np.array(model.grid), "temperature": float(d.temperature),
+            "refine_steps": int(d.refine_steps), "refine_fraction": float(d.refine_fraction),
+            "refine_temperature": float(d.refine_temperature)}
+
+
+def write(graph: nir.NIRGraph, path) -> None:
+    """nir.write, then the LIF `v_reset` fields dropped where they are 0 (our reset):
+    nir 1.0.4 (sinabs' pin) has no such field and refuses the file with it, while
+    nir >= 1.0.5 reads a missing v_reset as 0. The file means the same to both."""
+    import h5py
+    nir.write(str(path), graph)
+    with h5py.File(str(path), "r+") as f:
+        def drop(name, obj):
+            if isinstance(obj, h5py.Group) and "v_reset" in obj and "type" in obj:
+                t = obj["type"][()]
+                t = t.decode() if isinstance(t, bytes) else str(t)
+                if t == "LIF" and not np.any(obj["v_reset"][()]):
+                    del obj["v_reset"]
+        f.visititems(drop)
 
 
 def refinement_of(metadata: dict):
@@ -422,12 +507,13 @@ def refinement_of(metadata: dict):
 
 
 def node_counts(graph: nir.NIRGraph) -> dict[str, dict[str, int]]:
-    """{subgraph: {node type: count}} for each nested graph (and 'top')."""
-    out = {}
-    for name, node in graph.nodes.items():
-        if isinstance(node, nir.NIRGraph):
-            c: dict[str, int] = {}
-            for n in node.nodes.values():
-                c[type(n).__name__] = c.get(type(n).__name__, 0) + 1
-            out[name] = dict(sorted(c.items()))
-    return out
+    """{part: {node type: count}} for each part subgraph, or for a one-part graph."""
+    def count(g):
+        c: dict[str, int] = {}
+        for n in g.nodes.values():
+            c[type(n).__name__] = c.get(type(n).__name__, 0) + 1
+        return dict(sorted(c.items()))
+    subs = {k: v for k, v in graph.nodes.items() if isinstance(v, nir.NIRGraph)}
+    if not subs:
+        return {str(graph.metadata.get("part", "graph")): count(graph)}
+    return {k: count(v) for k, v in subs.items()}

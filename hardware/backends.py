@@ -205,7 +205,8 @@ class LavaBackend(Backend):
         x = self.ex.denoiser_input(tokens, t)
         names = self.den_lifs if self.record_layers else []
         res = self.run("denoiser", x, names + ["output"])
-        logits = torch.from_numpy(res.aligned("output")[-1].astype("float64"))
+        out = {"output": torch.from_numpy(res.aligned("output").astype("float64"))}
+        logits = self.ex.read_out("denoiser", out)  # full or spiking form
         rec = ({n: torch.from_numpy(res.aligned(n).astype("float64")) for n in names}
                if record else None)
         if record and not names:
@@ -217,7 +218,8 @@ class LavaBackend(Backend):
         x = self.ex.decoder_input(codes)
         names = self.dec_lifs if self.record_layers else []
         res = self.run("decoder", x, names + ["output"])
-        phases = torch.from_numpy(res.aligned("output")[-1].astype("float64"))
+        out = {"output": torch.from_numpy(res.aligned("output").astype("float64"))}
+        phases = self.ex.read_out("decoder", out)
         rec = ({n: torch.from_numpy(res.aligned(n).astype("float64")) for n in names}
                if record else None)
         return self.ex.image_from_phases(phases), rec
@@ -266,8 +268,8 @@ def export_to(model, path) -> str:
     """Write the model's NIR file (float64 parameters) to path; returns path."""
     import nir
     import numpy as np
-    from export.nir_graph import build_graph
-    nir.write(str(path), build_graph(model, np.float64))
+    from export.nir_graph import build_graph, write
+    write(build_graph(model, np.float64), path)
     return str(path)
 
 

@@ -80,8 +80,11 @@ def _nir_info(path):
         raise SpikediffError(f"no NIR file at {path}") from None
     except Exception as e:
         raise SpikediffError(f"cannot read NIR file {path} ({type(e).__name__}: {e})") from None
-    if "denoiser" not in g.nodes:
-        raise SpikediffError(f"{path} is not a spikediff export (no 'denoiser' subgraph)")
+    from export.nir_schema import PARTS, check
+    parts = check(g, str(path))  # metadata against the graph, one line where they disagree
+    if list(parts) != list(PARTS):
+        raise SpikediffError(f"{path} holds only the {', '.join(parts)} part; generating "
+                             "needs a whole export (spikediff-export --to nir without --part)")
     md, dmd = g.metadata, g.nodes["denoiser"].metadata
     return (tuple(int(x) for x in md["grid"]), int(dmd["mask_id"]), int(dmd["diffusion_steps"]),
             float(md["temperature"]), refinement_of(md), md.get("weights_sha256"))

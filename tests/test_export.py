@@ -1,5 +1,5 @@
 """Export to NIR and ONNX, checked by re-running what was written."""
-import json
+import copy
 
 import nir
 import numpy as np
@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from export import cli as export_cli
+from export import nir_schema
 from export.nir_exec import Exported, GraphRunner, repeat, spiking_view, verify
 from export.nir_graph import (ExportError, build_graph, convT_phase, li_node, lif_node,
-                              integrator_node, node_counts)
+                              integrator_node, node_counts, write)
 from spikediff.checkpoint import SHIPPED, Checkpoint, atomic_save
 from spikediff.model import active_random_model
 from spikediff.neuron import DT, lif_parameters, lif_sequence, psp
@@ -29,7 +30,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def tiny_file(tiny, tmp_path_factory):
     path = tmp_path_factory.mktemp("nir") / "tiny.nir"
-    nir.write(str(path), build_graph(tiny))
+    write(build_graph(tiny), path)
     return path
 
 
@@ -139,13 +140,28 @@ def test_file_structure_and_metadata(tiny_file, tiny):
     assert {"encoder", "decoder", "denoiser"} <= set(g.nodes)
     counts = node_counts(g)
     assert counts["encoder"] == {"Conv2d": 3, "I": 1, "Input": 1, "LI": 1, "LIF": 3, "Output": 1}
-    assert counts["decoder"] == {"Conv2d": 5, "Input": 1, "LI": 1, "LIF": 3, "Output": 1}
-    # the embeddings are folded into the first synapse: no Conv2d -> Conv2d chain
+    # the code lookup is folded into the spike generator's synapse, and the denoiser's
+    # embeddings into its first synapse: no Conv2d -> Conv2d chain anywhere
+    assert counts["decoder"] == {"Conv2d": 4, "Input": 1, "LI": 1, "LIF": 3, "Output": 1}
     assert counts["denoiser"] == {"Conv2d": 4, "I": 1, "Input": 1, "LIF": 2, "Output": 1}
-    for md in [g.metadata] + [g.nodes[p].metadata for p in ("encoder", "decoder", "denoiser")]:
+    for p in ("encoder", "decoder", "denoiser"):
+        sub = g.nodes[p]
+        chains = [(a, b) for a, b in sub.edges if isinstance(sub.nodes[a], nir.Conv2d)
+                  and isinstance(sub.nodes[b], nir.Conv2d)]
+        assert chains == [], (p, chains)
+    # conventions as typed keys, not prose
+    assert nir_schema.check(g) == ["encoder", "decoder", "denoiser"]
+    for p in ("encoder", "decoder", "denoiser"):
+        md = g.nodes[p].metadata
         assert float(md["dt"]) == DT and int(md["T"]) == 2 and md["preset"] == "tiny"
-        assert "repeated for T steps" in md["input_encoding"]
-        assert len(json.loads(md["host_steps"])) >= 2 and md["spikediff_version"]
+        assert md["integration"] == "forward_euler" and int(md["edge_delay_steps"]) == 0
+        assert md["threshold_test"] == "greater" and md["reset"] == "hard"
+        assert md["form"] == "full" and nir_schema.strs(md["readout"]["nodes"]) == ["output"]
+        assert [int(v) for v in md["input"]["shape"]] == list(
+            g.nodes[p].nodes["input"].input_type["input"])
+        assert len(nir_schema.host_records(md)) >= 2 and md["spikediff_version"]
+    codebook = nir_schema.find(g.nodes["encoder"].metadata, "nearest_code")["codebook"]
+    assert np.array_equal(codebook, tiny.vq.codebook.embedding.detach().double().numpy())
     # phase-stacked decoder at the latent grid, nothing dense
     assert list(g.nodes["decoder"].output_type["output"]) == [16, 7, 7]
     assert not any(isinstance(n, nir.Affine) for p in ("encoder", "decoder", "denoiser")
@@ -155,6 +171,55 @@ def test_file_structure_and_metadata(tiny_file, tiny):
     # the graph written once more reads back the same
     g2 = build_graph(tiny)
     assert node_counts(g2) == counts
+
+
+@pytest.mark.parametrize("part", [None, "encoder", "decoder", "denoiser"])
+@pytest.mark.parametrize("form", ["full", "spiking"])
+def test_parts_and_spiking_form_reproduce_the_model(tiny, part, form, tmp_path):
+    """One part per file and the spiking form (readouts as host records) run the same
+    network: every layer's spikes identical, readouts to float rounding."""
+    g = build_graph(tiny, part=part, form=form)
+    path = tmp_path / "m.nir"
+    write(g, path)
+    ex = Exported.read(path)
+    assert ex.parts == ([part] if part else ["encoder", "decoder", "denoiser"])
+    if form == "spiking":
+        for sub in ex.subs.values():  # every node a chip sees: a synapse or a spiking neuron
+            kinds = {type(n).__name__ for n in sub.nodes.values()}
+            assert kinds <= {"Input", "Conv2d", "LIF", "Output"}, kinds
+    rows = verify(tiny, ex, n=2, generate=1)
+    _assert_exact(rows)
+    assert {r["part"] for r in rows} >= set(ex.parts)
+
+
+def test_default_file_loads_without_v_reset_as_nir_1_0_4_needs(tiny_file):
+    """nir 1.0.4 (sinabs' pin) has no LIF v_reset; the default file leaves the zero
+    v_reset out, which current nir reads back as 0."""
+    import h5py
+    write(build_graph(active_model()), tiny_file.parent / "w.nir")
+    with h5py.File(tiny_file.parent / "w.nir") as f:
+        found = []
+        f.visit(lambda name: found.append(name) if name.endswith("v_reset") else None)
+    assert found == []
+    g = nir.read(str(tiny_file.parent / "w.nir"))
+    assert np.all(g.nodes["encoder"].nodes["encoder.0.lif"].v_reset == 0)
+
+
+def test_metadata_that_disagrees_with_the_graph_is_one_error(tiny, tmp_path):
+    g = build_graph(tiny, part="denoiser")
+    for change, words in (
+            (lambda md: md["input"].update(shape=[3, 7, 7]), "disagrees with the Input node"),
+            (lambda md: md.update(reset="subtract"), "implements 'hard' only"),
+            (lambda md: md.update(T=0), "T >= 1"),
+            (lambda md: md["readout"].update(nodes=["nope"]), "not an Output node"),
+            (lambda md: md.update(format="spikediff-nir/1"), "export the checkpoint again"),
+            (lambda md: md.pop("format"), "not a spikediff NIR export")):
+        bad = copy.deepcopy(g)
+        change(bad.metadata)
+        path = tmp_path / "bad.nir"
+        nir.write(str(path), bad)
+        with pytest.raises(nir_schema.NirFormatError, match=words):
+            Exported.read(path)
 
 
 @pytest.mark.parametrize("token_input", ["embed", "raw"])
@@ -219,6 +284,19 @@ def test_cli(tiny, tmp_path, capsys):
                             str(tmp_path / "onnx"), "--verify"]) == 0
     assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == [
         "decoder.onnx", "denoiser.onnx", "encoder.onnx"]
+    # one part, spiking only; then --verify FILE checks that file and writes nothing
+    part = tmp_path / "den.nir"
+    assert export_cli.main(["--checkpoint", str(ckpt), "--out", str(part), "--part", "denoiser",
+                            "--spiking-only"]) == 0
+    assert "denoiser  Conv2d 4, Input 1, LIF 2, Output 1" in capsys.readouterr().out
+    before = sorted(tmp_path.iterdir())
+    assert export_cli.main(["--verify", str(part), "--checkpoint", str(ckpt)]) == 0
+    text = capsys.readouterr().out
+    assert f"verification of {part} (denoiser" in text and "all spike trains identical" in text
+    assert sorted(tmp_path.iterdir()) == before
+    # the file against other weights: refused in one line
+    assert export_cli.main(["--verify", str(part)]) == 2
+    assert "exported from other weights" in capsys.readouterr().err
 
 
 def test_cli_errors(tmp_path, capsys):

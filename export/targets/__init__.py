@@ -8,7 +8,8 @@ parameters) but never the network: where a consumer's own neuron semantics diffe
 `benchmarks/nir_consumers.py` measures the agreement instead of assuming it.
 
 Each profile is one small module here with NAME, DESCRIPTION (one line for --help),
-DIFFERENCES (measured, for docs/nir.md) and adapt().
+DIFFERENCES (measured, for docs/nir.md), adapt() and write(graph, path); a profile
+without its own write() uses the generic one.
 """
 from __future__ import annotations
 
@@ -22,4 +23,8 @@ def profile(name: str):
     if name not in NAMES:
         from spikediff.errors import SpikediffError
         raise SpikediffError(f"unknown --target {name!r}; choose one of: {', '.join(NAMES)}")
-    return importlib.import_module(f"{__name__}.{name}")
+    mod = importlib.import_module(f"{__name__}.{name}")
+    if not hasattr(mod, "write"):
+        from . import generic
+        mod.write = generic.write
+    return mod
