@@ -41,8 +41,8 @@ DIFFERENCES = (
     "0.77/0.85/0.79, decoder 0.82/0.85/0.91, denoiser 0.88/0.90/0.75/0.90 (spike Jaccard "
     "0.02-0.56; the 3rd layer of encoder and decoder fires only at step 4); aligned by "
     "the k-step lag (layers 1-3), 0.87-0.98. spyx's spikes equal that rule emulated on "
-    "our graph exactly (0 mismatches). Its import keeps one chain from the node 'input' (first edge out of "
-    "each node) and silently drops fan-out branches and extra Outputs; it refuses an LI "
+    "our graph exactly (0 mismatches). Its import keeps one chain from the node 'input' "
+    "(first edge out of each node) and silently drops fan-out branches and extra Outputs; it refuses an LI "
     "without a Threshold (readouts) and ignores Conv2d dilation/groups and LIF r, v_leak, "
     "v_reset (adapt folds r*dt/tau and v_leak into the synapse; v_reset has no spyx form)."
 )
