@@ -42,9 +42,10 @@ DIFFERENCES = (
     "0.02-0.56; the 3rd layer of encoder and decoder fires only at step 4); aligned by "
     "the k-step lag (layers 1-3), 0.87-0.98. spyx's spikes equal that rule emulated on "
     "our graph exactly (0 mismatches). Its import keeps one chain from the node 'input' "
-    "(first edge out of each node) and silently drops fan-out branches and extra Outputs; it refuses an LI "
-    "without a Threshold (readouts) and ignores Conv2d dilation/groups and LIF r, v_leak, "
-    "v_reset (adapt folds r*dt/tau and v_leak into the synapse; v_reset has no spyx form)."
+    "(first edge out of each node) and silently drops fan-out branches and extra "
+    "Outputs; it refuses an LI without a Threshold (readouts) and ignores Conv2d "
+    "dilation/groups and LIF r, v_leak, v_reset (adapt folds r*dt/tau and v_leak into "
+    "the synapse; v_reset has no spyx form)."
 )
 
 _SYNAPSES = (nir.Conv2d, nir.Affine, nir.Linear)
