@@ -117,9 +117,9 @@ def main(argv: list[str]) -> int:
                 first = next(bb for aa, bb in graph.edges if aa == a)
                 why.append(f"fan-out of '{a}': spyx follows only its first edge (to '{first}')")
         why = "; ".join(why) or "not on spyx's single chain from 'input'"
-        print(f"warning: spyx from_nir drops node '{name}' ({type(node).__name__}): {why}; "
-              f"no {'output' if isinstance(node, nir.Output) else 'spikes'}/{name} written",
-              file=sys.stderr)
+        key = {nir.Output: "output", nir.LIF: "spikes"}.get(type(node))
+        print(f"warning: spyx from_nir drops node '{name}' ({type(node).__name__}): {why}"
+              + (f"; no {key}/{name} written" if key else ""), file=sys.stderr)
     for name in built:
         node = graph.nodes[name]
         if isinstance(node, nir.Conv2d):
