@@ -1,0 +1,51 @@
+"""snnTorch 1.0 (`snntorch.import_nir.import_from_nir`): the same network at its dt = 1e-4 s."""
+import copy
+
+import nir
+import numpy as np
+
+NAME = "snntorch"
+DESCRIPTION = "snnTorch 1.0 import_from_nir: every time constant restated at its fixed dt = 0.1 ms"
+DIFFERENCES = (
+    "snnTorch 1.0 ignores the file's dt and assumes dt = 1e-4 s: a LIF becomes snn.Leaky with "
+    "beta = 1 - 1e-4/tau and threshold v_threshold / (r*1e-4/tau) (it integrates r*dt/tau*I "
+    "into v/(r*dt/tau)); as written at dt = 1 ms (beta 0.95, threshold 20) the network fires "
+    "no spike in T = 4 steps. This profile restates every tau at dt = 1e-4 (same per-step "
+    "system; metadata dt = 1e-4), after which its spikes equal export/nir_exec.py's on every "
+    "spiking layer (measured: tiny model and the shipped checkpoint, encoder, decoder and "
+    "denoiser). It ignores v_reset (always resets to 0: ours is 0), refuses v_leak != 0 and "
+    "per-neuron thresholds, and cannot import LI or I nodes ('Unknown node type'): the "
+    "readouts must be run on the host, or the file cut before them. Like every "
+    "nirtorch.nir_to_torch user it never returns on a graph with two Output nodes and returns "
+    "an Output's incoming edges unsummed."
+)
+
+SNNTORCH_DT = 1e-4
+
+
+def _restate(graph: nir.NIRGraph, dt: float | None) -> nir.NIRGraph:
+    g = copy.copy(graph)
+    g.metadata = dict(graph.metadata)
+    here = float(g.metadata["dt"]) if "dt" in g.metadata else dt
+    nodes = {}
+    for name, node in graph.nodes.items():
+        if isinstance(node, nir.NIRGraph):
+            nodes[name] = _restate(node, here)
+            continue
+        if here is not None and isinstance(node, (nir.LIF, nir.LI, nir.I, nir.IF)):
+            k = SNNTORCH_DT / here
+            node = copy.deepcopy(node)
+            if isinstance(node, (nir.LIF, nir.LI)):
+                node.tau = np.asarray(node.tau) * k      # dt/tau and r*dt/tau unchanged
+            else:
+                node.r = np.asarray(node.r) / k          # dt*r unchanged
+        nodes[name] = node
+    g.nodes = nodes
+    if here is not None:
+        g.metadata["dt"] = SNNTORCH_DT
+    return g
+
+
+def adapt(graph: nir.NIRGraph) -> nir.NIRGraph:
+    """The same discrete-time network stated at dt = 1e-4 s (metadata dt updated)."""
+    return _restate(graph, None)
