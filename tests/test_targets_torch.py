@@ -120,7 +120,12 @@ def test_snntorch_profile_restates_dt():
         r0, r1 = GraphRunner(sub).run(x), GraphRunner(new).run(x)
         for k in r0:
             assert torch.allclose(r0[k], r1[k], atol=1e-9), (part, k)
-    assert profile("norse").adapt(g) is g
+    n = profile("norse").adapt(g)
+    for part in PARTS:  # already at Norse's dt: the same numbers
+        assert n.nodes[part].metadata["dt"] == 1e-3
+        for name, node in n.nodes[part].nodes.items():
+            if isinstance(node, nir.LIF):
+                assert np.array_equal(node.tau, g.nodes[part].nodes[name].tau)
 
 
 def test_runner_error_is_one_line(tmp_path):

@@ -1,8 +1,10 @@
 """Norse 1.1.0 (`norse.torch.from_nir`): the graph as written."""
 import nir
 
+from .snntorch import restate_dt
+
 NAME = "norse"
-DESCRIPTION = "Norse 1.1 from_nir: the graph as written (dt 1 ms is its default dt)"
+DESCRIPTION = "Norse 1.1 from_nir: time constants stated at its default dt = 1 ms (ours already)"
 DIFFERENCES = (
     "Norse 1.1.0 maps a LIF to LIFBoxCell (forward Euler at from_nir's dt argument, default "
     "1e-3 = ours; spike if v > v_threshold; reset to 0): the same update as ours, and its "
@@ -22,5 +24,10 @@ DIFFERENCES = (
 )
 
 
+NORSE_DT = 1e-3  # from_nir's default dt
+
+
 def adapt(graph: nir.NIRGraph) -> nir.NIRGraph:
-    return graph
+    """The same network stated at from_nir's default dt = 1e-3 s (ours already is), so that
+    `from_nir(graph)` without a dt argument runs it as written."""
+    return restate_dt(graph, NORSE_DT)

@@ -23,29 +23,38 @@ DIFFERENCES = (
 SNNTORCH_DT = 1e-4
 
 
-def _restate(graph: nir.NIRGraph, dt: float | None) -> nir.NIRGraph:
+def restate_dt(graph: nir.NIRGraph, new_dt: float, dt: float | None = None) -> nir.NIRGraph:
+    """A copy of `graph` (and its nested subgraphs) stating the same per-step network at
+    step `new_dt`: tau scaled by new_dt/dt (LIF, LI), r by dt/new_dt (I, IF), metadata dt =
+    new_dt. A graph without a dt of its own uses its parent's (`dt`); none: left as is."""
     g = copy.copy(graph)
     g.metadata = dict(graph.metadata)
     here = float(g.metadata["dt"]) if "dt" in g.metadata else dt
     nodes = {}
     for name, node in graph.nodes.items():
         if isinstance(node, nir.NIRGraph):
-            nodes[name] = _restate(node, here)
+            nodes[name] = restate_dt(node, new_dt, here)
             continue
-        if here is not None and isinstance(node, (nir.LIF, nir.LI, nir.I, nir.IF)):
-            k = SNNTORCH_DT / here
+        timed = (nir.LIF, nir.LI, nir.I, nir.IF, nir.CubaLIF, nir.CubaLI, nir.Delay)
+        if here is not None and isinstance(node, timed) and new_dt != here:
+            k = new_dt / here
             node = copy.deepcopy(node)
             if isinstance(node, (nir.LIF, nir.LI)):
                 node.tau = np.asarray(node.tau) * k      # dt/tau and r*dt/tau unchanged
-            else:
+            elif isinstance(node, (nir.I, nir.IF)):
                 node.r = np.asarray(node.r) / k          # dt*r unchanged
+            elif isinstance(node, nir.Delay):
+                node.delay = np.asarray(node.delay) * k  # the same number of steps
+            else:
+                node.tau_syn = np.asarray(node.tau_syn) * k
+                node.tau_mem = np.asarray(node.tau_mem) * k
         nodes[name] = node
     g.nodes = nodes
     if here is not None:
-        g.metadata["dt"] = SNNTORCH_DT
+        g.metadata["dt"] = float(new_dt)
     return g
 
 
 def adapt(graph: nir.NIRGraph) -> nir.NIRGraph:
     """The same discrete-time network stated at dt = 1e-4 s (metadata dt updated)."""
-    return _restate(graph, None)
+    return restate_dt(graph, SNNTORCH_DT)
