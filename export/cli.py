@@ -104,8 +104,12 @@ def cmd_nir(model, out: Path, a) -> int:
 
     target = profile(a.target)
     check_outputs([out], a.force)
+    spiking = a.spiking_only or not target.READS_READOUTS
+    if spiking and not a.spiking_only:
+        print(f"note: {target.NAME}'s NIR import has no LI/I readouts: writing the spiking form "
+              "(readouts as host records, as --spiking-only)")
     graph = build_graph(model, np.float32 if a.float32 else np.float64, part=a.part,
-                        form="spiking" if a.spiking_only else "full")
+                        form="spiking" if spiking else "full")
     graph = target.adapt(graph)
     _atomic_write(out, lambda tmp: target.write(graph, tmp))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, target {target.NAME}), "
@@ -207,7 +211,10 @@ def main(argv=None) -> int:
         raise SpikediffError("--part, --spiking-only and --target apply to --to nir only")
     if a.to == "nir":
         from .targets import profile
-        profile(a.target)  # an unknown target before the (slow) load
+        target = profile(a.target)  # an unknown target before the (slow) load
+        if a.part is None and not target.READS_NESTED:
+            raise SpikediffError(f"{target.NAME}'s NIR import reads one flat graph: add --part "
+                                 "encoder, decoder or denoiser (one file per part)")
     out = Path(a.out or DEFAULT_OUT[a.to])
     # before the (slow) load; each cmd_* checks again right before writing
     if a.to == "nir":

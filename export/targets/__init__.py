@@ -8,8 +8,11 @@ parameters) but never the network: where a consumer's own neuron semantics diffe
 `benchmarks/nir_consumers.py` measures the agreement instead of assuming it.
 
 Each profile is one small module here with NAME, DESCRIPTION (one line for --help),
-DIFFERENCES (measured, for docs/nir.md), adapt() and write(graph, path); a profile
-without its own write() uses the generic one.
+DIFFERENCES (measured, for docs/nir.md), READS_READOUTS (its import maps LI/I: else
+the export writes the spiking form), READS_NESTED (it takes a file of three part
+subgraphs: else one --part per file), adapt() and write(graph, path); a profile
+without its own write() uses the generic one. The runners that prove them are
+benchmarks/nir_consumers/NAME.py.
 """
 from __future__ import annotations
 

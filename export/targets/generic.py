@@ -5,6 +5,12 @@ NAME = "generic"
 DESCRIPTION = "the graph as the metadata describes it (dt 1 ms, forward Euler, hard reset)"
 DIFFERENCES = "none: export/nir_exec.py runs it spike for spike"
 
+# what its import can take: LI/I readout nodes (else the spiking form is written),
+# nested part subgraphs (else one --part per file)
+READS_READOUTS = True
+READS_NESTED = True
+
+
 
 def adapt(graph: nir.NIRGraph) -> nir.NIRGraph:
     return graph

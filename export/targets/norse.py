@@ -23,6 +23,12 @@ DIFFERENCES = (
     "with '.' are fine (renamed '_' consistently)."
 )
 
+# what its import can take: LI/I readout nodes (else the spiking form is written),
+# nested part subgraphs (else one --part per file)
+READS_READOUTS = False
+READS_NESTED = False
+
+
 
 NORSE_DT = 1e-3  # from_nir's default dt
 

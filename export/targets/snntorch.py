@@ -20,6 +20,12 @@ DIFFERENCES = (
     "an Output's incoming edges unsummed."
 )
 
+# what its import can take: LI/I readout nodes (else the spiking form is written),
+# nested part subgraphs (else one --part per file)
+READS_READOUTS = False
+READS_NESTED = False
+
+
 SNNTORCH_DT = 1e-4
 
 

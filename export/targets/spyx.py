@@ -48,6 +48,12 @@ DIFFERENCES = (
     "the synapse; v_reset has no spyx form)."
 )
 
+# what its import can take: LI/I readout nodes (else the spiking form is written),
+# nested part subgraphs (else one --part per file)
+READS_READOUTS = False
+READS_NESTED = False
+
+
 _SYNAPSES = (nir.Conv2d, nir.Affine, nir.Linear)
 
 
