@@ -192,3 +192,25 @@ def test_sinabs_itself_reproduces_the_spikes(graphs, inputs, tmp_path):
     for name, node in view.nodes.items():
         if isinstance(node, nir.LIF):
             assert np.array_equal(got[f"spikes/{name}"], ref[name].numpy()), name
+
+
+def test_gain_without_a_private_synapse_goes_into_an_inserted_conv():
+    """Spikes straight into a LIF, and a conv shared by two LIFs: the 1/2 gain then needs
+    a diagonal 1x1 conv of its own, and the graph still computes the same."""
+    conv = nir.Conv2d(input_shape=(3, 3), weight=np.random.default_rng(0).normal(size=(2, 2, 3, 3)),
+                      stride=1, padding=1, dilation=1, groups=1, bias=np.full(2, 0.3))
+    c = lif_node((2, 3, 3))
+    c.r = np.full((2, 3, 3), 3.0)  # spikes alone must be able to fire it
+    g = nir.NIRGraph(nodes={"input": nir.Input(input_type=np.array([2, 3, 3])), "conv": conv,
+                            "a": lif_node((2, 3, 3)), "b": lif_node((2, 3, 3)),
+                            "c": c,
+                            "output": nir.Output(output_type=np.array([2, 3, 3]))},
+                     edges=[("input", "conv"), ("conv", "a"), ("conv", "b"), ("a", "c"),
+                            ("b", "output"), ("c", "output")], metadata={"dt": DT})
+    s = adapt_part(g)
+    assert {"a.gain", "b.gain", "c.gain"} <= set(s.nodes)
+    assert np.array_equal(s.nodes["conv"].weight, conv.weight)
+    x = 3 * torch.rand(4, 5, 2, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref, got = GraphRunner(g).run(x), GraphRunner(s).run(x)
+    for n in "abc":
+        assert ref[n].sum() > 0 and torch.equal(got[n], ref[n]), n
