@@ -220,6 +220,9 @@ def adapt(graph: nir.NIRGraph) -> nir.NIRGraph:
              for n, g in graph.nodes.items()}
     md = dict(graph.metadata)
     md["target"] = NAME
+    dts = {float(nodes[n].metadata["dt"]) for n in parts}
+    if "dt" in md and len(dts) == 1:  # the top level's dt describes its parts
+        md["dt"] = dts.pop()
     return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=md, type_check=False)
 
 
