@@ -115,6 +115,9 @@ def cmd_nir(model, out: Path, a) -> int:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, target {target.NAME}), "
           "NIR nodes by type:")
     _print_counts(node_counts(graph))
+    if target.NAME == "generic":
+        print("readers: nir >= 1.0.5 (LIF v_reset); for nir 1.0.4 readers such as sinabs, "
+              "--target sinabs")
     return verify_file(model, out, a) if a.verify else 0
 
 

@@ -481,19 +481,11 @@ def _sampling(model) -> dict:
 
 
 def write(graph: nir.NIRGraph, path) -> None:
-    """nir.write, then the LIF `v_reset` fields dropped where they are 0 (our reset):
-    nir 1.0.4 (sinabs' pin) has no such field and refuses the file with it, while
-    nir >= 1.0.5 reads a missing v_reset as 0. The file means the same to both."""
-    import h5py
+    """nir.write. The LIF `v_reset` field stays, although nir 1.0.4 (sinabs' pin) has
+    none and refuses the file: nir 1.0.4 defines its LIF's reset as a subtraction, so
+    a file without the field would load there as a different network. `--target
+    sinabs` writes what nir 1.0.4 reads, with that difference measured (docs/nir.md)."""
     nir.write(str(path), graph)
-    with h5py.File(str(path), "r+") as f:
-        def drop(name, obj):
-            if isinstance(obj, h5py.Group) and "v_reset" in obj and "type" in obj:
-                t = obj["type"][()]
-                t = t.decode() if isinstance(t, bytes) else str(t)
-                if t == "LIF" and not np.any(obj["v_reset"][()]):
-                    del obj["v_reset"]
-        f.visititems(drop)
 
 
 def refinement_of(metadata: dict):

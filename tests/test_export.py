@@ -192,16 +192,15 @@ def test_parts_and_spiking_form_reproduce_the_model(tiny, part, form, tmp_path):
     assert {r["part"] for r in rows} >= set(ex.parts)
 
 
-def test_default_file_loads_without_v_reset_as_nir_1_0_4_needs(tiny_file):
-    """nir 1.0.4 (sinabs' pin) has no LIF v_reset; the default file leaves the zero
-    v_reset out, which current nir reads back as 0."""
-    import h5py
-    write(build_graph(active_model()), tiny_file.parent / "w.nir")
-    with h5py.File(tiny_file.parent / "w.nir") as f:
-        found = []
-        f.visit(lambda name: found.append(name) if name.endswith("v_reset") else None)
-    assert found == []
-    g = nir.read(str(tiny_file.parent / "w.nir"))
+def test_default_file_keeps_v_reset_and_says_how_to_reach_nir_1_0_4(tiny, tmp_path, capsys):
+    """nir 1.0.4 reads a LIF without v_reset as a subtractive reset: the default file keeps
+    the field (so 1.0.4 refuses it instead of misreading it) and the export names the
+    flag for 1.0.4 readers."""
+    ckpt = tmp_path / "tiny.pt"
+    save_ckpt(tiny, ckpt)
+    assert export_cli.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "m.nir")]) == 0
+    assert "for nir 1.0.4 readers such as sinabs, --target sinabs" in capsys.readouterr().out
+    g = nir.read(str(tmp_path / "m.nir"))
     assert np.all(g.nodes["encoder"].nodes["encoder.0.lif"].v_reset == 0)
 
 

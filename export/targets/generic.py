@@ -17,6 +17,6 @@ def adapt(graph: nir.NIRGraph) -> nir.NIRGraph:
 
 
 def write(graph: nir.NIRGraph, path) -> None:
-    """nir.write with zero v_reset fields dropped: nir 1.0.4 readers load it too."""
+    """nir.write (nir >= 1.0.5 reads it; export.nir_graph.write says why not 1.0.4)."""
     from export.nir_graph import write as write_nir
     write_nir(graph, path)

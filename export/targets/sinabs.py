@@ -35,7 +35,7 @@ one per-step leak l = dt/tau (ours: 1/2). Then, with tau' = -1/ln(1 - l) and dt'
 (1,)-shaped parameters fail nir 1.0.8's type check, and `nir.read(path,
 type_check=False)` still checks nested graphs: the file is for sinabs, not for current
 NIR readers. What sinabs computes differently (its reset rule and spike count) is
-measured (benchmarks/nir_consumer_sinabs.py, docs/nir.md).
+measured (benchmarks/nir_consumers.py, docs/nir.md).
 """
 from __future__ import annotations
 
@@ -58,11 +58,15 @@ DIFFERENCES = (
     "88.9-99.0 % with one spike per step, and 100 % on every layer of every part once "
     "SingleSpike and MembraneReset are set after loading. It cannot read the LI/I "
     "readouts (an LI's r must be 1; an I is dropped silently): give it the spiking-only "
-    "form (benchmarks/nir_consumer_sinabs.py, docs/nir.md)."
+    "form (benchmarks/nir_consumers.py, docs/nir.md)."
 )
 TARGET_NOTE = ("sinabs 3.1 from_nir reads tau in steps (v <- exp(-1/tau) v + I, a LIF's r "
                "ignored): at this dt the LIFs mean the same per step under the forward "
                "Euler rule above and under sinabs'; sinabs cannot read LI/I readouts")
+
+# what its import can take (export/targets/__init__.py)
+READS_READOUTS = False
+READS_NESTED = False
 
 _SYNAPSES = (nir.Conv2d, nir.Affine, nir.Linear)
 _NEURONS = (nir.LIF, nir.LI, nir.I, nir.IF, nir.CubaLIF, nir.CubaLI)
