@@ -103,7 +103,7 @@ def test_time_constants_read_in_steps_match_the_metadata_dt(graphs):
     assert senc.metadata["dt"] / lif.tau[0] == 0.5                      # ours: dt/tau
     assert lif.r[0] == 2.0 and lif.tau.shape == (1,)
     assert senc.metadata["target"] == "sinabs" and s.metadata["target"] == "sinabs"
-    assert s.metadata["dt"] == senc.metadata["dt"] == s.nodes["denoiser"].metadata["dt"]
+    assert senc.metadata["dt"] == s.nodes["denoiser"].metadata["dt"]
     assert np.array_equal(senc.nodes["encoder.0.synapse"].weight, enc.nodes["encoder.0.synapse"].weight / 2)
     assert np.array_equal(senc.nodes["encoder.0.synapse"].bias, enc.nodes["encoder.0.synapse"].bias / 2)
 
