@@ -162,7 +162,7 @@ class Trainer:
                 out["loss"].backward()
                 distributed.average_gradients(net.parameters())  # the global batch's gradient
                 opt.step()
-                if self.ema is not None:
+                if self.ema is not None and stage == "denoiser":  # the denoiser's average only
                     self.ema.update_parameters(net)
                 if self.adversary is not None:  # set in the VQ-SVAE's stages only
                     out |= self.adversary.update()
@@ -279,9 +279,10 @@ class Trainer:
 
 def _summed(values: dict) -> dict:
     """A dict of numbers summed over ranks (the same keys on every rank)."""
-    keys = sorted(values)
+    keys = sorted(values)  # one order on every rank
     total = distributed.sum_(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64))
-    return dict(zip(keys, total.tolist()))
+    summed = dict(zip(keys, total.tolist()))
+    return {k: summed[k] for k in values}
 
 
 @torch.no_grad()
