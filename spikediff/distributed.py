@@ -18,6 +18,7 @@ global batch size up to the order of float reductions.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 
@@ -67,6 +68,19 @@ def init(device: str = "cpu") -> str:
 def shutdown() -> None:
     if world() > 1:
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def group(device: str = "cpu"):
+    """`with group(device) as device:` one command's part in the process group
+    (nothing without torchrun); a failed collective becomes one clear error."""
+    device = init(device)
+    try:
+        yield device
+    except dist.DistError as e:  # a peer's closed connection, a timeout
+        raise lost_contact(e) from None
+    finally:
+        shutdown()
 
 
 def lost_contact(e: Exception) -> SpikediffError:
@@ -165,6 +179,27 @@ def barrier() -> None:
         dist.barrier()
 
 
+class _Summed(torch.autograd.Function):
+    """The sum over ranks, differentiable: the gradient of a sum over ranks is
+    the sum over ranks of the gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
+    return _Summed.apply(x)
+
+
 class SyncBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training-mode statistics are the global batch's, over
     all ranks (torch's SyncBatchNorm runs on GPUs only; this one on gloo too).
@@ -176,7 +211,6 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or world() == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce  # differentiable
         count = torch.tensor(float(x.numel() // x.shape[1] * world()), device=x.device)
         mu = all_reduce(x.sum((0, 2, 3))) / count
         var = all_reduce((x - mu.view(1, -1, 1, 1)).pow(2).sum((0, 2, 3))) / count
