@@ -77,6 +77,8 @@ class Trainer:
         # Under torchrun, training-mode batch norm sees the global batch, as one process does.
         distributed.sync_batchnorm(self.model.vq)
         distributed.sync_batchnorm(self.model.denoiser)
+        if not distributed.is_main():  # the run's code counts are the sum over ranks: those
+            self.model.vq.codebook.usage.zero_()  # loaded are counted once, on rank 0
         self.ema = None  # the denoiser's weight average, when train.ema_decay > 0
         self.adversary = None  # the VQ stage's discriminator, when train.adversarial_weight > 0
 
@@ -84,7 +86,7 @@ class Trainer:
         """Called on every rank (the code usage is summed over them); rank 0 writes."""
         s = self.state
         s.vq = self.model.vq.state_dict()
-        if distributed.world() > 1:  # the codes each rank's slices used, all of them
+        if distributed.world() > 1:  # the codes the ranks' slices used, all of them
             s.vq["codebook.usage"] = distributed.sum_(s.vq["codebook.usage"])
         if not distributed.is_main():
             return

@@ -1,0 +1,168 @@
+"""Training and sampling on 2 CPU processes (torchrun, gloo) against 1 process.
+
+Each launch starts real processes (tests/dist_worker.py under torchrun), one
+torch thread each. Runs are one step per stage (32 images, batch 32) so that
+the comparisons stay within float rounding.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spikediff import checkpoint
+from spikediff.sample import generate
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+LR = 1e-3  # the tiny preset's
+TINY = ["--dataset", "mnist", "--preset", "tiny", "--limit", "32", "--batch-size", "32",
+        "--no-progress"]
+
+
+def launch(args, ranks: int, env=None, check=True) -> subprocess.CompletedProcess:
+    """`spikediff ARGS` as one process, or as `ranks` processes under torchrun."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPIKEDIFF_DIST_TIMEOUT": "120", **(env or {})}
+    env.pop("WORLD_SIZE", None)
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={ranks}", str(WORKER)] if ranks > 1
+           else [sys.executable, str(WORKER)])
+    out = subprocess.run(cmd + [str(a) for a in args], env=env, capture_output=True, text=True,
+                         timeout=600)
+    if check:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def noise_amplified(module: torch.nn.Module, prefix="") -> set[str]:
+    """Biases of the layers whose outputs go straight into a training-mode batch
+    norm: it subtracts them again, so their gradient is zero up to rounding, and
+    Adam's first step (about lr * sign(g)) turns that rounding into +-lr."""
+    names = set()
+    for name, m in module.named_modules():
+        kids = list(m.named_children())
+        for (a, first), (_, second) in zip(kids, kids[1:]):
+            if isinstance(second, torch.nn.BatchNorm2d) and getattr(first, "bias", None) is not None:
+                names.add(f"{prefix}{name + '.' if name else ''}{a}.bias")
+    return names
+
+
+def assert_same_weights(a: dict, b: dict, amplified: set[str], what: str, lr=LR) -> None:
+    """Equal up to float rounding, as one AdamW step shows it: the step is about
+    lr * g / |g| per element, so an element whose gradient is within rounding of
+    zero moves by anything up to lr either way. Those are the `amplified` biases
+    and, elsewhere, a few elements (at most 5 % of a tensor); every element stays
+    within one step of the other (2 lr). Without synced batch norm or averaged
+    gradients most elements differ."""
+    assert a.keys() == b.keys()
+    for k in a:
+        diff = (a[k].double() - b[k].double()).abs()
+        assert diff.max() <= 2 * lr + 1e-6, f"{what}.{k} differs by {diff.max():.3g}"
+        if k not in amplified:
+            off = int((diff > 1e-5 + 1e-4 * b[k].double().abs()).sum())
+            assert off <= diff.numel() // 20, f"{what}.{k}: {off} of {diff.numel()} differ"
+
+
+def both(tmp_path, name, args, **kw):
+    """The same command on 1 process and on 2; their checkpoints."""
+    out = []
+    for ranks in (1, 2):
+        run = tmp_path / f"{name}{ranks}"
+        launch(["train", *args, "--out", run], ranks, **kw)
+        out.append(checkpoint.load(run / "checkpoint.pt"))
+    return out
+
+
+def test_one_step_on_two_ranks_equals_one_process_at_the_global_batch(tiny_mnist, tmp_path):
+    from spikediff.adversarial import PatchDiscriminator
+    from spikediff.model import build_model
+    from spikediff.config import load_config
+    model = build_model(load_config("tiny"), 1, 28)
+    cfg = tmp_path / "c.toml"  # the weight average and the adversarial term on, from step 0
+    cfg.write_text("[train]\nema_decay = 0.9\nadversarial_weight = 0.5\nadversarial_start = 0\n")
+    common = ["--data-root", tiny_mnist, *TINY, "--config", cfg]
+    # stage 1, from scratch: the VQ-SVAE and its discriminator
+    one, two = both(tmp_path, "vq", [*common, "--stage", "vq", "--epochs-vq", "1"])
+    assert (one.world_size, two.world_size) == (1, 2) and "2 processes" in two.hardware
+    assert_same_weights(one.vq, two.vq, noise_amplified(model.vq), "vq")
+    disc = noise_amplified(PatchDiscriminator(1))
+    assert_same_weights(one.discriminator["net"], two.discriminator["net"], disc, "discriminator")
+    assert one.history["vq"][0]["loss"] == pytest.approx(two.history["vq"][0]["loss"], rel=1e-5)
+    # stage 2 on one VQ-SVAE (the one process's), so both see the same codes
+    vq_run = tmp_path / "vq1" / "checkpoint.pt"
+    one, two = both(tmp_path, "den", [*common, "--vq-from", vq_run, "--epochs-denoiser", "1"])
+    amp = noise_amplified(model.denoiser)
+    assert_same_weights(one.denoiser, two.denoiser, amp, "denoiser")
+    assert_same_weights(one.denoiser_ema, two.denoiser_ema, {f"module.{k}" for k in amp}, "ema")
+    assert torch.equal(one.rng, two.rng)  # every rank drew the global batch's random numbers
+    # the decoder stage, on the shipped model: a VQ-SVAE trained one step puts one code
+    # everywhere, which leaves the decoder's batch norms next to no variance to normalise
+    one, two = both(tmp_path, "dec", [*common, "--finetune", checkpoint.SHIPPED, "--stage",
+                                      "decoder", "--epochs-decoder", "1"])
+    shipped = checkpoint.model_from(one, fold=False)
+    assert_same_weights(one.vq, two.vq, noise_amplified(shipped.vq), "decoder stage: vq",
+                        lr=one.config["train"]["lr"])
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tiny_mnist, tmp_path_factory):
+    """An uninterrupted 2-rank run (1 VQ epoch, 2 denoiser epochs), and the same
+    run with rank 1 killed after denoiser epoch 1 (its output kept)."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    args = ["train", "--data-root", tiny_mnist, *TINY, "--epochs-vq", "1",
+            "--epochs-denoiser", "2"]
+    launch([*args, "--out", tmp / "full"], 2)
+    killed = launch([*args, "--out", tmp / "killed"], 2,
+                    env={"SPIKEDIFF_TEST_DIE": "1:denoiser:1"}, check=False)
+    return tmp, killed
+
+
+def test_killed_two_rank_run_ends_clearly_and_resumes_on_one_rank(two_rank_runs):
+    tmp, killed = two_rank_runs
+    assert killed.returncode != 0
+    assert "lost contact with the other ranks" in killed.stdout + killed.stderr
+    state = checkpoint.load(tmp / "killed" / "checkpoint.pt")
+    assert (state.stage, state.epoch, state.world_size) == ("denoiser", 1, 2)
+    out = launch(["train", "--out", tmp / "killed", "--resume", "--no-progress"], 1)
+    assert "resuming a run of 2 processes on 1" in out.stderr
+    full = checkpoint.load(tmp / "full" / "checkpoint.pt")
+    resumed = checkpoint.load(tmp / "killed" / "checkpoint.pt")
+    assert resumed.world_size == 1 and resumed.stage == full.stage == "done"
+    assert resumed.step == full.step and len(resumed.history["denoiser"]) == 2
+    # the same batches and random draws: the same random state afterwards, bit for bit,
+    # and the weights of the uninterrupted run up to float rounding
+    assert torch.equal(resumed.rng, full.rng)
+    assert all(torch.equal(resumed.vq[k], full.vq[k]) for k in full.vq)
+    from spikediff.config import load_config
+    from spikediff.model import build_model
+    amp = noise_amplified(build_model(load_config("tiny"), 1, 28).denoiser)
+    assert_same_weights(resumed.denoiser, full.denoiser, amp, "denoiser")
+    r, f = resumed.history["denoiser"][1], full.history["denoiser"][1]
+    assert r["loss"] == pytest.approx(f["loss"], rel=1e-5) and r["lr"] == f["lr"]
+
+
+def test_two_ranks_sample_exactly_the_images_of_one(two_rank_runs):
+    tmp, _ = two_rank_runs
+    ckpt = tmp / "full" / "checkpoint.pt"
+    arrays = []
+    for ranks in (1, 2):
+        npz = tmp / f"s{ranks}.npz"  # 5 images in batches of 2: an odd batch count, a short batch
+        launch(["sample", "--checkpoint", ckpt, "--n", "5", "--batch-size", "2", "--steps", "4",
+                "--seed", "7", "--out", tmp / f"s{ranks}.png", "--npz", npz, "--no-progress"],
+               ranks)
+        arrays.append(np.load(npz))
+    assert np.array_equal(arrays[0]["images"], arrays[1]["images"])
+    assert np.array_equal(arrays[0]["tokens"], arrays[1]["tokens"])
+    assert len(arrays[0]["tokens"]) == 5
+
+
+def test_each_batch_draws_from_its_own_seeded_generator(two_rank_runs):
+    """Batch i's images depend on (seed, i) only: the first n of 2n are the n."""
+    model = checkpoint.load_model(two_rank_runs[0] / "full" / "checkpoint.pt")
+    few, _ = generate(model, 2, steps=3, seed=1, batch_size=2, progress=False)
+    more, _ = generate(model, 4, steps=3, seed=1, batch_size=2, progress=False)
+    other, _ = generate(model, 2, steps=3, seed=2, batch_size=2, progress=False)
+    assert torch.equal(few, more[:2]) and not torch.equal(more[:2], more[2:])
+    assert not torch.equal(few, other)
