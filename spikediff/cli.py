@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate images from a checkpoint")
     _add_sampling_args(p)
-    p.add_argument("--n", type=count, default=64, help="number of images")
+    p.add_argument("--n", "--num-images", dest="n", type=count, default=64,
+                   help="number of images (under torchrun: --num-images, as torchrun takes "
+                   "--n for its own flags)")
     p.add_argument("--out", default="samples.png", help="PNG grid to write")
     p.add_argument("--npz", help="also write the images (uint8) and token grids here")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -138,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="default: the shipped MNIST checkpoint")
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
     p.add_argument("--data-root")
-    p.add_argument("--n", type=at_least(2), default=10000, help="samples for FID/KID")
+    p.add_argument("--n", "--num-images", dest="n", type=at_least(2), default=10000,
+                   help="samples for FID/KID (under torchrun: --num-images)")
     p.add_argument("--temperature", type=nonneg, help="default: the checkpoint's")
     p.add_argument("--temperatures", type=temperatures, help="comma-separated candidates, chosen by FID on "
                    "held-out training images (e.g. 0.8,0.9,1.0)")

@@ -77,10 +77,20 @@ def group(device: str = "cpu"):
     device = init(device)
     try:
         yield device
-    except dist.DistError as e:  # a peer's closed connection, a timeout
-        raise lost_contact(e) from None
+    except RuntimeError as e:
+        if world() > 1 and collective_failed(e):
+            raise lost_contact(e) from None
+        raise
     finally:
         shutdown()
+
+
+def collective_failed(e: Exception) -> bool:
+    """Whether `e` is a failed collective: gloo raises a plain RuntimeError
+    when a peer's connection closes, NCCL and timeouts a DistError."""
+    return isinstance(e, dist.DistError) or any(
+        words in str(e) for words in ("Connection closed by peer", "Connection reset by peer",
+                                      "Timed out", "timed out", "Socket Timeout"))
 
 
 def lost_contact(e: Exception) -> SpikediffError:
