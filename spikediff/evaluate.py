@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from . import checkpoint, metrics
+from . import checkpoint, distributed, metrics
 from .atomic import write_text
 from .config import Refinement, check_refine
 from .data import load_images
@@ -66,12 +66,13 @@ def sampled_images(cache, model, n, temperature, steps, seed, batch_size, device
     came from) draw them once and then only decode them."""
     key = (f"tokens-{denoiser_id(model)}-n{n}-T{temperature}-s{steps}{_refine_tag(refine)}"
            f"-seed{seed}-b{batch_size}")
-    hit = cache.get(key)
-    if hit is None:
+    hit = cache.shared_get(key)
+    if hit is None:  # under torchrun the ranks draw their share of the batches
         images, tokens = generate(model, n, temperature=temperature, steps=steps, seed=seed,
                                   batch_size=batch_size, device=device, progress=progress,
                                   refine=refine)
-        cache.put(key, tokens=tokens.numpy())
+        if distributed.is_main():
+            cache.put(key, tokens=tokens.numpy())
         return images
     tokens = torch.from_numpy(hit["tokens"])
     # decoded in the batches the sampler decodes in
@@ -97,13 +98,14 @@ def sample_features(net, cache, model, n, temperature, steps, seed, batch_size, 
     drawing them costs as much CPU time as their features."""
     key = (f"samples-{ckpt_id}-n{n}-T{temperature}-s{steps}{_refine_tag(refine)}-seed{seed}"
            f"-b{batch_size}-net{net.sha256[:16]}")
-    hit = cache.get(key + "/images")
+    hit = cache.shared_get(key + "/images")
     if hit is not None:
         images = torch.from_numpy(hit["images"])
     else:
         images = sampled_images(cache, model, n, temperature, steps, seed, batch_size, device,
                                 progress, refine)
-        cache.put(key + "/images", images=images.numpy())
+        if distributed.is_main():
+            cache.put(key + "/images", images=images.numpy())
     return _feats(net, images, cache, key, progress), images
 
 

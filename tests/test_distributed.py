@@ -4,6 +4,7 @@ Each launch starts real processes (tests/dist_worker.py under torchrun), one
 torch thread each. Runs are one step per stage (32 images, batch 32) so that
 the comparisons stay within float rounding.
 """
+import json
 import os
 import subprocess
 import sys
@@ -170,3 +171,22 @@ def test_each_batch_draws_from_its_own_seeded_generator():
     other, _ = generate(model, 2, seed=2, **kw)
     assert torch.equal(few, more[:2]) and not torch.equal(more[:2], more[2:])
     assert not torch.equal(few, other)
+
+
+def test_two_ranks_evaluate_as_one(two_rank_runs, tiny_mnist, tmp_path):
+    """600 samples: two feature chunks of 500, one per rank, gathered on rank 0."""
+    from test_evaluate import TinyFeatures, save_scripted
+    weights = tmp_path / "tiny_fid.pt"
+    save_scripted(TinyFeatures(), weights)
+    results = []
+    for ranks in (1, 2):
+        out = tmp_path / f"r{ranks}.json"
+        launch(["eval", "--checkpoint", two_rank_runs[0] / "full" / "checkpoint.pt",
+                "--dataset", "mnist", "--data-root", tiny_mnist, "--num-images", "600",
+                "--steps", "3", "--fid-weights", weights, "--json", out, "--no-progress"],
+               ranks, env={"SPIKEDIFF_CACHE": str(tmp_path / f"cache{ranks}")})
+        results.append(json.loads(out.read_text()))
+    one, two = results
+    assert one["fid"]["value"] == pytest.approx(two["fid"]["value"], rel=1e-9)
+    assert one["kid"] == pytest.approx(two["kid"], rel=1e-9)
+    assert one["reconstruction"] == two["reconstruction"]
