@@ -210,6 +210,12 @@ def all_reduce(x: torch.Tensor) -> torch.Tensor:
     return _Summed.apply(x)
 
 
+def global_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of per-rank means, differentiable: the global batch's
+    mean, for a loss term that is not linear in it (the firing-rate penalty)."""
+    return x if world() == 1 else all_reduce(x) / world()
+
+
 class SyncBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training-mode statistics are the global batch's, over
     all ranks (torch's SyncBatchNorm runs on GPUs only; this one on gloo too).

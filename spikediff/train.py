@@ -250,7 +250,9 @@ class Trainer:
             out[f"firing_rate_{i}"] = r
         if not t.firing_penalty:
             return out
-        penalty = sparsity.firing_penalty(rates[0], t.firing_penalty, self.firing_targets)
+        # the global batch's rates: the penalty is not linear in them (a target above 0)
+        penalty = sparsity.firing_penalty(distributed.global_mean(rates[0]), t.firing_penalty,
+                                          self.firing_targets)
         out["diffusion_loss"] = out["loss"].detach()
         out["loss"] = out["loss"] + penalty
         out["firing_penalty"] = penalty.detach()

@@ -92,9 +92,12 @@ def test_one_step_on_two_ranks_equals_one_process_at_the_global_batch(tiny_mnist
     disc = noise_amplified(PatchDiscriminator(1))
     assert_same_weights(one.discriminator["net"], two.discriminator["net"], disc, "discriminator")
     assert one.history["vq"][0]["loss"] == pytest.approx(two.history["vq"][0]["loss"], rel=1e-5)
-    # stage 2 on one VQ-SVAE (the one process's), so both see the same codes
+    # stage 2 on one VQ-SVAE (the one process's), so both see the same codes; the firing
+    # penalty with a target is not linear in the rates: it needs the global batch's
     vq_run = tmp_path / "vq1" / "checkpoint.pt"
-    one, two = both(tmp_path, "den", [*common, "--vq-from", vq_run, "--epochs-denoiser", "1"])
+    one, two = both(tmp_path, "den", [*common, "--vq-from", vq_run, "--epochs-denoiser", "1",
+                                      "--firing-penalty", "1", "--firing-target", "0.03"])
+    assert one.history["denoiser"][0]["firing_penalty"] > 0
     amp = noise_amplified(model.denoiser)
     assert_same_weights(one.denoiser, two.denoiser, amp, "denoiser")
     assert_same_weights(one.denoiser_ema, two.denoiser_ema, {f"module.{k}" for k in amp}, "ema")
