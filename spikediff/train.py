@@ -178,7 +178,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{out['loss'].item():.4f}", img_s=f"{rate:.0f}")
             wall = time.perf_counter() - t0
             if distributed.world() > 1:  # the global batch's means and image count
-                sums, counts, seen = _summed(sums), _summed(counts), seen * distributed.world()
+                sums, counts = _summed(sums, dev), _summed(counts, dev)
+                seen *= distributed.world()
             record = {k: v / counts[k] for k, v in sums.items()} | {
                 "epoch": epoch + 1, "lr": lr, "seconds": wall, "images_per_s": seen / wall}
             self.state.history.setdefault(stage, []).append(record)
@@ -281,10 +282,12 @@ class Trainer:
             save_grid(images, self.out_dir / f"samples_e{epoch:03d}.png", nrow=8)
 
 
-def _summed(values: dict) -> dict:
-    """A dict of numbers summed over ranks (the same keys on every rank)."""
+def _summed(values: dict, device) -> dict:
+    """A dict of numbers summed over ranks (the same keys on every rank); the
+    sum runs on `device`, as NCCL sums GPU tensors only."""
     keys = sorted(values)  # one order on every rank
-    total = distributed.sum_(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64))
+    total = distributed.sum_(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+                                          device=device))
     summed = dict(zip(keys, total.tolist()))
     return {k: summed[k] for k in values}
 
