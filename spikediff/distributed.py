@@ -55,7 +55,12 @@ def init(device: str = "cpu") -> str:
     the device this rank uses (cuda:LOCAL_RANK for "cuda")."""
     if not launched() or world() > 1:
         return device
-    timeout = float(os.environ.get("SPIKEDIFF_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+    try:
+        timeout = float(os.environ.get("SPIKEDIFF_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+        assert timeout > 0
+    except (ValueError, AssertionError):
+        raise SpikediffError("SPIKEDIFF_DIST_TIMEOUT must be a number of seconds above 0, got "
+                             f"{os.environ['SPIKEDIFF_DIST_TIMEOUT']!r}") from None
     cuda = str(device).startswith("cuda")
     if cuda:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
