@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
+
 
 class PatchDiscriminator(nn.Module):
     """Real/fake logits for overlapping patches of images in [-1, 1]."""
@@ -40,6 +42,8 @@ def adaptive_weight(rec_loss: torch.Tensor, adv_loss: torch.Tensor, last_weight:
     """||grad rec|| / ||grad adv|| at the decoder's last weight (a constant)."""
     g_rec = torch.autograd.grad(rec_loss, last_weight, retain_graph=True)[0]
     g_adv = torch.autograd.grad(adv_loss, last_weight, retain_graph=True)[0]
+    # Under torchrun: the global batch's gradients (each rank's loss is its slice's mean).
+    g_rec, g_adv = distributed.mean(g_rec), distributed.mean(g_adv)
     return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0, limit).detach()
 
 
@@ -60,7 +64,7 @@ class Adversary:
         # with it is the run without it, bit for bit.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = PatchDiscriminator(channels).to(device)
+            self.net = distributed.sync_batchnorm(PatchDiscriminator(channels).to(device))
         # Betas (0.5, 0.9) as in VQGAN: a slow first moment keeps the game stable.
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr, betas=(0.5, 0.9))
         if state is not None:
@@ -92,5 +96,6 @@ class Adversary:
         loss = discriminator_loss(self.net(real), self.net(fake))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.net.parameters())
         self.opt.step()
         return {"discriminator": loss.detach()}

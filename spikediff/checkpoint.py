@@ -63,6 +63,7 @@ class Checkpoint:
     combined: dict | None = None      # `spikediff combine`: the two sources
     stopped_by_time_budget: dict | None = None
     sampling_note: str | None = None  # how the [diffusion] sampling settings were chosen
+    world_size: int = 1               # training processes (torchrun) that wrote it; older files: 1
     schema: int = SCHEMA
 
     def to_file(self) -> dict:

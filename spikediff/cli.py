@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate images from a checkpoint")
     _add_sampling_args(p)
-    p.add_argument("--n", type=count, default=64, help="number of images")
+    p.add_argument("--n", "--num-images", dest="n", type=count, default=64,
+                   help="number of images (under torchrun: --num-images, as torchrun takes "
+                   "--n for its own flags)")
     p.add_argument("--out", default="samples.png", help="PNG grid to write")
     p.add_argument("--npz", help="also write the images (uint8) and token grids here")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -138,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="default: the shipped MNIST checkpoint")
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
     p.add_argument("--data-root")
-    p.add_argument("--n", type=at_least(2), default=10000, help="samples for FID/KID")
+    p.add_argument("--n", "--num-images", dest="n", type=at_least(2), default=10000,
+                   help="samples for FID/KID (under torchrun: --num-images)")
     p.add_argument("--temperature", type=nonneg, help="default: the checkpoint's")
     p.add_argument("--temperatures", type=temperatures, help="comma-separated candidates, chosen by FID on "
                    "held-out training images (e.g. 0.8,0.9,1.0)")
@@ -196,15 +199,19 @@ def cmd_train(a) -> int:
     # with --resume these may repeat the run's own settings, but not change them
     given = {k: getattr(a, k) for k in ("dataset", "preset", "config", "limit", "image_size",
                                         "grayscale", "vq_from", "finetune")}
-    path = train(cfg, a.dataset or "mnist", a.data_root, a.out, stages=stages,
-                 device=pick_device(a.device),
-                 resume=a.resume, limit=a.limit, image_size=a.image_size,
-                 rgb=False if a.grayscale else None, download=a.download, folder=a.folder,
-                 progress=not a.no_progress, time_budget_min=a.time_budget, extend=extend,
-                 vq_from=a.vq_from, finetune=a.finetune,
-                 allow_data_change=a.allow_data_change,
-                 resume_flags={k: v for k, v in given.items() if v not in (None, False)})
-    print(f"checkpoint: {path}")
+    from . import distributed
+    with distributed.group(pick_device(a.device)) as device:  # under torchrun: one rank's part
+        path = train(cfg, a.dataset or "mnist", a.data_root, a.out, stages=stages,
+                     device=device,
+                     resume=a.resume, limit=a.limit, image_size=a.image_size,
+                     rgb=False if a.grayscale else None, download=a.download, folder=a.folder,
+                     progress=not a.no_progress, time_budget_min=a.time_budget, extend=extend,
+                     vq_from=a.vq_from, finetune=a.finetune,
+                     allow_data_change=a.allow_data_change,
+                     resume_flags={k: v for k, v in given.items() if v not in (None, False)})
+        main = distributed.is_main()
+    if main:
+        print(f"checkpoint: {path}")
     return 0
 
 
@@ -218,11 +225,16 @@ def cmd_sample(a) -> int:
     from .sample import generate, write_outputs
     model = checkpoint.load_model(a.checkpoint, weights=a.weights)
     refine = refine_settings(a, model.config.diffusion.refinement())
+    from . import distributed
     t0 = time.perf_counter()
-    images, tokens = generate(model, a.n, temperature=a.temperature, steps=a.steps, seed=a.seed,
-                              batch_size=a.batch_size, device=pick_device(a.device),
-                              progress=not a.no_progress, refine=refine)
+    with distributed.group(pick_device(a.device)) as device:  # under torchrun: batches split
+        images, tokens = generate(model, a.n, temperature=a.temperature, steps=a.steps,
+                                  seed=a.seed, batch_size=a.batch_size, device=device,
+                                  progress=not a.no_progress, refine=refine)
+        main = distributed.is_main()
     dt = time.perf_counter() - t0
+    if not main:
+        return 0  # rank 0 writes
     write_outputs(images, tokens, grid=a.out, npz=a.npz)
     print(f"{a.n} images in {dt:.1f} s ({a.n / dt:.1f} img/s) -> {a.out}"
           + (f", {a.npz}" if a.npz else ""))
@@ -314,13 +326,19 @@ def cmd_eval(a) -> int:
     import json
 
     from .atomic import write_text
+    from . import distributed
     from .evaluate import evaluate, format_result
-    r = evaluate(a.checkpoint, a.dataset, a.data_root, a.n, temperature=a.temperature,
-                 temperatures=temps, select_n=a.select_n, steps=a.steps, seed=a.seed,
-                 batch_size=a.batch_size, device=pick_device(a.device),
-                 fid_weights=a.fid_weights, recon_fid=a.recon_fid, progress=not a.no_progress,
-                 weights=a.weights, select_only=a.select_only,
-                 refine=refine_from_args(a, a.checkpoint))
+    with distributed.group(pick_device(a.device)) as device:  # under torchrun: samples split
+        r = evaluate(a.checkpoint, a.dataset, a.data_root, a.n, temperature=a.temperature,
+                     temperatures=temps, select_n=a.select_n, steps=a.steps, seed=a.seed,
+                     batch_size=a.batch_size, device=device,
+                     fid_weights=a.fid_weights, recon_fid=a.recon_fid,
+                     progress=not a.no_progress and distributed.is_main(),
+                     weights=a.weights, select_only=a.select_only,
+                     refine=refine_from_args(a, a.checkpoint))
+        main = distributed.is_main()
+    if not main:
+        return 0  # rank 0 reports
     print(format_result(r))
     if a.json:
         write_text(a.json, json.dumps(r, indent=2))

@@ -29,19 +29,28 @@ Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (tokens, t) ->
 
 
 def mask_tokens(x0: torch.Tensor, t: torch.Tensor, n_steps: int, mask_id: int,
-                generator: torch.Generator | None = None):
-    """Returns (x_t, mask): each token masked with probability t / n_steps."""
-    u = torch.rand(x0.shape, generator=generator, device=x0.device)
+                generator: torch.Generator | None = None, u: torch.Tensor | None = None):
+    """Returns (x_t, mask): each token masked with probability t / n_steps
+    (u: the uniform draws to compare with, drawn here when None)."""
+    if u is None:
+        u = torch.rand(x0.shape, generator=generator, device=x0.device)
     mask = u < (t.float() / n_steps).view(-1, *([1] * (x0.dim() - 1)))
     return torch.where(mask, torch.full_like(x0, mask_id), x0), mask
 
 
-def diffusion_loss(denoise: Denoise, x0: torch.Tensor, n_steps: int, mask_id: int) -> dict:
+def diffusion_loss(denoise: Denoise, x0: torch.Tensor, n_steps: int, mask_id: int,
+                   shard: tuple[int, int] = (0, 1)) -> dict:
     """{"loss": what to minimise (the ELBO term), "elbo", "masked_ce": the mean
-    cross-entropy over masked tokens, reported for comparison}."""
-    B = x0.shape[0]
-    t = torch.randint(1, n_steps + 1, (B,), device=x0.device)
-    xt, mask = mask_tokens(x0, t, n_steps, mask_id)
+    cross-entropy over masked tokens, reported for comparison}. shard (rank,
+    world): x0 is slice `rank` of `world` equal slices of the global batch."""
+    B, (rank, world) = x0.shape[0], shard
+    # Every rank draws the global batch's steps and masks and keeps its slice:
+    # the random stream, and so the training, is one process's at the global batch.
+    t = torch.randint(1, n_steps + 1, (B * world,), device=x0.device)
+    u = torch.rand((B * world, *x0.shape[1:]), device=x0.device)
+    keep = slice(rank * B, (rank + 1) * B)
+    t, u = t[keep], u[keep]
+    xt, mask = mask_tokens(x0, t, n_steps, mask_id, u=u)
     logits = denoise(xt, t)
     ce = F.cross_entropy(logits, x0, reduction="none") * mask
     n_tokens = x0[0].numel()

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from . import checkpoint, metrics
+from . import checkpoint, distributed, metrics
 from .atomic import write_text
 from .config import Refinement, check_refine
 from .data import load_images
@@ -25,6 +25,10 @@ from .errors import SpikediffError
 from .sample import generate
 
 PAPER_N = 1280
+# How a seed becomes draws, in the cache keys: "perbatch", a generator per batch
+# from (seed, batch index) (sample.generate); the keys of the one generator through
+# all batches, before, had none, and those caches are not reused.
+DRAWS = "-perbatch"
 
 
 def _feats(net, images01, cache, key, progress):
@@ -65,13 +69,14 @@ def sampled_images(cache, model, n, temperature, steps, seed, batch_size, device
     so checkpoints that share a denoiser (a decoder-stage run and the run it
     came from) draw them once and then only decode them."""
     key = (f"tokens-{denoiser_id(model)}-n{n}-T{temperature}-s{steps}{_refine_tag(refine)}"
-           f"-seed{seed}-b{batch_size}")
-    hit = cache.get(key)
-    if hit is None:
+           f"-seed{seed}{DRAWS}-b{batch_size}")
+    hit = cache.shared_get(key)
+    if hit is None:  # under torchrun the ranks draw their share of the batches
         images, tokens = generate(model, n, temperature=temperature, steps=steps, seed=seed,
                                   batch_size=batch_size, device=device, progress=progress,
                                   refine=refine)
-        cache.put(key, tokens=tokens.numpy())
+        if distributed.is_main():
+            cache.put(key, tokens=tokens.numpy())
         return images
     tokens = torch.from_numpy(hit["tokens"])
     # decoded in the batches the sampler decodes in
@@ -96,14 +101,15 @@ def sample_features(net, cache, model, n, temperature, steps, seed, batch_size, 
     """FID features of n generated images; the images are cached too, since
     drawing them costs as much CPU time as their features."""
     key = (f"samples-{ckpt_id}-n{n}-T{temperature}-s{steps}{_refine_tag(refine)}-seed{seed}"
-           f"-b{batch_size}-net{net.sha256[:16]}")
-    hit = cache.get(key + "/images")
+           f"{DRAWS}-b{batch_size}-net{net.sha256[:16]}")
+    hit = cache.shared_get(key + "/images")
     if hit is not None:
         images = torch.from_numpy(hit["images"])
     else:
         images = sampled_images(cache, model, n, temperature, steps, seed, batch_size, device,
                                 progress, refine)
-        cache.put(key + "/images", images=images.numpy())
+        if distributed.is_main():
+            cache.put(key + "/images", images=images.numpy())
     return _feats(net, images, cache, key, progress), images
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 
+from . import distributed
 from .atomic import atomic_path
 from .errors import SpikediffError
 from .progress import bar as progress_bar
@@ -359,6 +360,13 @@ class FeatureCache:
             return None  # a (vanishingly unlikely) hash collision
         return arrays
 
+    def shared_get(self, key: str) -> dict[str, np.ndarray] | None:
+        """Rank 0's entry on every rank (torchrun): one decision, to draw or to
+        reuse, for all of them, whether or not they share the cache folder."""
+        if distributed.world() == 1:
+            return self.get(key)
+        return distributed.from_main(self.get(key) if distributed.is_main() else None)
+
     def put(self, key: str, **arrays) -> pathlib.Path:
         path = self.path(key)
         _atomic_write(path, lambda f: np.savez(f, __key__=np.array(key), **arrays))
@@ -399,23 +407,30 @@ def features_resumable(network, images01, cache: FeatureCache, key: str, chunk: 
     n = len(images01)
     digests = [_images_sha(images01[s:s + chunk]) for s in range(0, n, chunk)]
     all_sha = hashlib.sha256("".join(digests).encode()).hexdigest()
-    done = cache.get(key)
+    done = cache.shared_get(key)
     if done is not None and str(done.get("images_sha")) == all_sha:
         return done["features"]
 
-    parts = []
-    with progress_bar(total=n, desc=f"FID features ({key[:40]})", unit="img", show=progress) as bar:
-        for i, start in enumerate(range(0, n, chunk)):
+    # Under torchrun each rank takes every world-th chunk; rank 0 writes the whole.
+    starts = list(enumerate(range(0, n, chunk)))
+    mine, rank, world = {}, distributed.rank(), distributed.world()
+    with progress_bar(total=sum(min(chunk, n - s) for i, s in starts[rank::world]),
+                      desc=f"FID features ({key[:40]})", unit="img",
+                      show=progress and distributed.is_main()) as bar:
+        for i, start in starts[rank::world]:
             part_key = f"{key}/part{i:05d}-chunk{chunk}-of{n}"
             entry = cache.get(part_key)
             if entry is None or str(entry["images_sha"]) != digests[i]:
                 feats = network.features(images01[start:start + chunk], batch_size=batch_size, progress=False)
                 entry = {"features": np.asarray(feats, np.float64), "images_sha": np.array(digests[i])}
                 cache.put(part_key, **entry)
-            parts.append(entry["features"])
+            mine[i] = entry["features"]
             bar.update(len(entry["features"]))
+    gathered = {i: f for part in distributed.gather_objects(mine) for i, f in part.items()}
+    parts = [gathered[i] for i, _ in starts]
     feats = np.concatenate(parts) if parts else np.empty((0, 2048))
-    cache.put(key, features=feats, images_sha=np.array(all_sha))
-    for i in range(len(parts)):  # the full entry supersedes the parts
-        cache.delete(f"{key}/part{i:05d}-chunk{chunk}-of{n}")
+    if distributed.is_main():
+        cache.put(key, features=feats, images_sha=np.array(all_sha))
+        for i in range(len(parts)):  # the full entry supersedes the parts
+            cache.delete(f"{key}/part{i:05d}-chunk{chunk}-of{n}")
     return feats

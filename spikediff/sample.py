@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from .atomic import atomic_path
 from .config import Refinement
 from .diffusion import sample_tokens
@@ -18,22 +19,28 @@ from .progress import bar as progress_bar
 def generate(model: SpikingDiffusion, n: int, *, temperature=None, steps=None, seed=0,
              batch_size=64, device="cpu", progress=True, refine=None):
     """Images [n, C, H, W] in [0, 1] and token grids, drawn in batches from one
-    seed; refine: a config.Refinement (None: the config's)."""
+    seed; refine: a config.Refinement (None: the config's).
+
+    Batch i draws from its own generator, derived from (seed, i): under
+    torchrun each rank draws every world-th batch and all ranks get the union,
+    which is the same n images for any number of processes."""
     model.to(device).eval()
-    g = torch.Generator().manual_seed(seed)
     refine = model.config.diffusion.refinement() if refine is None else refine
     n_steps = (steps or model.diffusion_steps) + refine.steps
-    images, tokens = [], []
-    bar = progress_bar(total=n * n_steps, desc="sampling", unit="tok-step", show=progress,
-                       leave=False, dynamic_ncols=True)
-    for i in range(0, n, batch_size):
+    starts = list(range(0, n, batch_size))[distributed.rank()::distributed.world()]
+    mine = sum(min(batch_size, n - i) for i in starts)
+    bar = progress_bar(total=mine * n_steps, desc="sampling", unit="tok-step",
+                       show=progress and distributed.is_main(), leave=False, dynamic_ncols=True)
+    drawn = {}
+    for i in starts:
         b = min(batch_size, n - i)
-        img, tok = model.generate(b, temperature=temperature, steps=steps, generator=g,
-                                  device=device, on_step=lambda _: bar.update(b),
-                                  refine=refine)
-        images.append(img.cpu())
-        tokens.append(tok.cpu())
+        img, tok = model.generate(b, temperature=temperature, steps=steps,
+                                  generator=distributed.seeded(seed, i // batch_size),
+                                  device=device, on_step=lambda _: bar.update(b), refine=refine)
+        drawn[i] = (img.cpu(), tok.cpu())
     bar.close()
+    drawn = {i: batch for part in distributed.gather_objects(drawn) for i, batch in part.items()}
+    images, tokens = zip(*(drawn[i] for i in sorted(drawn)))
     return torch.cat(images), torch.cat(tokens)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, ema, sparsity
+from . import checkpoint, distributed, ema, sparsity
 from .checkpoint import STAGES, Checkpoint
 from .adversarial import Adversary
 from .atomic import remove_stray_temps
@@ -74,12 +74,22 @@ class Trainer:
         self.images, self.device, self.progress = images, device, progress
         self.cfg = model.config
         self.model.to(device)
+        # Under torchrun, training-mode batch norm sees the global batch, as one process does.
+        distributed.sync_batchnorm(self.model.vq)
+        distributed.sync_batchnorm(self.model.denoiser)
+        if not distributed.is_main():  # the run's code counts are the sum over ranks: those
+            self.model.vq.codebook.usage.zero_()  # loaded are counted once, on rank 0
         self.ema = None  # the denoiser's weight average, when train.ema_decay > 0
         self.adversary = None  # the VQ stage's discriminator, when train.adversarial_weight > 0
 
     def save(self, opt: torch.optim.Optimizer | None) -> None:
+        """Called on every rank (the code usage is summed over them); rank 0 writes."""
         s = self.state
         s.vq = self.model.vq.state_dict()
+        if distributed.world() > 1:  # the codes the ranks' slices used, all of them
+            s.vq["codebook.usage"] = distributed.sum_(s.vq["codebook.usage"])
+        if not distributed.is_main():
+            return
         s.denoiser = self.model.denoiser.state_dict() if s.stage != "vq" else None
         s.denoiser_ema = self.ema.state_dict() if self.ema is not None else s.denoiser_ema
         s.discriminator = self.adversary.state_dict() if self.adversary is not None else None
@@ -87,6 +97,7 @@ class Trainer:
         s.rng = torch.get_rng_state()
         s.code_version = checkpoint.code_version()
         s.hardware = describe_hardware(self.device)
+        s.world_size = distributed.world()
         checkpoint.atomic_save(s, self.out_dir / "checkpoint.pt")
         save_loss_plot(s.history, self.out_dir / "losses.png")
 
@@ -133,12 +144,13 @@ class Trainer:
         if len(data) < bs:
             raise SpikediffError(f"{len(data)} training images is fewer than one batch ({bs})")
         per_epoch = len(data) // bs
+        main = distributed.is_main()
         for epoch in range(self.state.epoch, total):
             net.train()
             t0, seen, sums, counts = time.perf_counter(), 0, {}, {}
             batches = list(_batches(len(data), bs, cfg.train.seed, stage, epoch))
             bar = progress_bar(batches, desc=f"{stage} epoch {epoch + 1}/{total}",
-                               show=self.progress,
+                               show=self.progress and main,
                                leave=False, dynamic_ncols=True)
             for i, idx in enumerate(bar):
                 # Set from the epoch and batch index alone, so a resumed run follows the same curve.
@@ -146,11 +158,13 @@ class Trainer:
                                                total * per_epoch)
                 for group in opt.param_groups:
                     group["lr"] = lr
+                idx = distributed.shard(idx)  # this rank's slice of the global batch
                 out = self._step(stage, data[idx].to(dev), idx)
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
+                distributed.average_gradients(net.parameters())  # the global batch's gradient
                 opt.step()
-                if self.ema is not None:
+                if self.ema is not None and stage == "denoiser":  # the denoiser's average only
                     self.ema.update_parameters(net)
                 if self.adversary is not None:  # set in the VQ-SVAE's stages only
                     out |= self.adversary.update()
@@ -163,20 +177,28 @@ class Trainer:
                 rate = seen / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{out['loss'].item():.4f}", img_s=f"{rate:.0f}")
             wall = time.perf_counter() - t0
+            if distributed.world() > 1:  # the global batch's means and image count
+                sums, counts = _summed(sums, dev), _summed(counts, dev)
+                seen *= distributed.world()
             record = {k: v / counts[k] for k, v in sums.items()} | {
                 "epoch": epoch + 1, "lr": lr, "seconds": wall, "images_per_s": seen / wall}
             self.state.history.setdefault(stage, []).append(record)
             self.state.seconds[stage] = self.state.seconds.get(stage, 0.0) + wall
             self.state.epoch = epoch + 1
-            tqdm.write(f"{stage} epoch {epoch + 1}/{total}: " + ", ".join(
-                    f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
-            self._snapshot(stage, epoch + 1)
-            if stage == "denoiser" and self.deadline and time.monotonic() > self.deadline:
+            if main:
+                tqdm.write(f"{stage} epoch {epoch + 1}/{total}: " + ", ".join(
+                        f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+                self._snapshot(stage, epoch + 1)
+            # rank 0's clock decides, so that every rank stops after the same epoch
+            past = distributed.from_main(bool(self.deadline and time.monotonic() > self.deadline))
+            if stage == "denoiser" and past:
                 # A time budget ends the stage here; the checkpoint says so.
                 self.cfg.train.epochs_denoiser = epoch + 1
                 self.state.config["train"]["epochs_denoiser"] = epoch + 1
                 self.state.stopped_by_time_budget = {"after_epoch": epoch + 1, "of": total}
-                tqdm.write(f"time budget reached: denoiser stops after epoch {epoch + 1}/{total}")
+                if main:
+                    tqdm.write(f"time budget reached: denoiser stops after epoch "
+                               f"{epoch + 1}/{total}")
                 self.save(opt)
                 break
             self.save(opt)
@@ -205,7 +227,10 @@ class Trainer:
             out = self.model.vq(x)
             every = self.cfg.vq.restart_every
             if every and self.state.step % every == every - 1:
-                self.model.vq.codebook.restart_dead(out["features"])
+                # Under torchrun: the codes no rank used, moved onto the global batch's features.
+                codebook = self.model.vq.codebook
+                codebook.usage.copy_(distributed.sum_(codebook.usage))
+                codebook.restart_dead(distributed.cat(out["features"]))
             if self.adversary is not None:
                 out = self.adversary.generator_terms(out, x * 2 - 1, self.model.vq.readout.weight,
                                                      self.state.step)
@@ -219,13 +244,16 @@ class Trainer:
             rates.append(sparsity.firing_rates(spikes))
             return den.readout(spikes)
 
-        out = diffusion_loss(denoise, batch, self.model.diffusion_steps, den.mask_id)
+        out = diffusion_loss(denoise, batch, self.model.diffusion_steps, den.mask_id,
+                             shard=(distributed.rank(), distributed.world()))
         out["firing_rate"] = rates[0].mean().detach()  # recorded whether penalised or not
         for i, r in enumerate(rates[0].detach()):
             out[f"firing_rate_{i}"] = r
         if not t.firing_penalty:
             return out
-        penalty = sparsity.firing_penalty(rates[0], t.firing_penalty, self.firing_targets)
+        # the global batch's rates: the penalty is not linear in them (a target above 0)
+        penalty = sparsity.firing_penalty(distributed.global_mean(rates[0]), t.firing_penalty,
+                                          self.firing_targets)
         out["diffusion_loss"] = out["loss"].detach()
         out["loss"] = out["loss"] + penalty
         out["firing_penalty"] = penalty.detach()
@@ -252,6 +280,16 @@ class Trainer:
             g = torch.Generator().manual_seed(self.cfg.train.seed)
             images, _ = model.generate(64, generator=g, device=self.device)
             save_grid(images, self.out_dir / f"samples_e{epoch:03d}.png", nrow=8)
+
+
+def _summed(values: dict, device) -> dict:
+    """A dict of numbers summed over ranks (the same keys on every rank); the
+    sum runs on `device`, as NCCL sums GPU tensors only."""
+    keys = sorted(values)  # one order on every rank
+    total = distributed.sum_(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+                                          device=device))
+    summed = dict(zip(keys, total.tolist()))
+    return {k: summed[k] for k in values}
 
 
 @torch.no_grad()
@@ -362,6 +400,14 @@ def _take_over(path, flag: str, dataset: str, need_denoiser: bool) -> Checkpoint
         raise SpikediffError(f"the model in {path} was trained on {d['name']}, not "
                              f"{dataset}; pass --dataset {d['name']}")
     return source
+
+
+def _take_lock(lock: RunLock, resume: bool, ckpt_path: Path) -> None:
+    if not lock.held:
+        lock.acquire()
+        if not resume and ckpt_path.exists():  # another run got there first
+            raise SpikediffError(f"{ckpt_path} exists: pass --resume to continue that run, "
+                                 "or choose another --out")
 
 
 def _start_from_denoiser(state: Checkpoint, source: Checkpoint, path) -> None:
@@ -533,13 +579,20 @@ def _check_batches(cfg: Config, stages, n: int, limit: int | None) -> None:
             flag = "train.denoiser_batch_size in a --config" if denoiser else "--batch-size"
             raise SpikediffError(f"{n} training images is fewer than one {stage} batch ({bs}): "
                                  f"{how}, or pass a smaller {flag}")
+        if bs % distributed.world():  # the global batch is split evenly, as one process's
+            raise SpikediffError(f"the {stage} batch size {bs} does not split evenly over "
+                                 f"{distributed.world()} processes: choose a multiple of "
+                                 f"{distributed.world()} ({flag})")
 
 
 def describe_hardware(device: str) -> str:
     if str(device).startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    n = torch.get_num_threads()
-    return f"CPU, {os.cpu_count()} cores, {n} torch thread{'s' if n > 1 else ''}"
+        one = torch.cuda.get_device_name(torch.device(device))
+    else:
+        n = torch.get_num_threads()
+        one = f"CPU, {os.cpu_count()} cores, {n} torch thread{'s' if n > 1 else ''}"
+    w = distributed.world()
+    return one if w == 1 else f"{w} processes (torchrun), rank 0 on: {one}"
 
 
 def new_state(cfg: Config, data_info: dict) -> Checkpoint:
@@ -564,9 +617,9 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
     RUN_DIR/train.lock keeps a second run out of out_dir while this one writes
     there; everything that can be checked is checked before the folder is made."""
     out_dir = Path(out_dir)
-    lock = RunLock(out_dir)
-    if out_dir.is_dir():
-        lock.acquire()
+    lock = RunLock(out_dir)  # held by rank 0 for all ranks under torchrun
+    if distributed.from_main(out_dir.is_dir()):  # rank 0's view: it may make the folder soon
+        distributed.on_main(lock.acquire)
     try:
         return _train(cfg, dataset, data_root, out_dir, lock, stages=stages, device=device,
                       resume=resume, limit=limit, image_size=image_size, rgb=rgb,
@@ -651,12 +704,15 @@ def _train(cfg, dataset, data_root, out_dir: Path, lock: RunLock, *, stages, dev
     if state.denoiser is not None:
         checkpoint.load_weights(model.denoiser, state.denoiser, "denoiser", where)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not lock.held:
-        lock.acquire()
-        if not resume and ckpt_path.exists():  # another run got there first
-            raise SpikediffError(f"{ckpt_path} exists: pass --resume to continue that run, "
-                                 "or choose another --out")
-    stray = remove_stray_temps(out_dir)
+    distributed.on_main(lambda: _take_lock(lock, resume, ckpt_path))
+    if resume and state.world_size != distributed.world() and distributed.is_main():
+        bs = cfg.train.batch_size
+        print(f"note: resuming a run of {state.world_size} process"
+              f"{'es' if state.world_size > 1 else ''} on {distributed.world()}: the same global "
+              f"batches (batch size {bs}, {bs // distributed.world()} per process), learning "
+              "rates and random draws; the weights match an uninterrupted run's up to float "
+              "rounding, not bit for bit", file=sys.stderr)
+    stray = remove_stray_temps(out_dir) if distributed.is_main() else []
     if stray:
         print(f"note: removed {len(stray)} temporary file{'s' if len(stray) > 1 else ''} a killed "
               f"write left in {out_dir} ({', '.join(p.name for p in stray[:3])})", file=sys.stderr)

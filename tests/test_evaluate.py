@@ -238,7 +238,7 @@ def test_runs_sharing_a_denoiser_draw_their_tokens_once(tiny_mnist, tmp_path, mo
     imgs_a = evaluate.sampled_images(cache, a, *args)
     imgs_b = evaluate.sampled_images(cache, b, *args)
     assert len(draws) == 1  # b decoded a's cached tokens
-    hit = cache.get(f"tokens-{evaluate.denoiser_id(a)}-n6-T0.9-s3-refine1x0.2T0.5-seed0-b4")
+    hit = cache.get(f"tokens-{evaluate.denoiser_id(a)}-n6-T0.9-s3-refine1x0.2T0.5-seed0{evaluate.DRAWS}-b4")
     tokens = torch.from_numpy(hit["tokens"])
     assert torch.allclose(imgs_b, torch.cat([b.vq.decode(tokens[:4]), b.vq.decode(tokens[4:])]))
     assert torch.allclose(imgs_a, real(a, 6, temperature=0.9, steps=3, seed=0, batch_size=4,
