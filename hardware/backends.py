@@ -122,7 +122,7 @@ class NorseBackend(Backend):
     @torch.no_grad()
     def _decode(self, codes, record):
         vq = self.model.vq
-        asg = vq.generate_spikes(vq.codebook.lookup(codes))
+        asg = vq.generate_spikes_idx(codes)
         dec = vq.decode_spikes(asg)
         img = (vq.readout_image(dec[-1]) + 1) / 2
         self.timing["time_steps"] += self.T_vq
