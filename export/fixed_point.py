@@ -141,8 +141,7 @@ def synapses_per_connection(weights) -> int:
     of a layer with these weights (any array of its weight values): 1 where
     8-bit mantissas with one exponent hold them exactly, else 2. A power-of-two
     rescaling (the mapping's population scale) does not change it."""
-    w = np.asarray(weights, dtype=np.float64).reshape(1, -1)
-    return len(split_weights(sp.csr_matrix(w)))
+    return 1 if grid_error(weights) <= FIT_TOL else 2
 
 
 # -- one weight per synapse ------------------------------------------------------

@@ -326,6 +326,59 @@ class EmulatorBackend(LavaBackend):
         raise BackendError("the emulator back end generates; encoding runs on Lava or Norse")
 
 
+class _BackendVQ:
+    """vq.decode(token grids) through a back end (what spikediff eval calls)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    def decode(self, tokens):
+        return self.backend.decode(tokens.cpu()).float()
+
+
+class BackendModel:
+    """A model whose generate() and vq.decode() run through a back end: what
+    `spikediff eval --backend emulator` samples from (the host's draws and
+    reveal schedule are the model's own, diffusion.sample_tokens)."""
+
+    def __init__(self, model, backend, tag: str):
+        self.model, self.backend, self.backend_tag = model, backend, tag
+        self.config, self.denoiser = model.config, model.denoiser
+        self.diffusion_steps, self.grid = model.diffusion_steps, model.grid
+        self.vq = _BackendVQ(backend)
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    @torch.no_grad()
+    def generate(self, n, *, temperature=None, steps=None, generator=None, device="cpu",
+                 on_step=None, refine=None):
+        from spikediff.diffusion import sample_tokens
+        d = self.config.diffusion
+        tokens = sample_tokens(self.backend.denoise, n, self.grid, self.denoiser.mask_id,
+                               self.diffusion_steps, steps,
+                               d.temperature if temperature is None else temperature, generator,
+                               "cpu", on_step, d.refinement() if refine is None else refine)
+        return self.vq.decode(tokens), tokens
+
+
+def emulated(model, weights: str = "single") -> "BackendModel":
+    """The model as Lava fixed_pt runs it (the emulator on its NIR export)."""
+    tmp = TempNir(model)
+    backend = EmulatorBackend(tmp.path, record_layers=False, weights=weights)
+    backend._tmp = tmp   # the export lives as long as the back end
+    return BackendModel(model, backend, f"-emulator-{weights}")
+
+
 # -- building ----------------------------------------------------------------------
 def export_to(model, path) -> str:
     """Write the model's NIR file (float64 parameters) to path; returns path."""

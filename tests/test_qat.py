@@ -132,3 +132,53 @@ def test_lava_unsplit_equals_the_emulator_bit_for_bit(tmp_path):
     assert d["max_abs_logit_diff"] == 0 and d["max_abs_image_diff"] == 0
     assert d["differing_proposals"] == 0
     assert len(d["layers"]) == 5 and all(r["spikes"] > 0 for r in d["layers"])
+
+
+def test_energy_report_doubles_synaptic_ops_only_for_the_split():
+    """Loihi synaptic energy: one 8-bit synapse per connection by default; the
+    explicit split counts the split layers' synaptic operations twice; a
+    loihi8 model's denoiser and decoder need one synapse either way."""
+    from hardware.energy.constants import EnergyConstants
+    from hardware.energy.counting import Recorder
+    from hardware.energy.report import build_report
+    reps = {}
+    for name, m in (("plain", active_random_model("tiny", seed=0)), ("qat", qat_model())):
+        m = m.inference()
+        with Recorder(m) as rec:
+            m.generate(1, steps=2, generator=torch.Generator().manual_seed(0))
+        for w in ("single", "split"):
+            reps[name, w] = {r["name"]: r for r in build_report(
+                m, rec.tally, EnergyConstants(), {"n_generated": 1}, lava_weights=w)["layers"]}
+    single, split = reps["plain", "single"], reps["plain", "split"]
+    doubled = [n for n, r in split.items() if r["loihi_synapses_per_connection"] == 2]
+    assert "denoiser.1" in doubled
+    for n in doubled:
+        assert single[n]["loihi_synapses_per_connection"] == 1
+        assert split[n]["loihi_synops_pj"] == pytest.approx(2 * single[n]["loihi_synops_pj"])
+    for w in ("single", "split"):
+        assert all(r["loihi_synapses_per_connection"] == 1 for n, r in reps["qat", w].items()
+                   if not n.startswith("encoder"))
+
+
+def test_eval_samples_through_the_emulator(tiny_mnist, tmp_path, monkeypatch, capsys):
+    """spikediff eval --backend emulator: FID of images drawn with Lava fixed_pt's
+    arithmetic on a loihi8 checkpoint, cached apart from the float model's."""
+    import json
+    from test_evaluate import TinyFeatures, save_scripted
+    monkeypatch.setenv("SPIKEDIFF_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "tiny_fid.pt"
+    save_scripted(TinyFeatures(), weights)
+    run = train(tiny_cfg(epochs_vq=1, epochs_denoiser=1, quantize="loihi8"), "mnist", tiny_mnist,
+                tmp_path / "run", progress=False)
+    res = {}
+    for backend in ("norse", "emulator"):
+        out = tmp_path / f"{backend}.json"
+        assert main(["eval", "--checkpoint", str(run), "--dataset", "mnist", "--data-root",
+                     str(tiny_mnist), "--n", "4", "--steps", "2", "--batch-size", "2",
+                     "--fid-weights", str(weights), "--backend", backend, "--json", str(out),
+                     "--no-progress"]) == 0
+        res[backend] = json.loads(out.read_text())
+    assert res["emulator"]["backend"] == "emulator" and res["emulator"]["lava_weights"] == "single"
+    assert res["emulator"]["fid"]["value"] > 0
+    assert res["emulator"]["fid"]["value"] != res["norse"]["fid"]["value"]
+    assert "Lava fixed_pt emulator" in capsys.readouterr().out
