@@ -347,8 +347,8 @@ class BackendModel:
     `spikediff eval --backend emulator` samples from (the host's draws and
     reveal schedule are the model's own, diffusion.sample_tokens)."""
 
-    def __init__(self, model, backend, tag: str):
-        self.model, self.backend, self.backend_tag = model, backend, tag
+    def __init__(self, model, backend, tag: str, name: str):
+        self.model, self.backend, self.backend_tag, self.backend_name = model, backend, tag, name
         self.config, self.denoiser = model.config, model.denoiser
         self.diffusion_steps, self.grid = model.diffusion_steps, model.grid
         self.vq = _BackendVQ(backend)
@@ -376,7 +376,8 @@ def emulated(model, weights: str = "single") -> "BackendModel":
     tmp = TempNir(model)
     backend = EmulatorBackend(tmp.path, record_layers=False, weights=weights)
     backend._tmp = tmp   # the export lives as long as the back end
-    return BackendModel(model, backend, f"-emulator-{weights}")
+    return BackendModel(model, backend, f"-emulator-{weights}",
+                        f"the Lava fixed_pt emulator ({weights} 8-bit weights)")
 
 
 # -- building ----------------------------------------------------------------------

@@ -150,12 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_refine_args(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--fid-weights", help="FID network file (default: search, see docs)")
-    p.add_argument("--backend", choices=["norse", "emulator"], default="norse",
-                   help="draw the samples with the model (norse) or with Lava fixed_pt's "
-                   "arithmetic, bit for bit (emulator: hardware/emulator.py)")
-    p.add_argument("--lava-weights", choices=["single", "split"], default="single",
-                   help="--backend emulator: one 8-bit weight per synapse (a [train] quantize "
-                   "= \"loihi8\" checkpoint) or the two-synapse split")
     p.add_argument("--recon-fid", action="store_true", help="also the FID of the VQ-SVAE's "
                    "reconstructions of the test split: the ceiling for samples (slow on a CPU)")
     p.add_argument("--select-only", action="store_true", help="with --temperatures: only the "
@@ -312,7 +306,8 @@ def cmd_info(a) -> int:
     return 0
 
 
-def cmd_eval(a) -> int:
+def cmd_eval(a, sampler=None) -> int:
+    """sampler: see evaluate.evaluate (hardware/fid.py passes the emulator)."""
     temps = a.temperatures
     check_outputs([a.json], a.force)
     if a.select_only and not temps:
@@ -326,8 +321,7 @@ def cmd_eval(a) -> int:
                  batch_size=a.batch_size, device=pick_device(a.device),
                  fid_weights=a.fid_weights, recon_fid=a.recon_fid, progress=not a.no_progress,
                  weights=a.weights, select_only=a.select_only,
-                 refine=refine_from_args(a, a.checkpoint), backend=a.backend,
-                 lava_weights=a.lava_weights)
+                 refine=refine_from_args(a, a.checkpoint), sampler=sampler)
     print(format_result(r))
     if a.json:
         write_text(a.json, json.dumps(r, indent=2))

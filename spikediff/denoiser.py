@@ -66,7 +66,9 @@ class SpikingDenoiser(nn.Module):
         if (getattr(self, "quantize", "") and self.cfg.token_input == "embed"
                 and not self.spike_input):   # quantized as the export composes it (qat.py)
             from .qat import denoiser_first_currents
-            out = [self.layers[0].static_lif(denoiser_first_currents(self, tokens, t), self.cfg.T)]
+            x = one_hot_input(tokens, t, self.codebook_size, self.diffusion_steps,
+                              self.layers[0].synapse.weight.dtype)
+            out = [self.layers[0].static_lif(denoiser_first_currents(self, x), self.cfg.T)]
         else:
             out = [self.layers[0].forward_static(self.network_input(tokens, t), self.cfg.T)]
         for layer in self.layers[1:]:

@@ -132,19 +132,14 @@ def reconstruction_fid(net, cache, recons, ref, file_id: str, split: str, progre
 def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temperatures=None,
              select_n=1000, steps=None, seed=0, batch_size=256, device="cpu", fid_weights=None,
              paper_protocol=True, recon_fid=False, progress=True, weights="ema",
-             select_only=False, refine: Refinement | None = None, backend: str = "norse",
-             lava_weights: str = "single") -> dict:
-    """refine: the sampler's refinement (None: the checkpoint config's). backend
-    "emulator": samples drawn through Lava fixed_pt's arithmetic (hardware/emulator.py;
-    lava_weights "single" or "split"); reconstruction stays the float VQ-SVAE's."""
+             select_only=False, refine: Refinement | None = None, sampler=None) -> dict:
+    """refine: the sampler's refinement (None: the checkpoint config's). sampler:
+    a function model -> what draws the samples in its place (generate(),
+    vq.decode(), backend_tag and a `backend` name), e.g. the Lava fixed_pt
+    emulator (hardware/fid.py); reconstruction stays the float VQ-SVAE's."""
     ckpt = checkpoint.load(ckpt_path)
     model = checkpoint.model_from(ckpt, weights)
-    sampler = model
-    if backend == "emulator":
-        from hardware.backends import emulated
-        sampler = emulated(model, lava_weights)
-    elif backend != "norse":
-        raise SpikediffError(f"unknown back end {backend!r} for eval: norse or emulator")
+    sampler = sampler(model) if sampler is not None else model
     refine = model.config.diffusion.refinement() if refine is None else refine
     check_refine(refine)
     d = ckpt.data
@@ -162,9 +157,8 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
     t0 = time.perf_counter()
     result = {"checkpoint": str(checkpoint.resolve(ckpt_path)), "dataset": dataset,
               "network": net.name, "seed": seed, "steps": steps or model.diffusion_steps,
-              "denoiser_weights": weights if has_average else "raw", "backend": backend}
-    if backend == "emulator":
-        result["lava_weights"] = lava_weights
+              "denoiser_weights": weights if has_average else "raw",
+              "backend": getattr(sampler, "backend_name", "norse")}
     if refine.steps:
         result["refine"] = dataclasses.asdict(refine)
 
@@ -230,8 +224,7 @@ def format_result(r: dict) -> str:
                          + [f"best: {r['temperature']}"])
     lines = [f"checkpoint: {r['checkpoint']}"
              + (" (averaged denoiser weights)" if r.get("denoiser_weights") == "ema" else "")
-             + (f"; sampled on the Lava fixed_pt emulator ({r.get('lava_weights')} 8-bit "
-                "weights)" if r.get("backend") == "emulator" else ""),
+             + (f"; sampled on {r['backend']}" if r.get("backend", "norse") != "norse" else ""),
              f"network: {r['network']}",
              f"temperature: {r['temperature']}" + (
                  f" (chosen on {r['temperature_selection']['on']})"

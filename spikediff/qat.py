@@ -25,16 +25,27 @@ two: exact) are not rounded.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from export.fixed_point import fake_quant_grid
 
 from .neuron import DT, TAU_MEM
 
 QUANTIZE_MODES = ("", "loihi8")
 LIF_GAIN = DT / TAU_MEM    # the mapping's weight gain into the model's LIF (r dt / tau)
+WEIGHT_MAX, WEIGHT_MAX_MIXED = 255, 254
+
+
+def fake_quant_grid(w_abs_max: float, mixed: bool) -> tuple[float, float]:
+    """export.fixed_point.fake_quant_grid, restated: spikediff is the layer export
+    and hardware build on (it imports neither), and the Lava worker cannot
+    import spikediff. tests/test_qat.py holds the two equal."""
+    lim = float(WEIGHT_MAX_MIXED if mixed else WEIGHT_MAX)
+    r = math.log2(w_abs_max / lim) if w_abs_max > 0 else 0.0
+    e = int(round(r)) if abs(r - round(r)) < 1e-9 else math.ceil(r)
+    return 2.0 ** e * (2.0 if mixed else 1.0), lim * 2.0 ** e
 
 
 def fake_quant(w: torch.Tensor, gain: float) -> torch.Tensor:
@@ -58,13 +69,12 @@ def enable(model, mode: str) -> None:
     """Mark what generation runs (the denoiser, the VQ-SVAE's spike generator,
     decoder and read-out; not the encoder, whose codes the decoder stage trains
     on) for quantized forwards; mode "" turns it off."""
-    from .layers import SpikingConv
     if mode not in QUANTIZE_MODES:
         raise ValueError(f"unknown quantize mode {mode!r}")
     model.vq.quantize = model.denoiser.quantize = mode
     for net in (model.denoiser, model.vq.spike_generator, model.vq.decoder):
         for m in net.modules():
-            if isinstance(m, SpikingConv):
+            if hasattr(m, "synapse") and hasattr(m, "bn"):   # a layers.SpikingConv
                 m.quantize = mode
 
 
@@ -107,16 +117,14 @@ def layer_currents(layer, x: torch.Tensor) -> torch.Tensor:
     return conv(layer.synapse, x, fake_quant(w, LIF_GAIN), b)
 
 
-def denoiser_first_currents(den, tokens, t) -> torch.Tensor:
+def denoiser_first_currents(den, one_hot: torch.Tensor) -> torch.Tensor:
     """The embedding denoiser's first layer as the export writes it: embeddings,
     conv and batch norm composed into one conv on the one-hot grid (fold.py),
-    quantized, applied to that grid."""
-    from .denoiser import one_hot_input
+    quantized, applied to that grid (denoiser.one_hot_input)."""
     w, b = folded(den.layers[0])
     E = torch.cat([den.token_embed.weight, den.time_embed.weight])        # [V, E]
     wc = fake_quant(torch.einsum("oekl,ve->ovkl", w, E), LIF_GAIN)
-    x = one_hot_input(tokens, t, den.codebook_size, den.diffusion_steps, w.dtype)
-    return conv(den.layers[0].synapse, x, wc, b)
+    return conv(den.layers[0].synapse, one_hot.to(w.dtype), wc, b)
 
 
 def head(den, spikes) -> torch.Tensor:

@@ -31,6 +31,18 @@ def qat_model():
     return m
 
 
+def test_training_grid_is_the_mappings():
+    """spikediff.qat restates export.fixed_point's 8-bit grid (package layering):
+    the same step and range for any largest weight, either sign mode."""
+    rng = np.random.default_rng(0)
+    vals = np.concatenate([10.0 ** rng.uniform(-6, 3, 500), 255.0 * 2.0 ** np.arange(-20, 5),
+                           254.0 * 2.0 ** np.arange(-20, 5), 255.0 * 2.0 ** np.arange(-20, 5)
+                           * (1 + 1e-13)])
+    for v in vals:
+        for mixed in (False, True):
+            assert qat.fake_quant_grid(float(v), mixed) == fp.fake_quant_grid(float(v), mixed)
+
+
 def test_fake_quant_on_grid_with_straight_through_gradient():
     w = torch.randn(8, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     for gain in (0.5, 1 / 3):   # a non-dyadic gain (the head's 1/T) too
@@ -161,9 +173,10 @@ def test_energy_report_doubles_synaptic_ops_only_for_the_split():
 
 
 def test_eval_samples_through_the_emulator(tiny_mnist, tmp_path, monkeypatch, capsys):
-    """spikediff eval --backend emulator: FID of images drawn with Lava fixed_pt's
-    arithmetic on a loihi8 checkpoint, cached apart from the float model's."""
+    """python -m hardware.fid (spikediff eval, samples drawn with Lava fixed_pt's
+    arithmetic) on a loihi8 checkpoint: cached apart from the float model's."""
     import json
+    from hardware.fid import main as fid_main
     from test_evaluate import TinyFeatures, save_scripted
     monkeypatch.setenv("SPIKEDIFF_CACHE", str(tmp_path / "cache"))
     weights = tmp_path / "tiny_fid.pt"
@@ -171,14 +184,14 @@ def test_eval_samples_through_the_emulator(tiny_mnist, tmp_path, monkeypatch, ca
     run = train(tiny_cfg(epochs_vq=1, epochs_denoiser=1, quantize="loihi8"), "mnist", tiny_mnist,
                 tmp_path / "run", progress=False)
     res = {}
-    for backend in ("norse", "emulator"):
-        out = tmp_path / f"{backend}.json"
-        assert main(["eval", "--checkpoint", str(run), "--dataset", "mnist", "--data-root",
-                     str(tiny_mnist), "--n", "4", "--steps", "2", "--batch-size", "2",
-                     "--fid-weights", str(weights), "--backend", backend, "--json", str(out),
-                     "--no-progress"]) == 0
-        res[backend] = json.loads(out.read_text())
-    assert res["emulator"]["backend"] == "emulator" and res["emulator"]["lava_weights"] == "single"
+    for name, entry in (("norse", lambda args: main(["eval", *args])), ("emulator", fid_main)):
+        out = tmp_path / f"{name}.json"
+        assert entry(["--checkpoint", str(run), "--dataset", "mnist", "--data-root",
+                      str(tiny_mnist), "--n", "4", "--steps", "2", "--batch-size", "2",
+                      "--fid-weights", str(weights), "--json", str(out), "--no-progress"]) == 0
+        res[name] = json.loads(out.read_text())
+    assert res["norse"]["backend"] == "norse"
+    assert "emulator (single 8-bit weights)" in res["emulator"]["backend"]
     assert res["emulator"]["fid"]["value"] > 0
     assert res["emulator"]["fid"]["value"] != res["norse"]["fid"]["value"]
-    assert "Lava fixed_pt emulator" in capsys.readouterr().out
+    assert "sampled on the Lava fixed_pt emulator" in capsys.readouterr().out
