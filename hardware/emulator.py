@@ -26,7 +26,13 @@ spike = v > vth << 6; v = 0 where it spiked.  LIFReset zeroes u, v at the
   matrix product over all T*B columns and only the neurons loop over T.
 
 Weights are applied as float64 products of integer mantissas and integer
-inputs (|sums| < 2**53: exact), then rounded to int64 for the shifts.
+inputs (|sums| < 2**53: exact), then rounded to int64 for the shifts. A link
+that is one convolution (plan.Link.conv) is convolved with its mantissa kernel
+instead of multiplied by the composed sparse matrix (several times faster),
+after a check at build time that kernel and matrix give the same integers on
+random inputs; spike-fed kernels whose |row sums| stay below 2**24 convolve in
+float32 (every partial sum an exact integer), as im2col + GEMM (not oneDNN's
+convolution, which may use Winograd transforms with non-integer intermediates).
 """
 from __future__ import annotations
 
@@ -37,7 +43,10 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from export.fixed_point import (A_IN_LIMIT, V_BITS, V_SHIFT, lava_sparse_weights,
+import scipy.sparse as sp
+import torch.nn.functional as F
+
+from export.fixed_point import (A_IN_LIMIT, V_BITS, V_SHIFT, lava_sparse_weights, mantissas,
                                 quantise_input)
 
 UV_MAX = 2 ** (V_BITS - 1)        # Lava's max_uv_val
@@ -67,6 +76,57 @@ def _sparse(M) -> torch.Tensor:
                                    size=M.shape, dtype=torch.float64)
 
 
+class _Conv:
+    """A link's 8-bit mantissas as a convolution kernel (see the module docstring)."""
+
+    def __init__(self, kernel, stride, padding, in_shape, exact32, rounded=True):
+        self.stride, self.padding, self.in_shape = stride, padding, in_shape
+        self.rounded = rounded
+        self.dtype = torch.float32 if exact32 else torch.float64
+        self.kernel = torch.from_numpy(kernel).to(self.dtype)
+
+    @classmethod
+    def of(cls, conv, ratio, op, spiking):
+        """The kernel of plan.Link.conv in the units of op = (W8 sparse, weight_exp),
+        or None where it does not reproduce W8 exactly."""
+        w, stride, padding, in_shape = conv
+        K = w * ratio
+        Kq, e = mantissas(sp.csr_matrix(K.reshape(1, -1)))
+        if e != op[1]:
+            return None
+        k = Kq.toarray().reshape(K.shape)
+        exact32 = spiking and float(np.abs(k).reshape(k.shape[0], -1).sum(1).max()) < 2 ** 24
+        c = cls(k, stride, padding, in_shape, exact32)
+        W = op[0]
+        g = torch.Generator().manual_seed(0)
+        n = W.shape[1]
+        probe = (torch.randint(0, 2, (n, 3), generator=g) if spiking else
+                 torch.randint(-3, 4, (n, 3), generator=g)).to(torch.float64)
+        ref = torch.round(W @ probe).to(torch.int64)
+        if ref.shape[0] != int(np.prod(c.out_shape(1))) or not torch.equal(c(probe, 3), ref):
+            return None
+        return c
+
+    def out_shape(self, N):
+        C, H, W = self.in_shape
+        O, _, kh, kw = self.kernel.shape
+        Ho = (H + 2 * self.padding[0] - kh) // self.stride[0] + 1
+        Wo = (W + 2 * self.padding[1] - kw) // self.stride[1] + 1
+        return (N, O, Ho, Wo)
+
+    def __call__(self, x: torch.Tensor, N: int) -> torch.Tensor:
+        """x [n_source, N] (column = sample) -> int64 [n_target, N]."""
+        xi = x.t().reshape(N, *self.in_shape).to(self.dtype)
+        if self.dtype == torch.float32:   # im2col + GEMM: integer partial sums only
+            O, _, kh, kw = self.kernel.shape
+            cols = F.unfold(xi, (kh, kw), padding=self.padding, stride=self.stride)
+            y = self.kernel.reshape(O, -1) @ cols                       # [N, O, L]
+        else:                             # float64: no Winograd path in torch
+            y = F.conv2d(xi, self.kernel, None, self.stride, self.padding)
+        y = y.reshape(N, -1).t()
+        return torch.round(y).to(torch.int64) if self.rounded else y
+
+
 class FixedPointNet:
     """One plan with fixed fixed-point parameters (what one LavaNet holds)."""
 
@@ -78,10 +138,17 @@ class FixedPointNet:
             check_fits(plan)
         self.scales, qlinks, qbias, self.worst = fixed_params(plan, self.input_range,
                                                               self.observed, weights)
-        self.links = []   # (source, target, [(W8 float64 sparse, weight_exp)])
+        self.links = []   # (source, target, [(W8 float64 sparse | _Conv, weight_exp)])
         for lk, parts in zip(plan.links, qlinks):
-            self.links.append((lk.source, lk.target,
-                               [(_sparse(lava_sparse_weights(Mq)), int(e)) for Mq, e in parts]))
+            ops = [(_sparse(lava_sparse_weights(Mq)), int(e)) for Mq, e in parts]
+            if lk.conv is not None and len(ops) == 1 and lk.relays == 0:
+                src = plan.pops[lk.source]
+                ratio = self.scales[lk.target] / (self.scales[lk.source]
+                                                  if src.kind == "Input" else 1.0)
+                c = _Conv.of(lk.conv, ratio, ops[0], src.spiking)
+                if c is not None:
+                    ops = [(c, ops[0][1])]
+            self.links.append((lk.source, lk.target, ops))
         self.lif = {}
         for name, p in plan.pops.items():
             if p.kind == "Input":
@@ -94,6 +161,7 @@ class FixedPointNet:
                 vth=int(kw["vth"]) << V_SHIFT,
                 bias=bias << int(kw["bias_exp"]))
         self.a_in_over = 0   # a_in values beyond int16 seen (Loihi would saturate; Lava does not)
+        self.T_B = None
 
     def covers(self, observed) -> bool:
         from hardware.lava.worker.quantise import covers
@@ -120,7 +188,8 @@ class FixedPointNet:
                 if tgt != name:
                     continue
                 for W, e in parts:
-                    acc = torch.round(W @ vals[src]).to(torch.int64)
+                    acc = torch.round(W @ vals[src]).to(torch.int64) if not isinstance(
+                        W, _Conv) else W(vals[src], T * B)
                     acc = acc << e if e > 0 else acc >> -e
                     a += _wrap32(acc)
             a = _wrap32(a)
@@ -161,6 +230,98 @@ class FixedPointNet:
         return spikes, v_out
 
 
+MARGIN = 1e-6   # relative distance to a decision boundary below which the fast calibration defers
+
+
+class _FloatRun:
+    """quantise.float_currents in torch: convolutions where the link is one
+    (plan.Link.conv), float64 throughout. Summation order differs from
+    scipy's, so values differ in the last bits; :meth:`observed` returns None
+    (use the exact run) whenever a float-run spike decision lies within MARGIN
+    of its threshold, and :func:`_near_boundary` does the same for the scale
+    decisions, so both runs always lead to the same integer network."""
+
+    def __init__(self, plan):
+        self.plan, self.links = plan, []
+        self.worst = {}    # input ranges -> {population: worst_current}
+        for lk in plan.links:
+            if lk.conv is not None and lk.relays == 0:
+                w, stride, padding, in_shape = lk.conv
+                op = _Conv(w, stride, padding, in_shape, exact32=False, rounded=False)
+            else:
+                op = _sparse(lk.matrix)
+            self.links.append((lk.source, lk.target, op))
+
+    @torch.no_grad()
+    def observed(self, inputs: dict):
+        plan = self.plan
+        T, B = np.shape(next(iter(inputs.values())))[:2]
+        vals, obs = {}, {}
+        for name, p in plan.pops.items():
+            if p.kind == "Input":
+                x = np.asarray(inputs[name], dtype=np.float64).reshape(T * B, p.size)
+                vals[name] = torch.from_numpy(x).t()
+        for name, p in plan.pops.items():
+            if p.kind == "Input":
+                continue
+            a = torch.zeros(p.size, T * B, dtype=torch.float64)
+            for src, tgt, op in self.links:
+                if tgt == name:
+                    a += op(vals[src], T * B) if isinstance(op, _Conv) else op @ vals[src]
+            a = a.view(p.size, T, B)
+            u = torch.zeros(p.size, B, dtype=torch.float64)
+            v = torch.zeros(p.size, B, dtype=torch.float64)
+            bias = torch.from_numpy(np.asarray(p.bias, dtype=np.float64)).view(-1, 1)
+            out = torch.zeros(p.size, T, B, dtype=torch.float64)
+            vmax = 0.0
+            for t in range(T):
+                u = u * (1.0 - p.du) + a[:, t]
+                v = v * (1.0 - p.dv) + u + bias
+                if p.spiking:
+                    if bool(((v - p.vth).abs() <= MARGIN * max(abs(p.vth), 1.0)).any()):
+                        return None
+                    s = v > p.vth
+                    v = torch.where(s, torch.zeros_like(v), v)
+                    out[:, t] = s.to(torch.float64)
+                else:
+                    out[:, t] = v
+                vmax = max(vmax, float(v.abs().max()) if v.numel() else 0.0)
+            vals[name] = out.reshape(p.size, T * B)
+            obs[name] = (float(a.abs().max()) if a.numel() else 0.0, vmax)
+        return obs
+
+
+def _near(x: float, y: float) -> bool:
+    return abs(x - y) <= MARGIN * max(abs(x), abs(y))
+
+
+def _near_boundary(plan, input_range, observed, scales=None, worst=None) -> bool:
+    """worst: {population: worst_current} (computed here where not given)."""
+    """True where a calibration decision on these float currents is within
+    MARGIN of flipping: a scale at a power-of-two step (population_scale's
+    candidates), or, for a built net, a covers() comparison."""
+    import math
+
+    from export.fixed_point import A_IN_LIMIT, V_LIMIT
+    from hardware.lava.worker.quantise import GUARD, population_scale, worst_current
+    worst = {} if worst is None else worst
+    for name, (amax, vmax) in observed.items():
+        if name not in worst:
+            worst[name] = worst_current(plan, name, input_range)
+        S, _ = population_scale(plan, name, input_range, observed, worst[name])
+        for obs in ((amax * (1 + MARGIN), vmax * (1 + MARGIN)),
+                    (amax * (1 - MARGIN), vmax * (1 - MARGIN))):
+            moved = dict(observed)
+            moved[name] = obs
+            if population_scale(plan, name, input_range, moved, worst[name])[0] != S:
+                return True
+        if scales is not None:
+            Sn = scales[name]
+            if _near(GUARD * amax * Sn, A_IN_LIMIT) or _near(GUARD * vmax * Sn, V_LIMIT):
+                return True
+    return False
+
+
 class Emulator:
     """Drop-in for the Lava worker's fixed_pt runs: the same plans, the same
     per-call calibration and the same net cache rule (a net is reused while a
@@ -170,7 +331,8 @@ class Emulator:
 
     def __init__(self, weights: str = "single", max_cache: int = 4):
         self.weights, self.max_cache = weights, max_cache
-        self.plans, self.nets = {}, OrderedDict()
+        self.plans, self.nets, self.float_runs = {}, OrderedDict(), {}
+        self.exact_calibrations = 0   # calls where the fast float run deferred to the exact one
         self.timing = {"run_s": 0.0, "calibrate_s": 0.0, "build_s": 0.0, "calls": 0}
 
     def plan(self, path: str, subgraph):
@@ -187,11 +349,20 @@ class Emulator:
         plan = self.plan(path, subgraph)
         T, B = np.shape(next(iter(inputs.values())))[:2]
         rng = input_ranges(inputs)
-        observed = float_currents(plan, inputs)
-        t1 = time.perf_counter()
         key = (str(path), subgraph, int(B), int(T), tuple(record) if record else None,
                tuple(sorted(rng.items())), self.weights)
         net = self.nets.pop(key, None)
+        fast = self.float_runs.get((str(path), subgraph))
+        if fast is None:
+            fast = self.float_runs[(str(path), subgraph)] = _FloatRun(plan)
+        observed = fast.observed(inputs)
+        worst = fast.worst.setdefault(tuple(sorted(rng.items())), {})
+        if observed is None or _near_boundary(
+                plan, rng, observed if net is None else merge_observed(observed, net.observed),
+                None if net is None else net.scales, worst):
+            observed = float_currents(plan, inputs)     # the worker's own run, exactly
+            self.exact_calibrations += 1
+        t1 = time.perf_counter()
         if net is not None and not net.covers(observed):
             observed = merge_observed(observed, net.observed)
             net = None

@@ -90,18 +90,25 @@ def float_currents(plan: Plan, inputs: dict) -> dict:
 
 
 
-def population_scale(plan: Plan, name: str, input_range: dict, observed):
-    """(S, worst-case |a_in|): the largest power-of-two S that keeps |a_in| * S,
-    the threshold, the bias and |v| * S within Lava's fixed-point ranges."""
+def worst_current(plan: Plan, name: str, input_range: dict) -> float:
+    """The worst-case |a_in| of a population: every spike source firing at once."""
     p = plan.pops[name]
-    bound = np.zeros(p.size)  # worst case |a_in|: every spike source firing at once
+    bound = np.zeros(p.size)
     for lk in plan.links:
         src = plan.pops[lk.source]
         if lk.target != name:
             continue
         xm = 1.0 if src.spiking else float(input_range.get(lk.source, 1.0))
         bound += abs(lk.matrix).sum(axis=1).A1 * xm
-    worst = A = float(bound.max()) if bound.size else 0.0
+    return float(bound.max()) if bound.size else 0.0
+
+
+def population_scale(plan: Plan, name: str, input_range: dict, observed, worst=None):
+    """(S, worst-case |a_in|): the largest power-of-two S that keeps |a_in| * S,
+    the threshold, the bias and |v| * S within Lava's fixed-point ranges
+    (worst: worst_current, where the caller has it)."""
+    p = plan.pops[name]
+    worst = A = worst_current(plan, name, input_range) if worst is None else worst
     if observed is not None and name in observed:
         A = min(A, HEADROOM * observed[name][0])
     cands = [A_IN_LIMIT / max(A, 1e-12)]
