@@ -146,3 +146,22 @@ def test_lava_weight_rules_are_the_mappings():
                 assert (fp.lava_sparse_weights(Mq) != Mq).nnz == 0
     odd = sp.csr_matrix(np.array([[3, -5, 300], [0, 7, -300]]))
     np.testing.assert_array_equal(fp.lava_sparse_weights(odd).toarray(), [[2, -6, 254], [0, 6, -256]])
+
+
+def test_fast_calibration_defers_at_decision_boundaries(tmp_path):
+    """The emulator's torch float run sums in another order than the worker's
+    scipy run; wherever a scale decision is within 1e-6 of flipping it must
+    defer to the exact run (else the two could build different integer nets)."""
+    from hardware.emulator import _near_boundary
+    from hardware.lava.worker.plan import load_graph, plan_graph
+    from hardware.lava.worker.quantise import HEADROOM, float_currents
+    rng = np.random.default_rng(4)
+    g, n_in = wide_graph(rng)
+    graph, dt, _ = load_graph(write(tmp_path, g))
+    plan = plan_graph(graph, dt)
+    x = (rng.random((16, 2, n_in)) < 0.01).astype(float)
+    obs = float_currents(plan, {"input": x})
+    assert not _near_boundary(plan, {"input": 1.0}, obs)
+    edge = dict(obs)   # lif1's current exactly where its scale steps by a factor of 2
+    edge["lif1"] = (fp.A_IN_LIMIT / HEADROOM / 2.0 ** 9, 0.0)
+    assert _near_boundary(plan, {"input": 1.0}, edge)
