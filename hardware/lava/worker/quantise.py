@@ -208,7 +208,8 @@ def misfits(plan: Plan) -> list:
 
 
 FIT_HELP = ("fine-tune the checkpoint with quantization-aware training ([train] quantize = "
-            "\"loihi8\", e.g. `spikediff train --config qat.toml --init CKPT`), or run the "
+            "\"loihi8\": `spikediff train --finetune CKPT --config "
+            "benchmarks/configs/qat-loihi8.toml`, then its decoder stage), or run the "
             "two-synapse split (--lava-weights split: two 8-bit synapses per connection, "
             "twice the synaptic memory and operations)")
 
