@@ -41,9 +41,8 @@ import warnings
 from collections import OrderedDict
 
 import numpy as np
-import torch
-
 import scipy.sparse as sp
+import torch
 import torch.nn.functional as F
 
 from export.fixed_point import (A_IN_LIMIT, V_BITS, V_SHIFT, lava_sparse_weights, mantissas,
@@ -303,8 +302,6 @@ def _near_boundary(plan, input_range, observed, scales=None, worst=None) -> bool
     """True where a calibration decision on these float currents is within
     MARGIN of flipping: a scale at a power-of-two step (population_scale's
     candidates), or, for a built net, a covers() comparison."""
-    import math
-
     from export.fixed_point import A_IN_LIMIT, V_LIMIT
     from hardware.lava.worker.quantise import GUARD, population_scale, worst_current
     worst = {} if worst is None else worst
