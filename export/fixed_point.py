@@ -17,10 +17,13 @@ its input current a_in.
 * decays du, dv: 12-bit fractions of DECAY_UNIT (1.0 -> 4096).
 * weights: 8-bit mantissas with one shared exponent per synapse group
   (Sparse process); mixed-sign weights are even values in [-256, 254] (Lava
-  drops the LSB). The Lava mapping writes each link as up to two such groups
-  on the same axons, the coarse mantissas and the rounding residual
-  (:func:`split_weights`), i.e. two synapses per connection wherever the first
-  is not exact.
+  drops the LSB). The Lava mapping writes each link as ONE such group
+  (:func:`weight_parts` "single": one 8-bit synapse per connection, what a
+  Loihi core holds), which needs weights that fit (a quantization-aware
+  fine-tuned checkpoint, :func:`fake_quant_grid`); or, as an explicit option
+  ("split"), as two groups on the same axons, the coarse mantissas and the
+  rounding residual (:func:`split_weights`), i.e. two synapses per connection
+  wherever the first is not exact.
 * graded messages into a Sparse carry GRADED_BITS; analog inputs are
   quantised to INPUT_BITS.
 
@@ -89,13 +92,22 @@ def bias_mantissas(bias_v):
     return np.clip(np.round(bv / 2.0 ** ex), -BIAS_MANT_MAX, BIAS_MANT_MAX).astype(np.int32), ex
 
 
+def weight_exp(mmax: float, lim: float) -> int:
+    """The smallest exponent e with mmax / 2**e <= lim (mmax > 0). A ratio that is
+    a power of two up to float error (a weight trained onto the grid, then
+    scaled by non-dyadic gains and back) counts as that power: otherwise the
+    exponent would jump by one and halve the grid the weight was trained on."""
+    r = math.log2(mmax / lim)
+    return int(round(r)) if abs(r - round(r)) < 1e-9 else math.ceil(r)
+
+
 def mantissas(M: sp.csr_matrix):
     """One Sparse's 8-bit mantissas and weight_exp for M (integer units):
     M ~= Mq * 2**e, the exponent the smallest that fits the largest |M|."""
     mmax = float(abs(M).max()) if M.nnz else 0.0
     mixed = M.nnz and M.data.min() < 0 and M.data.max() > 0
     lim = float(WEIGHT_MAX_MIXED if mixed else WEIGHT_MAX)
-    e = math.ceil(math.log2(mmax / lim)) if mmax > 0 else 0
+    e = weight_exp(mmax, lim) if mmax > 0 else 0
     Mq = M.copy()
     Mq.data = Mq.data / 2.0 ** e
     if mixed:  # Lava drops the LSB of mixed-sign 8-bit weights: keep them even
@@ -129,5 +141,74 @@ def synapses_per_connection(weights) -> int:
     of a layer with these weights (any array of its weight values): 1 where
     8-bit mantissas with one exponent hold them exactly, else 2. A power-of-two
     rescaling (the mapping's population scale) does not change it."""
-    w = np.asarray(weights, dtype=np.float64).reshape(1, -1)
-    return len(split_weights(sp.csr_matrix(w)))
+    return 1 if grid_error(weights) <= FIT_TOL else 2
+
+
+# -- one weight per synapse ------------------------------------------------------
+
+WEIGHT_MODES = ("single", "split")
+FIT_TOL = 1e-6   # |mantissa - integer| a weight may be off the 8-bit grid and still "fit"
+
+
+def weight_parts(M: sp.csr_matrix, mode: str = "single"):
+    """The Sparse parts [(mantissas, weight_exp), ...] of a link in integer units:
+    "single" one 8-bit group (:func:`mantissas`), "split" :func:`split_weights`."""
+    if mode == "split":
+        return split_weights(M)
+    if mode != "single":
+        raise ValueError(f"weight mode must be one of {WEIGHT_MODES}, got {mode!r}")
+    Mq, e = mantissas(M.tocsr())
+    Mq.eliminate_zeros()
+    return [(Mq.astype(np.int32), e)]
+
+
+def grid_error(weights) -> float:
+    """How far (in units of the last mantissa bit) the weights of one link are
+    from the 8-bit grid :func:`mantissas` puts them on: 0 (up to float error,
+    < FIT_TOL) for weights that fit one 8-bit synapse; a power-of-two rescale
+    does not change it."""
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    w = w[w != 0]
+    if not w.size:
+        return 0.0
+    mixed = w.min() < 0 < w.max()
+    lim = float(WEIGHT_MAX_MIXED if mixed else WEIGHT_MAX)
+    step = 2.0 ** weight_exp(float(np.abs(w).max()), lim) * (2.0 if mixed else 1.0)
+    q = w / step
+    return float(np.abs(q - np.round(q)).max())
+
+
+def fake_quant_grid(w_abs_max: float, mixed: bool) -> tuple[float, float]:
+    """(step, largest |value|) of the 8-bit grid that :func:`mantissas` writes a
+    link with largest |weight| w_abs_max on (one shared power-of-two exponent;
+    mixed sign: even mantissas up to 254): what quantization-aware training
+    rounds to, so the mapping then writes exactly the trained weights."""
+    lim = float(WEIGHT_MAX_MIXED if mixed else WEIGHT_MAX)
+    e = weight_exp(w_abs_max, lim) if w_abs_max > 0 else 0
+    return 2.0 ** e * (2.0 if mixed else 1.0), lim * 2.0 ** e
+
+
+def lava_sparse_weights(Mq: sp.csr_matrix) -> sp.csr_matrix:
+    """What Lava's PySparseModelBitAcc makes of 8-bit mantissas at its first step
+    (lava.utils.weightutils clip_weights then truncate_weights, num_weight_bits
+    8): clipped to the sign mode's 8-bit range, mixed sign with the LSB
+    dropped. The mapping's mantissas already satisfy this (a no-op on them);
+    the emulator applies it so both see the same weights whatever they get."""
+    W = Mq.tocsr().astype(np.int64)
+    d = W.data
+    if d.size == 0:
+        return W
+    lo, hi = float(d.min()), float(d.max())
+    if W.nnz < W.shape[0] * W.shape[1]:      # implicit zeros count (np.min of a spmatrix)
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if lo >= 0:
+        d = np.minimum(d, 255)
+    elif hi <= 0:
+        d = -np.minimum(-d, 255)
+    else:
+        d = np.clip(d, -256, 255)
+        d = (d >> 1) << 1
+    W = W.copy()
+    W.data = d
+    W.eliminate_zeros()
+    return W

@@ -436,6 +436,9 @@ def build_graph(model, dtype=np.float64, *, part: str | None = None,
     for name, make in parts.items():
         if part is None or part == name:
             g = make(model, dtype)
+            if name != "encoder" and model.config.train.quantize:  # what qat.py trained for
+                from export.loihi8 import quantize_graph
+                quantize_graph(g)
             graphs[name] = spiking_form(g) if form == "spiking" else g
     if part is not None:
         g = graphs[part]

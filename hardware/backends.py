@@ -122,7 +122,7 @@ class NorseBackend(Backend):
     @torch.no_grad()
     def _decode(self, codes, record):
         vq = self.model.vq
-        asg = vq.generate_spikes(vq.codebook.lookup(codes))
+        asg = vq.generate_spikes_idx(codes)
         dec = vq.decode_spikes(asg)
         img = (vq.readout_image(dec[-1]) + 1) / 2
         self.timing["time_steps"] += self.T_vq
@@ -163,18 +163,10 @@ class LavaBackend(Backend):
     name = "lava"
 
     def __init__(self, nir_path, mode="floating_pt", *, record_layers=True, worker=None,
-                 python=None, timeout=600.0):
+                 python=None, timeout=600.0, weights="single"):
         super().__init__()
-        from export.nir_exec import Exported
+        self._open(nir_path, mode, record_layers, weights)
         from hardware.lava import client
-        if mode not in LAVA_MODES:
-            raise BackendError(f"--lava-mode must be one of {', '.join(LAVA_MODES)}, got {mode!r}")
-        self.path, self.mode = str(Path(nir_path).resolve()), mode
-        self.ex = Exported.read(self.path)
-        den, dec = self.ex.graph.nodes["denoiser"], self.ex.graph.nodes["decoder"]
-        self.den_lifs = [n for n, v in den.nodes.items() if type(v).__name__ == "LIF"]
-        self.dec_lifs = [n for n, v in dec.nodes.items() if type(v).__name__ == "LIF"]
-        self.record_layers = record_layers
         self.own = worker is None
         try:
             # three graphs (encoder, decoder, denoiser) stay built in the worker
@@ -188,10 +180,28 @@ class LavaBackend(Backend):
         self.last_timing = {}
         self.lags = {}      # "subgraph/node" -> Lava steps of delay (synapse layers)
 
+    def _open(self, nir_path, mode, record_layers, weights):
+        from export.fixed_point import WEIGHT_MODES
+        from export.nir_exec import Exported
+        if mode not in LAVA_MODES:
+            raise BackendError(f"--lava-mode must be one of {', '.join(LAVA_MODES)}, got {mode!r}")
+        if weights not in WEIGHT_MODES:
+            raise BackendError(f"--lava-weights must be one of {', '.join(WEIGHT_MODES)}, "
+                               f"got {weights!r}")
+        self.path, self.mode, self.weights = str(Path(nir_path).resolve()), mode, weights
+        self.ex = Exported.read(self.path)
+        den, dec = self.ex.graph.nodes["denoiser"], self.ex.graph.nodes["decoder"]
+        self.den_lifs = [n for n, v in den.nodes.items() if type(v).__name__ == "LIF"]
+        self.dec_lifs = [n for n, v in dec.nodes.items() if type(v).__name__ == "LIF"]
+        self.record_layers = record_layers
+        if mode == "fixed_pt" and weights == "single":
+            check_fit(self.path)
+
     def run(self, subgraph, x, record):
         from hardware.lava import client
         try:
-            res = self.worker.run(self.path, subgraph, {"input": x.numpy()}, self.mode, record)
+            res = self.worker.run(self.path, subgraph, {"input": x.numpy()}, self.mode, record,
+                                  weights=self.weights)
         except client.LavaWorkerError as e:
             raise BackendError(f"Lava ({subgraph}): {e}") from None
         self.last_timing = dict(res.timing)
@@ -246,7 +256,7 @@ class LavaBackend(Backend):
         from hardware.lava import client
         try:
             res = self.worker.run(self._enc_path, None, {"input": x.contiguous().numpy()},
-                                  self.mode, self._enc_names)
+                                  self.mode, self._enc_names, weights=self.weights)
         except client.LavaWorkerError as e:
             raise BackendError(f"Lava (encoder): {e}") from None
         self.lava_s += float(res.timing.get("run_s", res.timing.get("first_run_s", 0.0)))
@@ -261,6 +271,113 @@ class LavaBackend(Backend):
         if self.own and getattr(self, "worker", None) is not None:
             self.worker.close()
             self.worker = None
+
+
+def check_fit(nir_path):
+    """Refuse one 8-bit weight per synapse for a NIR file whose denoiser or
+    decoder weights do not fit it (the error names the layers and the fixes),
+    before any Lava process starts."""
+    from hardware.lava.worker.plan import MappingError, load_graph, plan_graph
+    from hardware.lava.worker.quantise import check_fits
+    for sub in ("denoiser", "decoder"):
+        try:
+            g, dt, _T = load_graph(str(nir_path), sub)
+            check_fits(plan_graph(g, dt), f"{sub} of {nir_path}")
+        except MappingError as e:
+            raise BackendError(str(e)) from None
+
+
+class _Aligned(dict):
+    """The emulator's records, already aligned, behind LavaResult's interface."""
+
+    def __init__(self, arrays, steps):
+        super().__init__(arrays)
+        self.steps, self.timing = steps, {}
+
+    def aligned(self, name):
+        return self[name]
+
+
+class EmulatorBackend(LavaBackend):
+    """Lava fixed_pt, bit for bit, in torch (hardware.emulator): the same
+    mapping and calibration as the Lava back end, no Lava process."""
+    name = "emulator"
+
+    def __init__(self, nir_path, *, record_layers=True, weights="single"):
+        Backend.__init__(self)
+        self._open(nir_path, "fixed_pt", record_layers, weights)
+        from hardware.emulator import Emulator
+        self.emu = Emulator(weights=weights)
+        self.lava_s = 0.0
+        self.last_timing = {}
+        self.lags = {}
+        self.own, self.worker = False, None
+
+    def run(self, subgraph, x, record):
+        from hardware.lava.worker.plan import MappingError
+        try:
+            out = self.emu.run(self.path, subgraph, {"input": x.numpy()}, record)
+        except MappingError as e:
+            raise BackendError(f"emulator ({subgraph}): {e}") from None
+        self.timing["time_steps"] += int(x.shape[0])
+        return _Aligned(out, int(x.shape[0]))
+
+    def encode_record(self, images01):
+        raise BackendError("the emulator back end generates; encoding runs on Lava or Norse")
+
+
+class _BackendVQ:
+    """vq.decode(token grids) through a back end (what spikediff eval calls)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    def decode(self, tokens):
+        return self.backend.decode(tokens.cpu()).float()
+
+
+class BackendModel:
+    """A model whose generate() and vq.decode() run through a back end: what
+    `spikediff eval --backend emulator` samples from (the host's draws and
+    reveal schedule are the model's own, diffusion.sample_tokens)."""
+
+    def __init__(self, model, backend, tag: str, name: str):
+        self.model, self.backend, self.backend_tag, self.backend_name = model, backend, tag, name
+        self.config, self.denoiser = model.config, model.denoiser
+        self.diffusion_steps, self.grid = model.diffusion_steps, model.grid
+        self.vq = _BackendVQ(backend)
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    @torch.no_grad()
+    def generate(self, n, *, temperature=None, steps=None, generator=None, device="cpu",
+                 on_step=None, refine=None):
+        from spikediff.diffusion import sample_tokens
+        d = self.config.diffusion
+        tokens = sample_tokens(self.backend.denoise, n, self.grid, self.denoiser.mask_id,
+                               self.diffusion_steps, steps,
+                               d.temperature if temperature is None else temperature, generator,
+                               "cpu", on_step, d.refinement() if refine is None else refine)
+        return self.vq.decode(tokens), tokens
+
+
+def emulated(model, weights: str = "single") -> "BackendModel":
+    """The model as Lava fixed_pt runs it (the emulator on its NIR export)."""
+    tmp = TempNir(model)
+    backend = EmulatorBackend(tmp.path, record_layers=False, weights=weights)
+    backend._tmp = tmp   # the export lives as long as the back end
+    return BackendModel(model, backend, f"-emulator-{weights}",
+                        f"the Lava fixed_pt emulator ({weights} 8-bit weights)")
 
 
 # -- building ----------------------------------------------------------------------
@@ -286,7 +403,7 @@ class TempNir:
 
 
 def make_backend(name, model=None, nir_path=None, *, mode="floating_pt", dtype=torch.float64,
-                 record_layers=True, worker=None):
+                 record_layers=True, worker=None, weights="single"):
     if name == "norse":
         if model is None:
             raise BackendError("the norse back end needs a checkpoint (--checkpoint)")
@@ -294,7 +411,10 @@ def make_backend(name, model=None, nir_path=None, *, mode="floating_pt", dtype=t
     if name == "nir":
         return NirBackend(nir_path)
     if name == "lava":
-        return LavaBackend(nir_path, mode, record_layers=record_layers, worker=worker)
+        return LavaBackend(nir_path, mode, record_layers=record_layers, worker=worker,
+                           weights=weights)
+    if name == "emulator":
+        return EmulatorBackend(nir_path, record_layers=record_layers, weights=weights)
     raise BackendError(f"unknown back end {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -3,11 +3,17 @@
   spikediff-run --backend lava --checkpoint CKPT --n 4 --out grid.png
   spikediff-run --backend lava --steps 8 --compare --json parity.json
   spikediff-run --backend nir --nir model.nir --n 4 --out grid.png
+  spikediff-run --backend emulator --checkpoint QAT_CKPT --n 64 --out grid.png
 
 Back ends: norse (the PyTorch model), nir (the exported NIR graph re-imported and
 run by export.nir_exec), lava (every spiking layer - the denoiser at each
 diffusion step, the spike generator and the decoder - as Lava processes in the
-Python 3.10 Lava environment, built from the NIR file). The host does only what
+Python 3.10 Lava environment, built from the NIR file), emulator (Lava's
+fixed_pt arithmetic bit for bit in torch, hardware/emulator.py: the same
+mapping, much faster). In fixed point each connection is one 8-bit synapse
+(--lava-weights single, for checkpoints fine-tuned with [train] quantize =
+"loihi8"; others are refused, naming the layers) or, explicitly, two
+(--lava-weights split). The host does only what
 the NIR metadata lists as host-side: one-hot inputs, softmax sampling and the
 reveal schedule between denoiser calls, and the final tanh(pixel_shuffle(.)).
 
@@ -50,6 +56,11 @@ def build_parser() -> ArgumentParser:
     add_refine_args(p)
     p.add_argument("--lava-mode", choices=LAVA_MODES, default="floating_pt",
                    help="floating_pt (exact arithmetic) or fixed_pt (Loihi-like integers)")
+    p.add_argument("--lava-weights", choices=("single", "split"), default="single",
+                   help="fixed point (lava fixed_pt, emulator): one 8-bit weight per synapse "
+                   "(default; needs a checkpoint fine-tuned with [train] quantize = \"loihi8\") "
+                   "or split: each connection as two 8-bit synapses (~15-bit weights, twice "
+                   "the synaptic memory and operations)")
     p.add_argument("--norse-dtype", choices=["float64", "float32"], default="float64",
                    help="precision of the Norse model (default float64, what the float64 NIR "
                    "file and Lava floating_pt compute; float32 is the model as trained)")
@@ -115,7 +126,7 @@ def main(argv=None) -> int:
     primary = ref = None
     try:
         nir_path = a.nir
-        if a.backend in ("nir", "lava") and not nir_path:
+        if a.backend in ("nir", "lava", "emulator") and not nir_path:
             tmp = B.TempNir(model)
             nir_path = tmp.path
         if nir_path:
@@ -130,11 +141,13 @@ def main(argv=None) -> int:
         dtype = torch.float64 if a.norse_dtype == "float64" else torch.float32
         t0 = time.perf_counter()
         primary = B.make_backend(a.backend, model, nir_path, mode=a.lava_mode, dtype=dtype,
-                                 record_layers=a.compare)
+                                 record_layers=a.compare, weights=a.lava_weights)
         if a.compare:
             ref = B.NorseBackend(model, dtype)
         setup_s = time.perf_counter() - t0
-        label = a.backend + (f" ({a.lava_mode})" if a.backend == "lava" else "")
+        fixed = a.backend == "emulator" or (a.backend == "lava" and a.lava_mode == "fixed_pt")
+        label = a.backend + (f" ({a.lava_mode})" if a.backend == "lava" else "") + (
+            f", {a.lava_weights} 8-bit weights" if fixed else "")
         print(f"model: {source or nir_path}; back end: {label}; n={a.n}, "
               f"steps={a.steps or N}, seed={a.seed}, temperature={temperature:g}"
               + (f", refinement {refine.steps} x {refine.fraction:g} at {refine.temperature:g}"
@@ -147,6 +160,7 @@ def main(argv=None) -> int:
                                          refine=refine)
         gen_s = time.perf_counter() - t0
         report = {"backend": a.backend, "lava_mode": a.lava_mode if a.backend == "lava" else None,
+                  "lava_weights": a.lava_weights if fixed else None,
                   "model": source or nir_path, "n": a.n, "steps": a.steps or N, "seed": a.seed,
                   "temperature": temperature, "refine": dataclasses.asdict(refine),
                   "setup_s": setup_s, "generate_s": gen_s,

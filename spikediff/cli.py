@@ -318,7 +318,8 @@ def cmd_info(a) -> int:
     return 0
 
 
-def cmd_eval(a) -> int:
+def cmd_eval(a, sampler=None) -> int:
+    """sampler: see evaluate.evaluate (hardware/fid.py passes the emulator)."""
     temps = a.temperatures
     check_outputs([a.json], a.force)
     if a.select_only and not temps:
@@ -335,7 +336,7 @@ def cmd_eval(a) -> int:
                      fid_weights=a.fid_weights, recon_fid=a.recon_fid,
                      progress=not a.no_progress and distributed.is_main(),
                      weights=a.weights, select_only=a.select_only,
-                     refine=refine_from_args(a, a.checkpoint))
+                     refine=refine_from_args(a, a.checkpoint), sampler=sampler)
         main = distributed.is_main()
     if not main:
         return 0  # rank 0 reports

@@ -101,6 +101,11 @@ class TrainConfig:
     # chip. firing_target: one rate for every layer, or one per layer; () is 0.
     firing_penalty: float = 0.0
     firing_target: tuple[float, ...] = ()
+    # "loihi8": quantization-aware training (qat.py) for one 8-bit weight per
+    # synapse on Loihi: forwards use the weights the Lava fixed-point mapping
+    # writes (straight-through gradient), batch norms frozen; the checkpoint
+    # records it, and sampling, export, Lava and the emulator use those weights.
+    quantize: str = ""
 
 
 @dataclass
@@ -236,6 +241,9 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"train.firing_target has {len(cfg.train.firing_target)} rates for a "
                           f"denoiser with {n_layers} spiking layers; give one rate, or one per layer")
     check_refine(cfg.diffusion.refinement(), "diffusion.")
+    if cfg.train.quantize not in ("", "loihi8"):
+        raise ConfigError(f"unknown train.quantize '{cfg.train.quantize}'; choose \"\" (off) "
+                          "or \"loihi8\" (one 8-bit weight per synapse)")
     if cfg.denoiser.token_input not in ("raw", "embed"):
         raise ConfigError(f"unknown denoiser.token_input '{cfg.denoiser.token_input}'; "
                           "choose raw or embed")

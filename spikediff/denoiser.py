@@ -63,13 +63,25 @@ class SpikingDenoiser(nn.Module):
 
     def spikes(self, tokens: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
         """Spike trains [T, B, C, H, W] of every layer."""
-        out = [self.layers[0].forward_static(self.network_input(tokens, t), self.cfg.T)]
+        if (getattr(self, "quantize", "") and self.cfg.token_input == "embed"
+                and not self.spike_input):   # quantized as the export composes it (qat.py)
+            from .qat import denoiser_first_currents
+            x = one_hot_input(tokens, t, self.codebook_size, self.diffusion_steps,
+                              self.layers[0].synapse.weight.dtype)
+            out = [self.layers[0].static_lif(denoiser_first_currents(self, x), self.cfg.T)]
+        else:
+            out = [self.layers[0].forward_static(self.network_input(tokens, t), self.cfg.T)]
         for layer in self.layers[1:]:
             out.append(layer(out[-1]))
         return out
 
     def readout(self, spikes: list[torch.Tensor]) -> torch.Tensor:
-        return self.head(self.head_input(torch.cat([spikes[-1], spikes[0]], 2)).mean(0))
+        x = self.head_input(torch.cat([spikes[-1], spikes[0]], 2))
+        if getattr(self, "quantize", ""):
+            from .qat import head
+            c = spikes[-1].shape[2]
+            return head(self, [x[:, :, c:], x[:, :, :c]])
+        return self.head(x.mean(0))
 
     def forward(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Logits [B, K, H, W] over the clean token at each position."""

@@ -68,8 +68,8 @@ def sampled_images(cache, model, n, temperature, steps, seed, batch_size, device
     """n generated images. Their token grids are cached by the denoiser's hash,
     so checkpoints that share a denoiser (a decoder-stage run and the run it
     came from) draw them once and then only decode them."""
-    key = (f"tokens-{denoiser_id(model)}-n{n}-T{temperature}-s{steps}{_refine_tag(refine)}"
-           f"-seed{seed}{DRAWS}-b{batch_size}")
+    key = (f"tokens-{denoiser_id(model)}{getattr(model, 'backend_tag', '')}-n{n}-T{temperature}"
+           f"-s{steps}{_refine_tag(refine)}-seed{seed}{DRAWS}-b{batch_size}")
     hit = cache.shared_get(key)
     if hit is None:  # under torchrun the ranks draw their share of the batches
         images, tokens = generate(model, n, temperature=temperature, steps=steps, seed=seed,
@@ -138,10 +138,14 @@ def reconstruction_fid(net, cache, recons, ref, file_id: str, split: str, progre
 def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temperatures=None,
              select_n=1000, steps=None, seed=0, batch_size=256, device="cpu", fid_weights=None,
              paper_protocol=True, recon_fid=False, progress=True, weights="ema",
-             select_only=False, refine: Refinement | None = None) -> dict:
-    """refine: the sampler's refinement (None: the checkpoint config's)."""
+             select_only=False, refine: Refinement | None = None, sampler=None) -> dict:
+    """refine: the sampler's refinement (None: the checkpoint config's). sampler:
+    a function model -> what draws the samples in its place (generate(),
+    vq.decode(), backend_tag and a `backend` name), e.g. the Lava fixed_pt
+    emulator (hardware/fid.py); reconstruction stays the float VQ-SVAE's."""
     ckpt = checkpoint.load(ckpt_path)
     model = checkpoint.model_from(ckpt, weights)
+    sampler = sampler(model) if sampler is not None else model
     refine = model.config.diffusion.refinement() if refine is None else refine
     check_refine(refine)
     d = ckpt.data
@@ -155,10 +159,12 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
     file_id = ckpt_id = metrics.file_sha256(checkpoint.resolve(ckpt_path))[:16]
     if has_average:
         ckpt_id += f"-{weights}"  # the two denoisers' samples are cached apart
+    ckpt_id += getattr(sampler, "backend_tag", "")
     t0 = time.perf_counter()
     result = {"checkpoint": str(checkpoint.resolve(ckpt_path)), "dataset": dataset,
               "network": net.name, "seed": seed, "steps": steps or model.diffusion_steps,
-              "denoiser_weights": weights if has_average else "raw"}
+              "denoiser_weights": weights if has_average else "raw",
+              "backend": getattr(sampler, "backend_name", "norse")}
     if refine.steps:
         result["refine"] = dataclasses.asdict(refine)
 
@@ -170,7 +176,7 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
                                      holdout_of=d["holdout"])
         scores = {}
         for temp in temperatures:
-            f, _ = sample_features(net, cache, model, select_n, temp, steps, seed + 1, batch_size,
+            f, _ = sample_features(net, cache, sampler, select_n, temp, steps, seed + 1, batch_size,
                                    device, progress, ckpt_id, refine)
             scores[temp] = fid_of(f, held)
         temperature = min(scores, key=scores.get)
@@ -185,7 +191,7 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
 
     ref, test_images = reference_features(net, cache, dataset, data_root, "test", size, rgb,
                                           progress)
-    feats, images = sample_features(net, cache, model, n, temperature, steps, seed, batch_size,
+    feats, images = sample_features(net, cache, sampler, n, temperature, steps, seed, batch_size,
                                     device, progress, ckpt_id, refine)
     result["fid"] = {"value": fid_of(feats, ref), "n_samples": n,
                      "reference": f"{dataset} test split, all {len(ref)} images"}
@@ -223,7 +229,8 @@ def format_result(r: dict) -> str:
                             for t, v in sel["fid_by_temperature"].items()]
                          + [f"best: {r['temperature']}"])
     lines = [f"checkpoint: {r['checkpoint']}"
-             + (" (averaged denoiser weights)" if r.get("denoiser_weights") == "ema" else ""),
+             + (" (averaged denoiser weights)" if r.get("denoiser_weights") == "ema" else "")
+             + (f"; sampled on {r['backend']}" if r.get("backend", "norse") != "norse" else ""),
              f"network: {r['network']}",
              f"temperature: {r['temperature']}" + (
                  f" (chosen on {r['temperature_selection']['on']})"

@@ -30,16 +30,26 @@ class SpikingConv(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
         self.lif = LIF()
 
+    def synapse_bn(self, x: torch.Tensor) -> torch.Tensor:
+        """synapse + batch norm of [N, C, H, W]; quantization-aware (qat.py): the
+        folded, 8-bit-rounded weight with frozen statistics."""
+        if getattr(self, "quantize", ""):
+            from .qat import layer_currents
+            return layer_currents(self, x)
+        return self.bn(self.synapse(x))
+
     def currents(self, x: torch.Tensor) -> torch.Tensor:
         """Input [T, B, ...] spikes -> [T, B, ...] currents into the neurons."""
-        return unfold_time(self.bn(self.synapse(fold_time(x))), x.shape[0])
+        return unfold_time(self.synapse_bn(fold_time(x)), x.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lif(self.currents(x))
 
     def forward_static(self, x: torch.Tensor, T: int) -> torch.Tensor:
         """Input [B, ...] repeated at each of T steps."""
-        y = self.bn(self.synapse(x))
+        return self.static_lif(self.synapse_bn(x), T)
+
+    def static_lif(self, y: torch.Tensor, T: int) -> torch.Tensor:
         return self.lif(y.unsqueeze(0).expand(T, *y.shape))
 
 

@@ -44,6 +44,8 @@ class SpikingDiffusion:
         chip runs it; a loaded checkpoint is already in it. Checkpoints hold
         the trained (factored) form: save before, not after."""
         self.denoiser = fold_denoiser(self.denoiser)
+        from .qat import enable
+        enable(self, self.config.train.quantize)   # the folded first layer is new
         return self.eval()
 
     @torch.no_grad()
@@ -67,7 +69,10 @@ def build_model(cfg: Config, channels: int, image_size: int) -> SpikingDiffusion
     side = image_size // 4
     steps = cfg.diffusion.steps or side * side
     den = SpikingDenoiser(cfg.denoiser, cfg.vq.codebook_size, steps)
-    return SpikingDiffusion(cfg, vq, den, channels, image_size)
+    model = SpikingDiffusion(cfg, vq, den, channels, image_size)
+    from .qat import enable
+    enable(model, cfg.train.quantize)
+    return model
 
 
 def active_random_model(preset: str = "tiny", seed: int = 0, channels: int = 1,

@@ -121,6 +121,14 @@ class VQSVAE(nn.Module):
     def generate_spikes(self, codes: torch.Tensor) -> torch.Tensor:
         return self.spike_generator.forward_static(codes, self.cfg.T)
 
+    def generate_spikes_idx(self, idx: torch.Tensor) -> torch.Tensor:
+        """The spike generator on code grids [B, H, W] (the codebook fixed);
+        quantization-aware: the codebook composed into its synapse (qat.py)."""
+        if getattr(self, "quantize", ""):
+            from .qat import spike_generator_currents
+            return self.spike_generator.static_lif(spike_generator_currents(self, idx), self.cfg.T)
+        return self.generate_spikes(self.codebook.lookup(idx).detach())
+
     def decode_spikes(self, spikes: torch.Tensor) -> list[torch.Tensor]:
         out = [spikes]
         for layer in self.decoder:
@@ -129,7 +137,11 @@ class VQSVAE(nn.Module):
 
     def readout_image(self, spikes: torch.Tensor) -> torch.Tensor:
         """Decoder's last synapse, PSP over T, tanh: an image in [-1, 1]."""
-        y = unfold_time(self.readout(fold_time(spikes)), spikes.shape[0])
+        if getattr(self, "quantize", ""):
+            from .qat import readout
+            y = unfold_time(readout(self, fold_time(spikes)), spikes.shape[0])
+        else:
+            y = unfold_time(self.readout(fold_time(spikes)), spikes.shape[0])
         return tanh_readout(psp(y, self.cfg.psp_decay))
 
     # -- whole model ---------------------------------------------------------
@@ -154,7 +166,7 @@ class VQSVAE(nn.Module):
     def decode_images(self, idx: torch.Tensor) -> torch.Tensor:
         """Code grid [B, H, W] -> images in [-1, 1], differentiable in the decoding
         side only (the codebook stays fixed)."""
-        spikes = self.generate_spikes(self.codebook.lookup(idx).detach())
+        spikes = self.generate_spikes_idx(idx)
         return self.readout_image(self.decode_spikes(spikes)[-1])
 
     def decode_with_loss(self, idx: torch.Tensor, images01: torch.Tensor) -> dict:

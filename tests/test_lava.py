@@ -246,7 +246,8 @@ def test_fixed_pt_agreement(worker, tmp_path):
     T, B = 16, 4
     x = rng.uniform(0, 1.5, size=(T, B, n_in))
     ref = reference(g, {"input": x})
-    res = worker.run(path, None, {"input": x}, mode="fixed_pt", record=["lif1", "lif2"])
+    res = worker.run(path, None, {"input": x}, mode="fixed_pt", record=["lif1", "lif2"],
+                     weights="split")
     for n in ("lif1", "lif2"):
         agree = float((res.aligned(n) == ref[n]).mean())
         assert agree >= 0.9, (n, agree)
@@ -282,7 +283,8 @@ def test_fixed_pt_scaling_wide_layer(worker, tmp_path):
     T, B = 16, 4
     sparse_x = (rng.random((T, B, n_in)) < 0.01).astype(float)
     ref = reference(g, {"input": sparse_x})
-    res = worker.run(path, None, {"input": sparse_x}, mode="fixed_pt", record=["lif1", "lif2"])
+    res = worker.run(path, None, {"input": sparse_x}, mode="fixed_pt", record=["lif1", "lif2"],
+                     weights="split")
     for n in ("lif1", "lif2"):
         differ, spikes = int((res.aligned(n) != ref[n]).sum()), int(ref[n].sum())
         assert spikes > 80, n
@@ -291,12 +293,14 @@ def test_fixed_pt_scaling_wide_layer(worker, tmp_path):
     # denser input, same input range: larger currents than the scales were
     # chosen for -> rebuilt with smaller scales, still close
     dense_x = (rng.random((T, B, n_in)) < 0.08).astype(float)
-    res2 = worker.run(path, None, {"input": dense_x}, mode="fixed_pt", record=["lif1", "lif2"])
+    res2 = worker.run(path, None, {"input": dense_x}, mode="fixed_pt", record=["lif1", "lif2"],
+                     weights="split")
     assert res2.timing["built"] is True
     ref2 = reference(g, {"input": dense_x})
     assert float((res2.aligned("lif1") == ref2["lif1"]).mean()) >= 0.99
     # back to sparse input: fits the (smaller) scales, the net is reused
-    res3 = worker.run(path, None, {"input": sparse_x}, mode="fixed_pt", record=["lif1", "lif2"])
+    res3 = worker.run(path, None, {"input": sparse_x}, mode="fixed_pt", record=["lif1", "lif2"],
+                     weights="split")
     assert res3.timing["built"] is False
     assert float((res3.aligned("lif1") == ref["lif1"]).mean()) >= 0.99
 
@@ -328,7 +332,7 @@ def test_plan_and_quantise_without_lava(tmp_path, monkeypatch):
     x = rng.uniform(0, 1, (T, 3, *shp))
     observed = float_currents(plan, {"input": x})
     assert set(observed) == {"lif1", "lif2", "lif3", "li"}
-    scales, qlinks, qbias, _ = fixed_params(plan, {"input": 1.0}, observed)
+    scales, qlinks, qbias, _ = fixed_params(plan, {"input": 1.0}, observed, "split")
     for name, S in scales.items():
         assert S == fp.pow2_floor(S), name
     for parts in qlinks:

@@ -138,7 +138,8 @@ def test_cli_fixed_pt_keeps_parity_with_the_float_model(nir_file, ckpt, tmp_path
     8-bit part instead of two (fixed_point.split_weights) drop layer 0 to 99.43 %, a
     wrong v shift (V_SHIFT 5) to 90.3 %."""
     js = tmp_path / "fixed.json"
-    rc = main(["--backend", "lava", "--lava-mode", "fixed_pt", "--checkpoint", str(ckpt),
+    rc = main(["--backend", "lava", "--lava-mode", "fixed_pt", "--lava-weights", "split",
+               "--checkpoint", str(ckpt),
                "--nir", str(nir_file), "--n", str(N), "--steps", "2", "--compare",
                "--no-progress", "--out", str(tmp_path / "fixed.png"), "--json", str(js)])
     text = capsys.readouterr().out
@@ -154,6 +155,22 @@ def test_cli_fixed_pt_keeps_parity_with_the_float_model(nir_file, ckpt, tmp_path
         assert r["agreement"] >= FIXED_PT_MIN_AGREEMENT, (name, r["agreement"])
     assert p["max_abs_logit_diff"] < 0.01 and p["differing_proposals"] <= 0.02 * p["proposals"]
     assert p["max_abs_image_diff"] < 0.3
+
+
+@pytest.mark.parametrize("backend", ["emulator", "lava"])
+def test_unquantized_checkpoint_refused_unsplit(ckpt, nir_file, backend, capsys, monkeypatch):
+    """One 8-bit weight per synapse (the default in fixed point) on a checkpoint
+    not fine-tuned for it: one error line naming the layers and both fixes,
+    before any Lava process starts (so no Lava env is needed to see it)."""
+    monkeypatch.setenv("SPIKEDIFF_LAVA_PY", "/nonexistent/python")
+    rc = main(["--backend", backend, "--lava-mode", "fixed_pt", "--nir", str(nir_file),
+               "--n", "1", "--steps", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    line = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(line) == 1, err
+    assert "do not fit one 8-bit weight per synapse" in line[0] and "layers.0.lif" in line[0]
+    assert 'quantize = "loihi8"' in line[0] and "--lava-weights split" in line[0]
 
 
 def test_missing_lava_env(ckpt, capsys, monkeypatch):

@@ -47,6 +47,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="also count every spike-fed layer by brute force (all-ones "
                    "convolutions) and fail on any disagreement")
+    p.add_argument("--lava-weights", choices=("single", "split"), default="single",
+                   help="Loihi synapses per connection as the fixed-point mapping writes them: "
+                   "one 8-bit weight (default) or split into two where one is not exact "
+                   "(their synaptic operations count twice)")
     p.add_argument("--json", help="write the full report as JSON here")
     p.add_argument("--plot", help="write a bar chart (PNG) of energy per component here")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -140,7 +144,7 @@ def cmd_report(a) -> int:
                               progress=not a.no_progress, verify=a.verify)
     meta.update(info)
     meta["warnings"] = warnings
-    rep = build_report(model, tally, constants, meta)
+    rep = build_report(model, tally, constants, meta, lava_weights=a.lava_weights)
     bf = rep.get("brute_force_check")
     if a.json:
         write_json(rep, a.json)

@@ -98,11 +98,17 @@ SUM_KEYS = ("synops", "macs", "macs_once", "neuron_updates", "active", "events",
             "loihi_macs_pj", "loihi_one_synapse_pj", "ann_45nm_pj", "neurons")
 
 
-def build_report(model, tally: Tally, constants: EnergyConstants, meta: dict | None = None) -> dict:
-    """Per layer (per image and call), per component (per image) and per generated image."""
+def build_report(model, tally: Tally, constants: EnergyConstants, meta: dict | None = None,
+                 lava_weights: str = "single") -> dict:
+    """Per layer (per image and call), per component (per image) and per generated image.
+    lava_weights: the fixed-point mapping's "single" 8-bit synapse per connection,
+    or "split" (two where one 8-bit mantissa is not exact: those synaptic
+    operations count twice)."""
     specs = model_layers(model)
     k = constants
     meta = dict(meta or {})
+    meta["lava_weights"] = lava_weights
+    misfit = []
     n_gen = meta.get("n_generated")
     weights = layer_weights(model)
     layers = []
@@ -129,7 +135,13 @@ def build_report(model, tally: Tally, constants: EnergyConstants, meta: dict | N
         row["ann_adds"] = per["synops"] / steps if s.one_hot else 0
         row["ann_macs"] = 0 if s.one_hot else dm
         row["ann_45nm_pj"] = row["ann_adds"] * k.ac_pj + row["ann_macs"] * k.mac_pj
-        parts = 1 if s.analog else synapses_per_connection(weights[s.name])
+        # a loihi8 checkpoint's denoiser and decoder export onto the 8-bit grid
+        # (export/loihi8.py; the mapping checks it): one synapse even when split
+        trained8 = s.component != "encoder" and getattr(model.denoiser, "quantize", "")
+        need = 1 if s.analog or trained8 else synapses_per_connection(weights[s.name])
+        parts = need if lava_weights == "split" else 1
+        if need > parts:
+            misfit.append(s.name)
         row["loihi_synapses_per_connection"] = parts
         row.update(layer_energies(per, parts, k))
         if s.name in tally.brute:
@@ -137,6 +149,12 @@ def build_report(model, tally: Tally, constants: EnergyConstants, meta: dict | N
             row["brute_force_agrees"] = tally.brute[s.name] == c.synops
         layers.append(row)
 
+    if misfit:
+        meta.setdefault("warnings", []).append(
+            f"{len(misfit)} layer(s) ({', '.join(misfit[:4])}{' ...' if len(misfit) > 4 else ''}) "
+            "do not fit one 8-bit weight per synapse: the Lava mapping refuses them unsplit; "
+            "counted at one synapse per connection (fine-tune with [train] quantize = "
+            "\"loihi8\", or count the split: --lava-weights split)")
     # calls per image: for the denoiser one pass per sampling and refinement step, else 1
     den0 = tally.counts.get(next((s.name for s in specs if s.component == "denoiser"), ""))
     S = meta.get("sampling_steps")
@@ -189,8 +207,10 @@ def build_report(model, tally: Tally, constants: EnergyConstants, meta: dict | N
             "snn_45nm": "synops x ac_pj + macs x mac_pj + neuron_updates x neuron_update_45nm_pj",
             "loihi": "synops x synapses per connection x loihi_synop_pj + neuron updates "
                      "(52/81 pJ inactive/active) + " + LOIHI_MAC_CHOICE,
-            "loihi_synapses_per_connection": "the Lava fixed-point mapping writes a weight as an "
-                     "8-bit mantissa plus an 8-bit rounding residual (two synapses per "
+            "loihi_synapses_per_connection": "the Lava fixed-point mapping writes one 8-bit "
+                     "synapse per connection (lava_weights single, for weights fine-tuned "
+                     "with [train] quantize = loihi8); with lava_weights split an 8-bit "
+                     "mantissa plus an 8-bit rounding residual (two synapses per "
                      "connection, see export/fixed_point.py) wherever one 8-bit mantissa is "
                      "not exact, so those synaptic operations count twice; "
                      "loihi_one_synapse_pj is the same run at one synapse per connection",

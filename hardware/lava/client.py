@@ -88,9 +88,10 @@ def find_lava_python(python: str | None = None) -> str:
 class LavaResult(dict):
     """Recorded arrays by node name ([steps, B, *shape]) plus lags and timing."""
 
-    def __init__(self, arrays, lags, timing, steps, T):
+    def __init__(self, arrays, lags, timing, steps, T, scales=None):
         super().__init__(arrays)
         self.lags, self.timing, self.steps, self.T = lags, timing, steps, T
+        self.scales = scales        # fixed_pt: {population: S} the worker used
 
     def aligned(self, name):
         """The node's record shifted by its lag: [T, B, *shape], index = reference step."""
@@ -282,8 +283,9 @@ class LavaWorker:
         return self._send(dict(kw, cmd=cmd), time.monotonic() + (timeout or self.timeout))
 
     def run(self, nir_path, subgraph=None, inputs=None, mode="floating_pt", record=None,
-            timeout: float | None = None) -> LavaResult:
-        """Run one subgraph on a batch: inputs {Input node: [T, B, *shape]}."""
+            timeout: float | None = None, weights: str = "single") -> LavaResult:
+        """Run one subgraph on a batch: inputs {Input node: [T, B, *shape]};
+        fixed_pt ``weights``: "single" (one 8-bit synapse per connection) or "split"."""
         if not inputs:
             raise ValueError("inputs must map each Input node name to a [T, B, *shape] array")
         self.start()
@@ -298,7 +300,7 @@ class LavaWorker:
             rep = self._send({"cmd": "run", "nir": os.path.abspath(str(nir_path)),
                               "subgraph": subgraph, "mode": mode,
                               "record": list(record) if record else None,
-                              "inputs": req_path, "output": res_path},
+                              "weights": weights, "inputs": req_path, "output": res_path},
                              time.monotonic() + (timeout or self.timeout))
             with np.load(res_path) as f:
                 arrays = {k: f[k] for k in f.files}
@@ -306,7 +308,8 @@ class LavaWorker:
             for p in (req_path, res_path):
                 if os.path.exists(p):
                     os.unlink(p)
-        return LavaResult(arrays, rep["lags"], rep["timing"], rep["steps"], T.pop())
+        return LavaResult(arrays, rep["lags"], rep["timing"], rep["steps"], T.pop(),
+                          rep.get("scales"))
 
 
 def _group_alive(pgid) -> bool:

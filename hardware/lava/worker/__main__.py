@@ -12,6 +12,7 @@ Requests::
 
     {"id": 1, "cmd": "run", "nir": "/path/model.nir", "subgraph": "denoiser" | null,
      "mode": "floating_pt" | "fixed_pt", "record": ["lif1", ...] | null,
+     "weights": "single" | "split",  # fixed_pt: one 8-bit synapse per connection or two
      "inputs": "/tmp/req.npz",      # one array per Input node: [T, B, *input_shape]
      "output": "/tmp/res.npz"}
     {"id": 2, "cmd": "ping"}     {"id": 3, "cmd": "shutdown"}
@@ -20,7 +21,7 @@ Requests::
     {"id": 6, "cmd": "syspath"}   # test hook: {"sys_path": [...], "tmpdir": ..., "modules": {name: file}}
 
 Replies: ``{"id": ..., "ok": true, "output": path, "lags": {node: lag},
-"steps": N, "timing": {...}}`` or ``{"id": ..., "ok": false, "error": msg,
+"steps": N, "timing": {...}, "scales": {population: S} (fixed_pt)}`` or ``{"id": ..., "ok": false, "error": msg,
 "type": "MappingError" | ...}``.  The result npz holds one array per recorded
 node, ``[T + max_lag, B, *shape]``: uint8 spikes for LIF/IF/CubaLIF, float
 voltages for LI and for synapse-fed Output nodes; node X at Lava step k
@@ -77,7 +78,7 @@ class Worker:
         import numpy as np
         from hardware.lava.worker.network import LavaNet
         from hardware.lava.worker.plan import MappingError
-        from hardware.lava.worker.quantise import float_currents
+        from hardware.lava.worker.quantise import float_currents, input_ranges, merge_observed
         t0 = time.perf_counter()
         key, (plan, _T) = self._graph(req["nir"], req.get("subgraph"))
         with np.load(req["inputs"]) as f:
@@ -88,23 +89,21 @@ class Worker:
         T, B = next(iter(shapes.values()))[:2]
         mode = req.get("mode", "floating_pt")
         record = req.get("record") or None
+        weights = req.get("weights") or "single"
         rng, observed = {}, None
         if mode == "fixed_pt":  # quantisation range per input, powers of two
-            for k, v in inputs.items():
-                m = float(np.abs(v).max()) if v.size else 1.0
-                rng[k] = 2.0 ** np.ceil(np.log2(max(m, 1e-6)))
+            rng = input_ranges(inputs)
             # the currents of a float run of these inputs set (and re-check)
             # the fixed-point scales: see quantise.float_currents
             observed = float_currents(plan, inputs)
         nkey = (key, mode, int(B), int(T), tuple(record) if record else None,
-                tuple(sorted(rng.items())))
+                tuple(sorted(rng.items())), weights)
         t1 = time.perf_counter()
         net = self.nets.pop(nkey, None)
         if net is not None and observed is not None and not net.covers(observed):
             # larger currents than the net was scaled for: rescale (S only
             # shrinks, as the calibration keeps the largest currents seen)
-            observed = {k: tuple(max(a, b) for a, b in zip(v, net.observed.get(k, v)))
-                        for k, v in observed.items()}
+            observed = merge_observed(observed, net.observed)
             net.stop()
             net = None
         built = net is None
@@ -112,7 +111,7 @@ class Worker:
             while len(self.nets) >= max(self.max_cache, 1):
                 _, old = self.nets.popitem(last=False)
                 old.stop()
-            net = LavaNet(plan, B, T, mode, record, rng, observed)
+            net = LavaNet(plan, B, T, mode, record, rng, observed, weights)
         try:
             out = net.run(inputs)
         except BaseException:
@@ -123,7 +122,8 @@ class Worker:
         timing = dict(net.timing)
         timing.update({"load_s": t1 - t0, "total_s": time.perf_counter() - t0, "built": built})
         return {"output": req["output"], "lags": net.lags(), "steps": net.N,
-                "max_lag": plan.max_lag, "timing": timing}
+                "max_lag": plan.max_lag, "timing": timing,
+                "scales": dict(net.scales) if net.fixed else None}
 
     def close(self):
         while self.nets:

@@ -15,10 +15,10 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from export.fixed_point import DECAY_MAX, GRADED_BITS, V_LIMIT, V_SHIFT, decay, quantise_input
+from export.fixed_point import GRADED_BITS, V_SHIFT, quantise_input
 from hardware.lava.worker.plan import MappingError, Plan
 from hardware.lava.worker.processes import FileSink, FileSource, VarProbe, save_atomic
-from hardware.lava.worker.quantise import covers, fixed_params
+from hardware.lava.worker.quantise import check_fits, covers, fixed_params, lif_params
 
 
 class LavaNet:
@@ -33,11 +33,13 @@ class LavaNet:
 
     fixed_pt: ``observed`` ({population: (max |a_in|, max |v|)} from
     :func:`float_currents`) sets the scales; :meth:`covers` says whether a
-    later call's currents still fit them.
+    later call's currents still fit them.  ``weights``: "single" (one 8-bit
+    synapse per connection; refused for weights that do not fit,
+    quantise.check_fits) or "split" (two).
     """
 
     def __init__(self, plan: Plan, batch: int, T: int, mode: str = "floating_pt",
-                 record=None, input_range=None, observed=None):
+                 record=None, input_range=None, observed=None, weights="single"):
         if mode not in ("floating_pt", "fixed_pt"):
             raise MappingError(f"mode must be floating_pt or fixed_pt, got {mode!r}")
         from lava.proc.lif.process import LIFReset
@@ -57,9 +59,12 @@ class LavaNet:
         self.record = record
         B, N = self.B, self.N
         eyeB = sp.identity(B, format="csr")
+        self.weights = weights
         if self.fixed:
+            if weights == "single":
+                check_fits(plan)
             self.scales, qlinks, qbias, self.worst = fixed_params(plan, self.input_range,
-                                                                  self.observed)
+                                                                  self.observed, weights)
         self.dir = tempfile.mkdtemp(prefix="spikediff-lavanet-")
         self.procs, self.sources, self.neurons, self.synapses = [], {}, {}, []
         self.recorders, self.paths = {}, {}
@@ -84,12 +89,8 @@ class LavaNet:
                 self.procs.append(src)
                 continue
             if self.fixed:
-                S = self.scales[name]
-                vth = V_LIMIT if not p.spiking else int(round(p.vth * S))
-                mant, bexp = qbias[name]
-                kw = dict(du=int(np.clip(decay(p.du) - 1, 0, DECAY_MAX)),
-                          dv=int(np.clip(decay(p.dv), 0, DECAY_MAX)), vth=vth,
-                          bias_mant=np.tile(mant, B), bias_exp=bexp)
+                kw = lif_params(p, self.scales[name], qbias[name])
+                kw["bias_mant"] = np.tile(kw["bias_mant"], B)
             else:
                 kw = dict(du=p.du, dv=p.dv, vth=p.vth, bias_mant=np.tile(p.bias, B))
             lif = LIFReset(shape=(n,), name=name, reset_interval=N, reset_offset=(p.lag + 1) % N, **kw)

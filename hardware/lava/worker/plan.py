@@ -221,6 +221,11 @@ class Link:
     target: str
     matrix: sp.csr_matrix     # (n_target, n_source), already scaled by target gain
     relays: int = 0           # identity delay stages before the matrix
+    # the link as ONE 2-d convolution, where it is one (a Conv2d node straight
+    # from a population, one gain per output channel): (weight [O, C, kh, kw]
+    # times the gain, stride, padding, source shape (C, H, W)), so a runner may
+    # convolve instead of multiplying by the composed matrix (hardware/emulator.py)
+    conv: tuple | None = None
 
 
 @dataclass
@@ -291,6 +296,7 @@ def plan_graph(graph: "nir.NIRGraph", dt: float | None) -> Plan:
     order = _toposort(list(nodes), preds)
 
     plan = Plan(dt=dt)
+    convs = {}    # Conv2d node fed by one population -> (population, node, its shape)
     shapes = {}   # output shape of every node
     expr = {}     # linear node -> (dict source -> matrix, bias)
 
@@ -334,6 +340,8 @@ def plan_graph(graph: "nir.NIRGraph", dt: float | None) -> Plan:
                     f"node {name!r} ({kind}) takes {M.shape[1]} inputs, receives shape {in_shape}")
             expr[name] = ({s_: (M @ m).tocsr() for s_, m in terms.items()}, M @ bias + b)
             shapes[name] = tuple(out_shape)
+            if kind == "Conv2d" and len(preds[name]) == 1 and preds[name][0] in plan.pops:
+                convs[name] = (preds[name][0], node, tuple(in_shape))
             continue
         if kind == "Output":
             if not terms:
@@ -382,9 +390,32 @@ def plan_graph(graph: "nir.NIRGraph", dt: float | None) -> Plan:
             m = sp.diags(pop.gain) @ m
             m = m.tocsr()
             m.eliminate_zeros()
-            plan.links.append(Link(s_, name, m, relays=pop.lag - plan.pops[s_].lag - 1))
+            plan.links.append(Link(s_, name, m, relays=pop.lag - plan.pops[s_].lag - 1,
+                                   conv=_conv_of(preds[name], convs, expr, s_, pop)))
     plan.shapes = shapes
     return plan
+
+
+def _conv_of(preds, convs, expr, source, pop):
+    """Link.conv of the link source -> pop where all of it is one Conv2d node
+    straight from `source` (other inputs of pop may come from other sources)."""
+    via = [p for p in preds if (source in expr[p][0] if p in expr else p == source)]
+    if len(via) != 1 or via[0] not in convs or convs[via[0]][0] != source:
+        return None
+    _, node, in_shape = convs[via[0]]
+    w = np.asarray(node.weight, dtype=np.float64)
+    if len(in_shape) != 3 or int(node.groups or 1) != 1 or np.any(np.asarray(node.dilation) != 1):
+        return None
+    gain = pop.gain.reshape(w.shape[0], -1)
+    if not np.all(gain == gain[:, :1]):
+        return None
+    pad = node.padding
+    if isinstance(pad, str):
+        return None
+    pad = (int(pad), int(pad)) if np.isscalar(pad) else tuple(int(p) for p in pad)
+    stride = node.stride
+    stride = (int(stride), int(stride)) if np.isscalar(stride) else tuple(int(s) for s in stride)
+    return (w * gain[:, :1, None, None], stride, pad, in_shape)
 
 
 def _neuron_population(name, kind, node, shp, n, dt):

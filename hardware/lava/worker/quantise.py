@@ -42,9 +42,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.fixed_point import (A_IN_LIMIT, BIAS_LIMIT, V_LIMIT, V_SHIFT, bias_mantissas,
-                                  input_scale, pow2_floor, split_weights)
-from hardware.lava.worker.plan import Plan
+from export.fixed_point import (A_IN_LIMIT, BIAS_LIMIT, DECAY_MAX, FIT_TOL, V_LIMIT, V_SHIFT,
+                                  WEIGHT_MODES, bias_mantissas, decay, grid_error, input_scale,
+                                  pow2_floor, weight_parts)
+from hardware.lava.worker.plan import MappingError, Plan
 
 HEADROOM = 2.0             # observed currents use at most 1/HEADROOM of the int16 range
 GUARD = 1.25               # a cached net is reused while currents stay 1/GUARD below it
@@ -89,18 +90,25 @@ def float_currents(plan: Plan, inputs: dict) -> dict:
 
 
 
-def population_scale(plan: Plan, name: str, input_range: dict, observed):
-    """(S, worst-case |a_in|): the largest power-of-two S that keeps |a_in| * S,
-    the threshold, the bias and |v| * S within Lava's fixed-point ranges."""
+def worst_current(plan: Plan, name: str, input_range: dict) -> float:
+    """The worst-case |a_in| of a population: every spike source firing at once."""
     p = plan.pops[name]
-    bound = np.zeros(p.size)  # worst case |a_in|: every spike source firing at once
+    bound = np.zeros(p.size)
     for lk in plan.links:
         src = plan.pops[lk.source]
         if lk.target != name:
             continue
         xm = 1.0 if src.spiking else float(input_range.get(lk.source, 1.0))
         bound += abs(lk.matrix).sum(axis=1).A1 * xm
-    worst = A = float(bound.max()) if bound.size else 0.0
+    return float(bound.max()) if bound.size else 0.0
+
+
+def population_scale(plan: Plan, name: str, input_range: dict, observed, worst=None):
+    """(S, worst-case |a_in|): the largest power-of-two S that keeps |a_in| * S,
+    the threshold, the bias and |v| * S within Lava's fixed-point ranges
+    (worst: worst_current, where the caller has it)."""
+    p = plan.pops[name]
+    worst = A = worst_current(plan, name, input_range) if worst is None else worst
     if observed is not None and name in observed:
         A = min(A, HEADROOM * observed[name][0])
     cands = [A_IN_LIMIT / max(A, 1e-12)]
@@ -113,10 +121,15 @@ def population_scale(plan: Plan, name: str, input_range: dict, observed):
     return pow2_floor(min(cands)), worst
 
 
-def fixed_params(plan: Plan, input_range: dict, observed: dict | None = None):
+def fixed_params(plan: Plan, input_range: dict, observed: dict | None = None,
+                 weights: str = "single"):
     """Per population scale S (float 1.0 == S a_in units), integer bias
     (mantissa, exponent) in v units and worst-case |a_in| (float); per link a
-    list of (weight mantissas, weight_exp) Sparse parts."""
+    list of (weight mantissas, weight_exp) Sparse parts: one ("single", one
+    8-bit synapse per connection; :func:`check_fits` first) or up to two
+    ("split")."""
+    if weights not in WEIGHT_MODES:
+        raise MappingError(f"weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}")
     scales = {}
     for name, p in plan.pops.items():
         if p.kind == "Input":
@@ -132,7 +145,7 @@ def fixed_params(plan: Plan, input_range: dict, observed: dict | None = None):
     for lk in plan.links:
         src = plan.pops[lk.source]
         S_s = scales[lk.source] if src.kind == "Input" else 1.0  # spikes are 0/1
-        qlinks.append(split_weights((lk.matrix * (scales[lk.target] / S_s)).tocsr()))
+        qlinks.append(weight_parts((lk.matrix * (scales[lk.target] / S_s)).tocsr(), weights))
     return scales, qlinks, qbias, worst
 
 
@@ -146,3 +159,67 @@ def covers(scales: dict, worst: dict, observed: dict) -> bool:
         if not a_ok or GUARD * vmax * S > V_LIMIT:
             return False
     return True
+
+
+def input_ranges(inputs: dict) -> dict:
+    """Quantisation range of each analog input of a call: max |x| rounded up to
+    a power of two (the worker's rule; the emulator uses the same)."""
+    rng = {}
+    for k, v in inputs.items():
+        v = np.asarray(v)
+        m = float(np.abs(v).max()) if v.size else 1.0
+        rng[k] = float(2.0 ** np.ceil(np.log2(max(m, 1e-6))))
+    return rng
+
+
+def merge_observed(new: dict, old: dict) -> dict:
+    """The calibration a rebuilt net gets: the largest currents seen so far
+    (so S only shrinks)."""
+    return {k: tuple(max(a, b) for a, b in zip(v, old.get(k, v))) for k, v in new.items()}
+
+
+def lif_params(p, S: float, qbias) -> dict:
+    """Integer LIFReset parameters of a population with scale S (fixed_pt):
+    du with Lava's ds_offset of 1 (du = 1.0 -> 4095 + 1), dv without offset
+    (clipped to 4095), vth in a_in units (readouts: the largest 17-bit value,
+    never reached), bias mantissa and exponent in v units."""
+    mant, bexp = qbias
+    return dict(du=int(np.clip(decay(p.du) - 1, 0, DECAY_MAX)),
+                dv=int(np.clip(decay(p.dv), 0, DECAY_MAX)),
+                vth=V_LIMIT if not p.spiking else int(round(p.vth * S)),
+                bias_mant=np.asarray(mant), bias_exp=int(bexp))
+
+
+def link_name(plan: Plan, lk) -> str:
+    """A link by its target (and source where the target has several)."""
+    n = sum(1 for other in plan.links if other.target == lk.target)
+    return lk.target if n == 1 else f"{lk.source}->{lk.target}"
+
+
+def misfits(plan: Plan) -> list:
+    """[(link name, grid error in mantissa LSBs)] of the links whose weights do
+    not fit one 8-bit synapse (relays, identity, always fit)."""
+    bad = []
+    for lk in plan.links:
+        err = grid_error(lk.matrix.data)
+        if err > FIT_TOL:
+            bad.append((link_name(plan, lk), err))
+    return bad
+
+
+FIT_HELP = ("fine-tune the checkpoint with quantization-aware training ([train] quantize = "
+            "\"loihi8\": `spikediff train --finetune CKPT --config "
+            "benchmarks/configs/qat-loihi8.toml`, then its decoder stage), or run the "
+            "two-synapse split (--lava-weights split: two 8-bit synapses per connection, "
+            "twice the synaptic memory and operations)")
+
+
+def check_fits(plan: Plan, what: str = "the graph") -> None:
+    """Refuse one 8-bit weight per synapse for weights that do not fit it."""
+    bad = misfits(plan)
+    if bad:
+        names = ", ".join(f"{n} ({e:.2g} LSB off the grid)" for n, e in bad[:8])
+        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+        raise MappingError(
+            f"{what}: {len(bad)} layer(s) do not fit one 8-bit weight per synapse: {names}{more}; "
+            f"{FIT_HELP}")

@@ -1,0 +1,404 @@
+"""Lava's CUBA fixed_pt arithmetic in torch, bit for bit, batched: the fast
+stand-in for ``--backend lava --lava-mode fixed_pt``.
+
+It runs the same plan (hardware.lava.worker.plan) with the same fixed-point
+parameters (hardware.lava.worker.quantise: scales, 8-bit weight parts, 13-bit
+biases, integer LIF parameters, the worker's re-calibration rule), so "bit
+exact" is about arithmetic only.  The arithmetic is that of the installed Lava
+(lava-nc 0.x, lava/proc/sparse/models.py AbstractPySparseModelBitAcc and
+lava/proc/lif/models.py AbstractPyLifModelFixed / PyLifResetModelBitAcc), in
+its order:
+
+Sparse (per 8-bit part, one step of delay):
+  acc = W8 @ s_in  (W8: lava_sparse_weights, i.e. Lava's clip + LSB truncation)
+  a_out = acc << weight_exp  or  acc >> -weight_exp  (arithmetic: floor)
+  sent through an int32 channel (wraps).
+LIF a_in: the sum over all Sparse ports into it, in int32 (the port's
+  declared int16 type does not saturate in Lava's Python model: an int16
+  zero array plus int32 messages is int32; the mapping's scales keep
+  |a_in| <= 2**15 - 1, which :attr:`FixedPointNet.a_in_over` counts).
+u = trunc((u * (4096 - (du + 1))) / 4096) + (a_in << 6), wrapped to 24 bits
+v = clip(trunc((v * (4096 - dv)) / 4096) + u + (bias_mant << bias_exp), +-(2**23 - 1))
+spike = v > vth << 6; v = 0 where it spiked.  LIFReset zeroes u, v at the
+  first step whose (lagged) input is valid, so in aligned time every
+  population starts from zero and its junk steps never matter
+  (network.LavaNet's docstring); links are memoryless, so each link is one
+  matrix product over all T*B columns and only the neurons loop over T.
+
+Weights are applied as float64 products of integer mantissas and integer
+inputs (|sums| < 2**53: exact), then rounded to int64 for the shifts. A link
+that is one convolution (plan.Link.conv) is convolved with its mantissa kernel
+instead of multiplied by the composed sparse matrix (several times faster),
+after a check at build time that kernel and matrix give the same integers on
+random inputs; spike-fed kernels whose |row sums| stay below 2**24 convolve in
+float32 (every partial sum an exact integer), as im2col + GEMM (not oneDNN's
+convolution, which may use Winograd transforms with non-integer intermediates).
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from export.fixed_point import (A_IN_LIMIT, V_BITS, V_SHIFT, lava_sparse_weights, mantissas,
+                                quantise_input)
+
+UV_MAX = 2 ** (V_BITS - 1)        # Lava's max_uv_val
+DECAY_SHIFT = 12
+
+
+def _wrap32(x: torch.Tensor) -> torch.Tensor:
+    """int64 -> the int32 value numpy would store (two's complement wrap)."""
+    return ((x + 2 ** 31) % 2 ** 32) - 2 ** 31
+
+
+def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
+    """Lava's decay: sign(x * keep) * (|x * keep| >> 12), i.e. truncation toward 0
+    (its int32 cast is a no-op: |x| < 2**23 and keep <= 4096 keep it below 2**23)."""
+    if keep == 0:
+        return torch.zeros_like(x)
+    y = x * keep
+    return torch.sign(y) * (y.abs() >> DECAY_SHIFT)
+
+
+def _sparse(M) -> torch.Tensor:
+    M = M.tocsr()
+    with warnings.catch_warnings():   # "beta" CSR support: products with dense are what we use
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(torch.from_numpy(M.indptr.astype(np.int64)),
+                                   torch.from_numpy(M.indices.astype(np.int64)),
+                                   torch.from_numpy(M.data.astype(np.float64)),
+                                   size=M.shape, dtype=torch.float64)
+
+
+class _Conv:
+    """A link's 8-bit mantissas as a convolution kernel (see the module docstring)."""
+
+    def __init__(self, kernel, stride, padding, in_shape, exact32, rounded=True):
+        self.stride, self.padding, self.in_shape = stride, padding, in_shape
+        self.rounded = rounded
+        self.dtype = torch.float32 if exact32 else torch.float64
+        self.kernel = torch.from_numpy(kernel).to(self.dtype)
+
+    @classmethod
+    def of(cls, conv, ratio, op, spiking):
+        """The kernel of plan.Link.conv in the units of op = (W8 sparse, weight_exp),
+        or None where it does not reproduce W8 exactly."""
+        w, stride, padding, in_shape = conv
+        K = w * ratio
+        Kq, e = mantissas(sp.csr_matrix(K.reshape(1, -1)))
+        if e != op[1]:
+            return None
+        k = Kq.toarray().reshape(K.shape)
+        exact32 = spiking and float(np.abs(k).reshape(k.shape[0], -1).sum(1).max()) < 2 ** 24
+        c = cls(k, stride, padding, in_shape, exact32)
+        W = op[0]
+        g = torch.Generator().manual_seed(0)
+        n = W.shape[1]
+        probe = (torch.randint(0, 2, (n, 3), generator=g) if spiking else
+                 torch.randint(-3, 4, (n, 3), generator=g)).to(torch.float64)
+        ref = torch.round(W @ probe).to(torch.int64)
+        if ref.shape[0] != int(np.prod(c.out_shape(1))) or not torch.equal(c(probe, 3), ref):
+            return None
+        return c
+
+    def out_shape(self, N):
+        C, H, W = self.in_shape
+        O, _, kh, kw = self.kernel.shape
+        Ho = (H + 2 * self.padding[0] - kh) // self.stride[0] + 1
+        Wo = (W + 2 * self.padding[1] - kw) // self.stride[1] + 1
+        return (N, O, Ho, Wo)
+
+    def __call__(self, x: torch.Tensor, N: int) -> torch.Tensor:
+        """x [n_source, N] (column = sample) -> int64 [n_target, N]."""
+        xi = x.t().reshape(N, *self.in_shape).to(self.dtype)
+        if self.dtype == torch.float32:   # im2col + GEMM: integer partial sums only
+            O, _, kh, kw = self.kernel.shape
+            cols = F.unfold(xi, (kh, kw), padding=self.padding, stride=self.stride)
+            y = self.kernel.reshape(O, -1) @ cols                       # [N, O, L]
+        else:                             # float64: no Winograd path in torch
+            y = F.conv2d(xi, self.kernel, None, self.stride, self.padding)
+        y = y.reshape(N, -1).t()
+        return torch.round(y).to(torch.int64) if self.rounded else y
+
+
+class FixedPointNet:
+    """One plan with fixed fixed-point parameters (what one LavaNet holds)."""
+
+    def __init__(self, plan, input_range: dict, observed: dict, weights: str = "single"):
+        from hardware.lava.worker.quantise import check_fits, fixed_params, lif_params
+        self.plan, self.weights = plan, weights
+        self.input_range, self.observed = dict(input_range), dict(observed)
+        if weights == "single":
+            check_fits(plan)
+        self.scales, qlinks, qbias, self.worst = fixed_params(plan, self.input_range,
+                                                              self.observed, weights)
+        self.links = []   # (source, target, [(W8 float64 sparse | _Conv, weight_exp)])
+        for lk, parts in zip(plan.links, qlinks):
+            ops = [(_sparse(lava_sparse_weights(Mq)), int(e)) for Mq, e in parts]
+            if lk.conv is not None and len(ops) == 1 and lk.relays == 0:
+                src = plan.pops[lk.source]
+                ratio = self.scales[lk.target] / (self.scales[lk.source]
+                                                  if src.kind == "Input" else 1.0)
+                c = _Conv.of(lk.conv, ratio, ops[0], src.spiking)
+                if c is not None:
+                    ops = [(c, ops[0][1])]
+            self.links.append((lk.source, lk.target, ops))
+        self.lif = {}
+        for name, p in plan.pops.items():
+            if p.kind == "Input":
+                continue
+            kw = lif_params(p, self.scales[name], qbias[name])
+            bias = torch.from_numpy(np.asarray(kw["bias_mant"], dtype=np.int64).reshape(-1, 1))
+            self.lif[name] = dict(
+                keep_u=2 ** DECAY_SHIFT - (kw["du"] + 1),     # ds_offset = 1
+                keep_v=2 ** DECAY_SHIFT - kw["dv"],           # dm_offset = 0
+                vth=int(kw["vth"]) << V_SHIFT,
+                bias=bias << int(kw["bias_exp"]))
+        self.a_in_over = 0   # a_in values beyond int16 seen (Loihi would saturate; Lava does not)
+        self.T_B = None
+
+    def covers(self, observed) -> bool:
+        from hardware.lava.worker.quantise import covers
+        return covers(self.scales, self.worst, observed)
+
+    @torch.no_grad()
+    def run(self, inputs: dict, record=None) -> dict:
+        """inputs {Input: [T, B, *shape]} -> {node: [T, B, *shape]} in aligned time:
+        uint8 spikes of spiking populations, float64 v / (S * 2**6) of read-outs."""
+        plan = self.plan
+        T, B = np.shape(next(iter(inputs.values())))[:2]
+        vals = {}
+        for name, p in plan.pops.items():
+            if p.kind == "Input":
+                x = np.asarray(inputs[name], dtype=np.float64).reshape(T * B, p.size)
+                vals[name] = torch.from_numpy(
+                    quantise_input(x, self.scales[name]).T.astype(np.float64)).contiguous()
+        out = {}
+        for name, p in plan.pops.items():
+            if p.kind == "Input":
+                continue
+            a = torch.zeros(p.size, T * B, dtype=torch.int64)
+            for src, tgt, parts in self.links:
+                if tgt != name:
+                    continue
+                for W, e in parts:
+                    acc = torch.round(W @ vals[src]).to(torch.int64) if not isinstance(
+                        W, _Conv) else W(vals[src], T * B)
+                    acc = acc << e if e > 0 else acc >> -e
+                    a += _wrap32(acc)
+            a = _wrap32(a)
+            self.a_in_over += int((a.abs() > A_IN_LIMIT).sum())
+            spikes, v_out = self._neurons(name, a.view(p.size, T, B), T, B, p.spiking)
+            vals[name] = spikes.reshape(p.size, T * B).to(torch.float64)
+            out[name] = spikes if p.spiking else v_out
+        names = list(record) if record else [n for n, p in plan.pops.items()
+                                             if p.kind != "Input"] + list(plan.alias)
+        res = {}
+        for r in names:
+            base = plan.alias.get(r, r)
+            p = plan.pops[base]
+            x = out[base].permute(1, 2, 0).reshape(T, B, *p.shape)   # [n, T, B] -> [T, B, *shape]
+            if p.spiking:
+                res[r] = x.to(torch.uint8).numpy()
+            else:
+                res[r] = x.numpy() / (self.scales[base] * 2.0 ** V_SHIFT)
+        return res
+
+    def _neurons(self, name, a, T, B, spiking):
+        c = self.lif[name]
+        n = a.shape[0]
+        u = torch.zeros(n, B, dtype=torch.int64)
+        v = torch.zeros(n, B, dtype=torch.int64)
+        spikes = torch.zeros(n, T, B, dtype=torch.uint8)
+        v_out = None if spiking else torch.zeros(n, T, B, dtype=torch.float64)
+        # int32 overflow of (a_in << 6) + decayed u needs |a_in| >= 2**24: check once
+        wrap = _wrap32 if bool((a.abs() >= 2 ** 24).any()) else (lambda z: z)
+        for t in range(T):
+            cur = wrap(_decay(u, c["keep_u"]) + wrap(a[:, t] << V_SHIFT))
+            cur = torch.where(cur > UV_MAX, cur - 2 * UV_MAX, cur)
+            u = torch.where(cur <= -UV_MAX, cur + 2 * UV_MAX, cur)
+            v = torch.clamp(_decay(v, c["keep_v"]) + u + c["bias"], -UV_MAX + 1, UV_MAX - 1)
+            s = v > c["vth"]
+            v = torch.where(s, torch.zeros_like(v), v)
+            spikes[:, t] = s.to(torch.uint8)
+            if v_out is not None:
+                v_out[:, t] = v.to(torch.float64)
+        return spikes, v_out
+
+
+MARGIN = 1e-6   # relative distance to a decision boundary below which the fast calibration defers
+
+
+class _FloatRun:
+    """quantise.float_currents in torch: convolutions where the link is one
+    (plan.Link.conv), float64 throughout. Summation order differs from
+    scipy's, so values differ in the last bits; :meth:`observed` returns None
+    (use the exact run) whenever a float-run spike decision lies within MARGIN
+    of its threshold, and :func:`_near_boundary` does the same for the scale
+    decisions, so both runs always lead to the same integer network."""
+
+    def __init__(self, plan):
+        self.plan, self.links = plan, []
+        self.worst = {}    # input ranges -> {population: worst_current}
+        for lk in plan.links:
+            if lk.conv is not None and lk.relays == 0:
+                w, stride, padding, in_shape = lk.conv
+                op = _Conv(w, stride, padding, in_shape, exact32=False, rounded=False)
+            else:
+                op = _sparse(lk.matrix)
+            self.links.append((lk.source, lk.target, op))
+
+    @torch.no_grad()
+    def observed(self, inputs: dict):
+        plan = self.plan
+        T, B = np.shape(next(iter(inputs.values())))[:2]
+        vals, obs = {}, {}
+        for name, p in plan.pops.items():
+            if p.kind == "Input":
+                x = np.asarray(inputs[name], dtype=np.float64).reshape(T * B, p.size)
+                vals[name] = torch.from_numpy(x).t()
+        for name, p in plan.pops.items():
+            if p.kind == "Input":
+                continue
+            a = torch.zeros(p.size, T * B, dtype=torch.float64)
+            for src, tgt, op in self.links:
+                if tgt == name:
+                    a += op(vals[src], T * B) if isinstance(op, _Conv) else op @ vals[src]
+            a = a.view(p.size, T, B)
+            u = torch.zeros(p.size, B, dtype=torch.float64)
+            v = torch.zeros(p.size, B, dtype=torch.float64)
+            bias = torch.from_numpy(np.asarray(p.bias, dtype=np.float64)).view(-1, 1)
+            out = torch.zeros(p.size, T, B, dtype=torch.float64)
+            vmax = 0.0
+            for t in range(T):
+                u = u * (1.0 - p.du) + a[:, t]
+                v = v * (1.0 - p.dv) + u + bias
+                if p.spiking:
+                    if bool(((v - p.vth).abs() <= MARGIN * max(abs(p.vth), 1.0)).any()):
+                        return None
+                    s = v > p.vth
+                    v = torch.where(s, torch.zeros_like(v), v)
+                    out[:, t] = s.to(torch.float64)
+                else:
+                    out[:, t] = v
+                vmax = max(vmax, float(v.abs().max()) if v.numel() else 0.0)
+            vals[name] = out.reshape(p.size, T * B)
+            obs[name] = (float(a.abs().max()) if a.numel() else 0.0, vmax)
+        return obs
+
+
+def _near(x: float, y: float) -> bool:
+    return abs(x - y) <= MARGIN * max(abs(x), abs(y))
+
+
+def _near_boundary(plan, input_range, observed, scales=None, worst=None) -> bool:
+    """worst: {population: worst_current} (computed here where not given)."""
+    """True where a calibration decision on these float currents is within
+    MARGIN of flipping: a scale at a power-of-two step (population_scale's
+    candidates), or, for a built net, a covers() comparison."""
+    from export.fixed_point import A_IN_LIMIT, V_LIMIT
+    from hardware.lava.worker.quantise import GUARD, population_scale, worst_current
+    worst = {} if worst is None else worst
+    for name, (amax, vmax) in observed.items():
+        if name not in worst:
+            worst[name] = worst_current(plan, name, input_range)
+        S, _ = population_scale(plan, name, input_range, observed, worst[name])
+        for obs in ((amax * (1 + MARGIN), vmax * (1 + MARGIN)),
+                    (amax * (1 - MARGIN), vmax * (1 - MARGIN))):
+            moved = dict(observed)
+            moved[name] = obs
+            if population_scale(plan, name, input_range, moved, worst[name])[0] != S:
+                return True
+        if scales is not None:
+            Sn = scales[name]
+            if _near(GUARD * amax * Sn, A_IN_LIMIT) or _near(GUARD * vmax * Sn, V_LIMIT):
+                return True
+    return False
+
+
+class Emulator:
+    """Drop-in for the Lava worker's fixed_pt runs: the same plans, the same
+    per-call calibration and the same net cache rule (a net is reused while a
+    call's float currents fit its scales, else rebuilt from the largest
+    currents seen; least recently used nets beyond ``max_cache`` dropped), so a
+    sequence of calls gets the scales the worker would use."""
+
+    def __init__(self, weights: str = "single", max_cache: int = 4):
+        self.weights, self.max_cache = weights, max_cache
+        self.plans, self.nets, self.float_runs = {}, OrderedDict(), {}
+        self.exact_calibrations = 0   # calls where the fast float run deferred to the exact one
+        self.timing = {"run_s": 0.0, "calibrate_s": 0.0, "build_s": 0.0, "calls": 0}
+
+    def plan(self, path: str, subgraph):
+        from hardware.lava.worker.plan import load_graph, plan_graph
+        key = (str(path), subgraph)
+        if key not in self.plans:
+            g, dt, T = load_graph(str(path), subgraph)
+            self.plans[key] = plan_graph(g, dt)
+        return self.plans[key]
+
+    def net(self, path, subgraph, inputs: dict, record=None) -> FixedPointNet:
+        from hardware.lava.worker.quantise import float_currents, input_ranges, merge_observed
+        t0 = time.perf_counter()
+        plan = self.plan(path, subgraph)
+        T, B = np.shape(next(iter(inputs.values())))[:2]
+        rng = input_ranges(inputs)
+        key = (str(path), subgraph, int(B), int(T), tuple(record) if record else None,
+               tuple(sorted(rng.items())), self.weights)
+        net = self.nets.pop(key, None)
+        fast = self.float_runs.get((str(path), subgraph))
+        if fast is None:
+            fast = self.float_runs[(str(path), subgraph)] = _FloatRun(plan)
+        observed = fast.observed(inputs)
+        worst = fast.worst.setdefault(tuple(sorted(rng.items())), {})
+        if observed is None or _near_boundary(
+                plan, rng, observed if net is None else merge_observed(observed, net.observed),
+                None if net is None else net.scales, worst):
+            observed = float_currents(plan, inputs)     # the worker's own run, exactly
+            self.exact_calibrations += 1
+        t1 = time.perf_counter()
+        if net is not None and not net.covers(observed):
+            observed = merge_observed(observed, net.observed)
+            net = None
+        if net is None:
+            while len(self.nets) >= max(self.max_cache, 1):
+                self.nets.popitem(last=False)
+            net = FixedPointNet(plan, rng, observed, self.weights)
+        self.nets[key] = net
+        self.timing["calibrate_s"] += t1 - t0
+        self.timing["build_s"] += time.perf_counter() - t1
+        return net
+
+    def run(self, path, subgraph, inputs: dict, record=None) -> dict:
+        """{node: [T, B, *shape]} in aligned time (see FixedPointNet.run)."""
+        inputs = {k: np.asarray(v, dtype=np.float64) for k, v in inputs.items()}
+        net = self.net(path, subgraph, inputs, record)
+        t0 = time.perf_counter()
+        out = net.run(inputs, record)
+        self.timing["run_s"] += time.perf_counter() - t0
+        self.timing["calls"] += 1
+        self.last_scales = dict(net.scales)
+        return out
+
+
+def first_divergence(got: dict, ref: dict, order=None):
+    """(node, step, differing entries at that step) of the first layer (in
+    ``order``, else ref's) and time step where two aligned records part; None
+    when every recorded node is identical."""
+    for name in (order or list(ref)):
+        if name not in ref or name not in got:
+            continue
+        a, b = np.asarray(got[name]), np.asarray(ref[name])
+        if a.shape != b.shape:
+            return name, 0, -1
+        d = (a != b).reshape(a.shape[0], -1).sum(axis=1)
+        steps = np.nonzero(d)[0]
+        if steps.size:
+            return name, int(steps[0]), int(d[steps[0]])
+    return None
