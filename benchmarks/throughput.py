@@ -67,8 +67,8 @@ def measure(preset: str, what: str, device: str, repeats: int, seconds: float = 
     if what == "sample":
         model.eval()
         n = sample_batch or (8 if preset == "paper" else 64)  # paper: ~100x slower on a CPU
-        step = lambda: model.generate(n, generator=torch.Generator().manual_seed(0),  # noqa: E731
-                                      device=device)
+        step = lambda steps=None: model.generate(  # noqa: E731
+            n, generator=torch.Generator().manual_seed(0), device=device, steps=steps)
     else:
         net = model.vq if what == "vq" else model.denoiser
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr)
@@ -92,7 +92,7 @@ def measure(preset: str, what: str, device: str, repeats: int, seconds: float = 
                 sync()
                 ema_times.append(time.perf_counter() - t0)
         n = bs
-    step()
+    step(2) if what == "sample" else step()  # warm-up (sampling: two diffusion steps)
     times, cpu = [], []
     start = time.perf_counter()
     more = True
