@@ -170,6 +170,7 @@ def lif_sequence_no_grad(currents: torch.Tensor, p: LIFBoxParameters) -> torch.T
     if p.v_leak.any():
         raise ValueError("lif_sequence_no_grad assumes v_leak = 0")
     leak = DT * p.tau_mem_inv  # Norse's dt * tau_mem_inv, the same float
+    v_reset = float(p.v_reset)  # masked_fill_ is several times faster with a number
     out = torch.empty_like(currents)
     v = torch.zeros_like(currents[0])
     dv = torch.empty_like(v)
@@ -178,7 +179,7 @@ def lif_sequence_no_grad(currents: torch.Tensor, p: LIFBoxParameters) -> torch.T
         v.add_(dv)
         fired = torch.gt(v, p.v_th)
         z.copy_(fired)
-        v.masked_fill_(fired, p.v_reset)
+        v.masked_fill_(fired, v_reset)
     return out
 
 
