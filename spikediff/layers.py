@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import spike_conv
 from .neuron import LIF
 
 
@@ -30,17 +31,20 @@ class SpikingConv(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
         self.lif = LIF()
 
-    def synapse_bn(self, x: torch.Tensor) -> torch.Tensor:
+    def synapse_bn(self, x: torch.Tensor, spikes: bool = False) -> torch.Tensor:
         """synapse + batch norm of [N, C, H, W]; quantization-aware (qat.py): the
-        folded, 8-bit-rounded weight with frozen statistics."""
+        folded, 8-bit-rounded weight with frozen statistics. spikes: x is 0/1,
+        so inference may add up its weights in integers (spike_conv.py)."""
         if getattr(self, "quantize", ""):
             from .qat import layer_currents
             return layer_currents(self, x)
+        if spikes and spike_conv.applies(self.synapse, x):
+            return self.bn(spike_conv.spike_conv(self.synapse, x))
         return self.bn(self.synapse(x))
 
     def currents(self, x: torch.Tensor) -> torch.Tensor:
         """Input [T, B, ...] spikes -> [T, B, ...] currents into the neurons."""
-        return unfold_time(self.synapse_bn(fold_time(x)), x.shape[0])
+        return unfold_time(self.synapse_bn(fold_time(x), spikes=True), x.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lif(self.currents(x))

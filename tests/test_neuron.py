@@ -82,3 +82,23 @@ def test_psp_and_filter():
     s = torch.tensor([1.0, 0.0, 1.0])
     assert torch.isclose(psp(s, 0.8), torch.tensor(0.8 ** 2 + 1.0))
     assert synaptic_filter(s).tolist() == [0.5, 0.25, 0.625]
+
+
+def test_lif_without_gradient_is_norses_step_bit_for_bit():
+    """neuron.lif_sequence_no_grad (inference) against Norse's step, with exact
+    ties at the threshold and a negative zero among the currents."""
+    from spikediff.neuron import (LIFBoxFeedForwardState, lif_box_feed_forward_step,
+                                  lif_parameters, lif_sequence_no_grad)
+    p = lif_parameters()
+    x = torch.randn(16, 4, 64, 5, generator=torch.Generator().manual_seed(0)) * 1.5
+    x[:, :2] = torch.round(x[:, :2] * 4) / 4
+    x[3, 0, 0, 0] = -0.0
+    state, ref = LIFBoxFeedForwardState(v=torch.zeros_like(x[0])), []
+    for xt in x:
+        z, state = lif_box_feed_forward_step(xt, state, p, dt=DT)
+        ref.append(z)
+    ref = torch.stack(ref)
+    assert torch.equal(lif_sequence_no_grad(x, p), ref)
+    with torch.no_grad():
+        assert torch.equal(LIF()(x), ref)
+    assert 0 < ref.mean() < 1
