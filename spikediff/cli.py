@@ -164,6 +164,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _finetune_time_steps(a) -> int | None:
+    """A --finetune run keeps the checkpoint's network; of its settings a config
+    file may change only [denoiser] T: the time steps carry no weights, so the
+    same weights can be trained on to work at fewer steps (fewer synaptic
+    operations per call on a chip). Anything else there would be ignored: refused."""
+    import tomllib
+    values = tomllib.loads(Path(a.config).read_text())  # load_config has validated it
+    den = values.get("denoiser", {})
+    fixed = [f"[{sec}] {k}" for sec in ("vq", "diffusion") for k in values.get(sec, {})]
+    fixed += [f"[denoiser] {k}" for k in den if k != "T"]
+    if fixed:
+        raise SpikediffError(f"{a.config} sets {', '.join(fixed)}, but --finetune keeps the "
+                             "checkpoint's network and sampling settings (a config may change "
+                             "[train] and [denoiser] T); drop them, or train a new run")
+    if "T" in den and a.stage == "decoder":
+        raise SpikediffError(f"{a.config} sets [denoiser] T, but --stage decoder does not train "
+                             "the denoiser; train it at the new T first (--stage denoiser)")
+    return den.get("T")
+
+
 def cmd_train(a) -> int:
     # the run folder may exist (--resume), but must be a folder: checked before any work
     check_outputs([Path(a.out) / "checkpoint.pt"], force=True)
@@ -196,6 +216,7 @@ def cmd_train(a) -> int:
         raise SpikediffError("--vq-from trains a new denoiser; to train only the decoder of a "
                              "finished run, use --finetune CKPT --stage decoder")
     stages = ("vq", "denoiser", "decoder") if a.stage == "both" else (a.stage,)
+    denoiser_T = _finetune_time_steps(a) if a.finetune and a.config and not a.resume else None
     # with --resume these may repeat the run's own settings, but not change them
     given = {k: getattr(a, k) for k in ("dataset", "preset", "config", "limit", "image_size",
                                         "grayscale", "vq_from", "finetune")}
@@ -206,7 +227,7 @@ def cmd_train(a) -> int:
                      resume=a.resume, limit=a.limit, image_size=a.image_size,
                      rgb=False if a.grayscale else None, download=a.download, folder=a.folder,
                      progress=not a.no_progress, time_budget_min=a.time_budget, extend=extend,
-                     vq_from=a.vq_from, finetune=a.finetune,
+                     vq_from=a.vq_from, finetune=a.finetune, denoiser_T=denoiser_T,
                      allow_data_change=a.allow_data_change,
                      resume_flags={k: v for k, v in given.items() if v not in (None, False)})
         main = distributed.is_main()

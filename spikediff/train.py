@@ -603,7 +603,7 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
           resume=False, limit: int | None = None, image_size=None, rgb=None, download=False,
           folder=None, progress=True, time_budget_min: float | None = None,
           extend: dict[str, int] | None = None, vq_from=None, finetune=None, resume_flags=None,
-          allow_data_change: bool = False) -> Path:
+          allow_data_change: bool = False, denoiser_T: int | None = None) -> Path:
     """Trains the given stages into out_dir. With resume, `extend` ({"epochs_vq" or
     "epochs_denoiser": n}) raises a run's epoch counts to train it further.
     With vq_from (a checkpoint path), a new run starts at the denoiser stage on
@@ -611,7 +611,8 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
     checkpoint path), the same, and the denoiser starts from that checkpoint's
     denoiser (its average where it kept one) with a fresh optimizer; with
     finetune and stages=("decoder",), the whole model is taken over as it is
-    and only the decoder stage runs. A resumed run's data must be the data
+    and only the decoder stage runs. denoiser_T (with finetune) trains the
+    taken-over denoiser on at that many time steps. A resumed run's data must be the data
     the checkpoint records (by sha256) unless allow_data_change.
 
     RUN_DIR/train.lock keeps a second run out of out_dir while this one writes
@@ -626,14 +627,14 @@ def train(cfg: Config | None, dataset: str, data_root, out_dir, *, stages=STAGES
                       download=download, folder=folder, progress=progress,
                       time_budget_min=time_budget_min, extend=extend, vq_from=vq_from,
                       finetune=finetune, allow_data_change=allow_data_change,
-                      resume_flags=resume_flags)
+                      resume_flags=resume_flags, denoiser_T=denoiser_T)
     finally:
         lock.release()
 
 
 def _train(cfg, dataset, data_root, out_dir: Path, lock: RunLock, *, stages, device, resume,
            limit, image_size, rgb, download, folder, progress, time_budget_min, extend, vq_from,
-           finetune, allow_data_change, resume_flags) -> Path:
+           finetune, allow_data_change, resume_flags, denoiser_T=None) -> Path:
     deadline = time.monotonic() + 60 * time_budget_min if time_budget_min else None
     ckpt_path = out_dir / "checkpoint.pt"
     if resume:
@@ -665,6 +666,8 @@ def _train(cfg, dataset, data_root, out_dir: Path, lock: RunLock, *, stages, dev
             cfg.train.ema_decay = src_cfg.train.ema_decay
         elif finetune is not None:  # the same network; only how it trains ([train]) may change
             cfg.denoiser, cfg.diffusion = src_cfg.denoiser, src_cfg.diffusion
+            if denoiser_T is not None:  # ... and at how many time steps it runs
+                cfg.denoiser.T = denoiser_T
         cfg.train.epochs_vq = len(source.history["vq"])
         cfg.train.holdout = d["holdout"]  # the same images stay unseen by both stages
         image_size, rgb = d["image_size"], d["channels"] == 3

@@ -314,10 +314,16 @@ def test_finetune_starts_from_the_trained_denoiser(tiny_mnist, tmp_path, capsys)
     # the average, not the last step's weights, is where fine-tuning starts
     assert any(not torch.equal(start[k], v) for k, v in src.denoiser.items()
                if v.is_floating_point())
+    # a config asking for another network is refused, not silently overruled
+    (tmp_path / "net.toml").write_text("[denoiser]\nchannels = [4, 4]\n\n[train]\nlr = 0.0\n")
+    assert main(["train", "--data-root", str(tiny_mnist), "--out", str(tmp_path / "net"),
+                 "--preset", "tiny", "--finetune", str(first), "--config",
+                 str(tmp_path / "net.toml"), "--no-progress"]) == 2
+    assert "sets [denoiser] channels, but --finetune keeps" in capsys.readouterr().err
+    assert not (tmp_path / "net").exists()
     # A rate of 0 leaves the weights where they started (AdamW's decay scales
-    # with the rate too), so this shows which ones were loaded; the config asks
-    # for another network, which must not win over the checkpoint's.
-    (tmp_path / "ft.toml").write_text("[denoiser]\nchannels = [4, 4]\n\n[train]\nlr = 0.0\n")
+    # with the rate too), so this shows which ones were loaded.
+    (tmp_path / "ft.toml").write_text("[train]\nlr = 0.0\n")
     run = tmp_path / "ft"
     assert main(["train", "--data-root", str(tiny_mnist), "--out", str(run), "--preset", "tiny",
                  "--finetune", str(first), "--config", str(tmp_path / "ft.toml"),
@@ -364,6 +370,34 @@ def test_finetune_starts_from_the_trained_denoiser(tiny_mnist, tmp_path, capsys)
         code = main(["train", "--data-root", str(tiny_mnist), "--out", str(tmp_path / "d"),
                      "--preset", "tiny", "--no-progress", *args])
         assert code == 2 and message in capsys.readouterr().err, args
+
+
+def test_finetune_at_fewer_time_steps(tiny_mnist, tmp_path, capsys):
+    """[denoiser] T is the one network setting a fine-tune may change: the same
+    weights, trained on at another number of time steps (issue 25: synaptic
+    operations per call scale with T)."""
+    first = train(tiny_cfg(epochs_denoiser=1), "mnist", tiny_mnist, tmp_path / "a", progress=False)
+    src = checkpoint.load(first)
+    assert src.config["denoiser"]["T"] == 2
+    (tmp_path / "t1.toml").write_text("[train]\nlr = 0.0\n\n[denoiser]\nT = 1\n")
+    run = tmp_path / "t1"
+    common = ["--data-root", str(tiny_mnist), "--preset", "tiny", "--no-progress"]
+    assert main(["train", *common, "--out", str(run), "--finetune", str(first), "--config",
+                 str(tmp_path / "t1.toml"), "--epochs-denoiser", "1"]) == 0
+    new = checkpoint.load(run / "checkpoint.pt")
+    assert new.config["denoiser"] == {**src.config["denoiser"], "T": 1}
+    model = checkpoint.model_from(new)
+    assert model.denoiser.cfg.T == 1
+    grid = torch.zeros(2, *model.grid, dtype=torch.long)
+    assert model.denoiser.spikes(grid, torch.zeros(2, dtype=torch.long))[0].shape[0] == 1
+    # the repeated command resumes; the decoder stage cannot change the denoiser's T
+    assert main(["train", *common, "--out", str(run), "--resume", "--config",
+                 str(tmp_path / "t1.toml"), "--epochs-denoiser", "2"]) == 0
+    assert checkpoint.load(run / "checkpoint.pt").config["denoiser"]["T"] == 1
+    assert main(["train", *common, "--out", str(tmp_path / "dec"), "--finetune", str(first),
+                 "--config", str(tmp_path / "t1.toml"), "--stage", "decoder",
+                 "--epochs-decoder", "1"]) == 2
+    assert "--stage decoder does not train the denoiser" in capsys.readouterr().err
 
 
 def _decoding_side(vq_state: dict) -> dict:
