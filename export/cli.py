@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 
 from spikediff.atomic import atomic_path
-from spikediff.cliutil import ArgumentParser, check_outputs, count, handle_errors
+from spikediff.cliutil import (ArgumentParser, add_checkpoint_args, check_outputs, count,
+                               handle_errors, pick_checkpoint)
 from spikediff.errors import SpikediffError
 
 FORMATS = {
@@ -54,8 +55,7 @@ def build_parser() -> ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="formats: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
     p.add_argument("--to", choices=list(FORMATS), default="nir", help="output format (default nir)")
-    p.add_argument("--checkpoint", help="a .pt file from `spikediff train` "
-                   "(default: the shipped MNIST checkpoint)")
+    add_checkpoint_args(p)
     p.add_argument("--out", help="output file (nir) or folder (onnx); default "
                    + ", ".join(f"{k}: {v}" for k, v in DEFAULT_OUT.items()))
     p.add_argument("--force", action="store_true", help="replace existing outputs")
@@ -131,7 +131,7 @@ def verify_file(model, path: Path, a) -> int:
     from spikediff.checkpoint import weights_hash
     if said is not None and str(said) != weights_hash(model.vq, model.denoiser):
         raise SpikediffError(f"{path} was exported from other weights than "
-                             f"{a.checkpoint or 'the shipped checkpoint'}: pass the checkpoint "
+                             f"{a.checkpoint}: pass the checkpoint "
                              "it came from with --checkpoint")
     rows = verify(model, ex, n=a.n)
     print(f"verification of {path} ({', '.join(ex.parts)}; graph re-read from the file vs "
@@ -201,6 +201,7 @@ def main(argv=None) -> int:
     if a.to == "netx" and netx_module() is None:
         return cmd_netx(None, Path(a.out or DEFAULT_OUT["netx"]), a)
     from spikediff import checkpoint
+    pick_checkpoint(a)
     if isinstance(a.verify, str):  # --verify FILE: check an existing file, write nothing
         if a.to != "nir" or a.out or a.part or a.spiking_only or a.target != "generic":
             raise SpikediffError("--verify FILE checks an existing NIR file; it takes only "

@@ -31,7 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-from spikediff.cliutil import (ArgumentParser, add_random_weights_arg, add_refine_args,
+from spikediff.cliutil import (ArgumentParser, add_checkpoint_args, add_random_weights_arg,
+                               add_refine_args, pick_checkpoint,
                                check_outputs, count, handle_errors, nonneg, random_weights_model,
                                refine_settings, seed)
 from spikediff.errors import SpikediffError
@@ -42,8 +43,7 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="spikediff-run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=BACKENDS, default="lava")
-    p.add_argument("--checkpoint", help="a .pt file from `spikediff train` "
-                   "(default: the shipped MNIST checkpoint)")
+    add_checkpoint_args(p)
     add_random_weights_arg(p)
     p.add_argument("--nir", help="an exported NIR file to run (default: export the checkpoint "
                    "to a temporary file)")
@@ -76,8 +76,9 @@ def load_model(a):
     from spikediff import checkpoint
     if a.random_weights:
         return random_weights_model(a), f"random weights ({a.random_weights})"
+    pick_checkpoint(a)
     model = checkpoint.load_model(a.checkpoint)
-    return model, str(checkpoint.resolve(a.checkpoint))
+    return model, a.checkpoint
 
 
 def _nir_info(path):

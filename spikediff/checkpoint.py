@@ -110,6 +110,39 @@ def resolve(path: str | Path | None) -> Path:
     return Path(path) if path is not None else SHIPPED
 
 
+def shipped(dataset: str) -> Path:
+    """The shipped checkpoint of a data set: spikediff/weights/DATASET.pt."""
+    return WEIGHTS_DIR / f"{dataset}.pt"
+
+
+def pick(path: str | Path | None, dataset: str | None) -> Path:
+    """What a tool's --checkpoint and --dataset name together: the given file
+    (which must have been trained on --dataset, when both are given), else the
+    shipped checkpoint of --dataset, else the shipped MNIST one."""
+    if path is None:
+        if dataset is None:
+            return SHIPPED
+        if not shipped(dataset).is_file():
+            have = ", ".join(sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt")
+                                    if p.stem in _dataset_names()))
+            raise CheckpointError(
+                f"no checkpoint is shipped for {dataset} (shipped: {have}); train one "
+                f"(spikediff train --dataset {dataset} --out RUN; docs/usage.md) and pass "
+                "--checkpoint RUN/checkpoint.pt")
+        return shipped(dataset)
+    if dataset is not None:
+        trained_on = load(path).data["name"]
+        if trained_on != dataset:
+            raise CheckpointError(f"{path} was trained on {trained_on}, not {dataset}: drop "
+                                  f"--dataset, or pass --dataset {trained_on}")
+    return Path(path)
+
+
+def _dataset_names() -> tuple[str, ...]:
+    from .data import DATASETS
+    return DATASETS
+
+
 def load(path: str | Path | None) -> Checkpoint:
     path = resolve(path)
     if not path.is_file():

@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cliutil import (ArgumentParser, add_refine_args, add_weights_arg, at_least,
-                      check_outputs, count, count0, handle_errors, nonneg, pick_device,
-                      positive, rates, refine_from_args, refine_overrides, refine_settings,
-                      seed, temperatures)
+from .cliutil import (ArgumentParser, add_checkpoint_args, add_refine_args, add_weights_arg,
+                      at_least, check_outputs, count, count0, handle_errors, nonneg,
+                      pick_checkpoint, pick_device, positive, rates, refine_from_args,
+                      refine_overrides, refine_settings, seed, temperatures)
 from .errors import SpikediffError
 
 
@@ -24,8 +24,7 @@ def _add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mn
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="a .pt file from `spikediff train` "
-                   "(default: the shipped MNIST checkpoint)")
+    add_checkpoint_args(p)
     p.add_argument("--temperature", type=nonneg, help="softmax temperature, 0: always the most "
                    "likely token (default: the config's)")
     p.add_argument("--steps", type=count, help="sampling steps (default: one per latent token)")
@@ -137,8 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "protocol beside it, and the VQ-SVAE's reconstruction quality. With "
                        "--temperatures the temperature is chosen on held-out training images, "
                        "never on the test split.")
-    p.add_argument("--checkpoint", help="default: the shipped MNIST checkpoint")
-    p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    add_checkpoint_args(p, "; the test split of this data set is the reference")
     p.add_argument("--data-root")
     p.add_argument("--n", "--num-images", dest="n", type=at_least(2), default=10000,
                    help="samples for FID/KID (under torchrun: --num-images)")
@@ -244,6 +242,7 @@ def cmd_sample(a) -> int:
 
     from . import checkpoint
     from .sample import generate, write_outputs
+    pick_checkpoint(a)
     model = checkpoint.load_model(a.checkpoint, weights=a.weights)
     refine = refine_settings(a, model.config.diffusion.refinement())
     from . import distributed
@@ -350,6 +349,7 @@ def cmd_eval(a, sampler=None) -> int:
     from .atomic import write_text
     from . import distributed
     from .evaluate import evaluate, format_result
+    pick_checkpoint(a)
     with distributed.group(pick_device(a.device)) as device:  # under torchrun: samples split
         r = evaluate(a.checkpoint, a.dataset, a.data_root, a.n, temperature=a.temperature,
                      temperatures=temps, select_n=a.select_n, steps=a.steps, seed=a.seed,

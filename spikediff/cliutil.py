@@ -265,3 +265,26 @@ def random_weights_model(a):
     if a.checkpoint:
         raise SpikediffError("give either --checkpoint or --random-weights, not both")
     return active_random_model(a.random_weights, a.seed).inference()
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser, dataset_help: str = "") -> None:
+    """--checkpoint and --dataset as every tool reads them (checkpoint.pick):
+    --dataset alone picks that data set's shipped checkpoint."""
+    from .data import DATASETS
+    p.add_argument("--checkpoint", help="a .pt file from `spikediff train` (default: the "
+                   "shipped checkpoint of --dataset, spikediff/weights/DATASET.pt)")
+    p.add_argument("--dataset", choices=DATASETS, help="the data set whose shipped checkpoint "
+                   "to use when no --checkpoint is given (default: mnist); with --checkpoint, "
+                   "the data set it must have been trained on" + dataset_help)
+
+
+def pick_checkpoint(a) -> None:
+    """a.checkpoint and a.dataset filled in from each other (checkpoint.pick);
+    with --random-weights nothing is picked."""
+    from . import checkpoint
+    if getattr(a, "random_weights", None):
+        return
+    path = checkpoint.pick(a.checkpoint, a.dataset)
+    a.checkpoint = str(path)
+    if a.dataset is None:
+        a.dataset = checkpoint.load(path).data["name"]

@@ -106,3 +106,35 @@ def test_every_numeric_option_is_checked_against_its_meaning():
                     action.default, (int, float)) and not isinstance(action.default, bool):
                 action.type(str(action.default))  # the default passes its own check
     assert not bare, f"options without a cliutil type: {bare}"
+
+
+def test_dataset_picks_that_data_sets_shipped_checkpoint(tmp_path, monkeypatch, capsys):
+    """--dataset NAME alone means spikediff/weights/NAME.pt in every tool; a
+    missing one, or a --checkpoint trained on another data set, is one error."""
+    import dataclasses
+
+    from export.cli import main as export_main
+    from hardware.run import main as run_main
+    from spikediff import checkpoint
+    from spikediff.cli import main
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    ck = checkpoint.load(BASE)
+    checkpoint.atomic_save(dataclasses.replace(ck, data={**ck.data, "name": "kmnist"}),
+                           weights / "kmnist.pt")
+    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", weights)
+    assert export_main(["--dataset", "kmnist", "--part", "denoiser",
+                        "--out", str(tmp_path / "k.nir")]) == 0
+    assert f"checkpoint: {weights / 'kmnist.pt'}" in capsys.readouterr().out
+    assert main(["sample", "--dataset", "kmnist", "--n", "2", "--steps", "2", "--no-progress",
+                 "--out", str(tmp_path / "k.png")]) == 0
+    assert (tmp_path / "k.png").is_file()
+    for tool, argv in [(main, ["sample", "--out", str(tmp_path / "c.png")]),
+                       (export_main, ["--out", str(tmp_path / "c.nir")]),
+                       (run_main, ["--backend", "norse", "--n", "1"])]:
+        assert tool([*argv, "--dataset", "cifar10"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: no checkpoint is shipped for cifar10 (shipped: kmnist)"), err
+        assert tool([*argv, "--dataset", "mnist", "--checkpoint", str(weights / "kmnist.pt")]) == 2
+        assert "was trained on kmnist, not mnist" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists() and not (tmp_path / "c.nir").exists()

@@ -8,7 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from spikediff.cliutil import (ArgumentParser, add_random_weights_arg, add_refine_args,
+from spikediff.cliutil import (ArgumentParser, add_checkpoint_args, add_random_weights_arg,
+                               add_refine_args, pick_checkpoint,
                                check_outputs, count, handle_errors, nonneg, random_weights_model,
                                refine_settings, seed)
 from spikediff.errors import SpikediffError
@@ -24,8 +25,7 @@ def build_parser() -> ArgumentParser:
                        "synaptic operation from the recorded spikes; print per layer, per "
                        "component and per image energy under the 45 nm and Loihi figures and "
                        "against the same network as an ANN.")
-    p.add_argument("--checkpoint", help="a .pt file from `spikediff train` "
-                   "(default: the shipped MNIST checkpoint)")
+    add_checkpoint_args(p, "; its test images are the encoder's real input")
     add_random_weights_arg(p)
     p.add_argument("--n", type=count, default=64, help="images to generate (and real images to "
                    "encode); firing rates from fewer than 64 are noisy (default: 64)")
@@ -35,8 +35,6 @@ def build_parser() -> ArgumentParser:
     add_refine_args(p)
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--batch-size", type=count, default=64)
-    p.add_argument("--dataset", help="data set of the real images for the encoder "
-                   "(default: the checkpoint's)")
     p.add_argument("--data-root", help="folder holding the data set (default: $SPIKEDIFF_DATA_ROOT)")
     p.add_argument("--hardware", choices=["45nm", "loihi", "all"], default="all")
     p.add_argument("--constants", help="TOML or JSON file of energy constants (pJ) to override")
@@ -69,6 +67,7 @@ def load_model_and_data(a):
                 "weights": "RANDOM (untrained): firing rates and energies are not those of a "
                            "trained model", "preset": a.random_weights}
         return model, meta, a.dataset or "mnist"
+    pick_checkpoint(a)
     ck = checkpoint.load(a.checkpoint)
     try:
         model = checkpoint.model_from(ck)
