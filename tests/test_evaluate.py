@@ -275,6 +275,7 @@ def test_energy_pareto_script_measures_each_model_and_reuses_results(tiny_mnist,
     assert [r["firing_penalty"] for r in rows] == [0.0, 5.0]
     for r in rows:
         assert r["heldout_n"] == 8 and r["energy_n"] == 2 and r["heldout_fid"] > 0
+        assert r["denoiser_T"] == 2  # the tiny preset's time steps, recorded per model
         assert set(r["firing_rate"]) == {"denoiser.0", "denoiser.1"}
         assert r["ann_over_snn_45nm"] == pytest.approx(r["ann_45nm_mj"] / r["snn_45nm_mj"])
     assert (tmp_path / "pareto.png").stat().st_size > 1000
