@@ -160,7 +160,11 @@ class FixedPointNet:
                 keep_v=2 ** DECAY_SHIFT - kw["dv"],           # dm_offset = 0
                 vth=int(kw["vth"]) << V_SHIFT,
                 bias=bias << int(kw["bias_exp"]))
-        self.a_in_over = 0   # a_in values beyond int16 seen (Loihi would saturate; Lava does not)
+        # values beyond the fixed-point ranges (frozen scales can meet currents
+        # larger than the calibration's): counted, not silently wrong
+        self.a_in_over = 0   # a_in beyond int16 (Loihi would saturate; Lava does not)
+        self.v_clipped = 0   # v clipped to 24 bits (Lava and Loihi do)
+        self.input_clipped = 0   # analog inputs saturated to 16 bits
         self.T_B = None
 
     def covers(self, observed) -> bool:
@@ -171,12 +175,14 @@ class FixedPointNet:
     def run(self, inputs: dict, record=None) -> dict:
         """inputs {Input: [T, B, *shape]} -> {node: [T, B, *shape]} in aligned time:
         uint8 spikes of spiking populations, float64 v / (S * 2**6) of read-outs."""
+        from hardware.lava.worker.quantise import input_clipped
         plan = self.plan
         T, B = np.shape(next(iter(inputs.values())))[:2]
         vals = {}
         for name, p in plan.pops.items():
             if p.kind == "Input":
                 x = np.asarray(inputs[name], dtype=np.float64).reshape(T * B, p.size)
+                self.input_clipped += input_clipped(x, self.scales[name])
                 vals[name] = torch.from_numpy(
                     quantise_input(x, self.scales[name]).T.astype(np.float64)).contiguous()
         out = {}
@@ -223,7 +229,11 @@ class FixedPointNet:
             cur = wrap(_decay(u, c["keep_u"]) + wrap(a[:, t] << V_SHIFT))
             cur = torch.where(cur > UV_MAX, cur - 2 * UV_MAX, cur)
             u = torch.where(cur <= -UV_MAX, cur + 2 * UV_MAX, cur)
-            v = torch.clamp(_decay(v, c["keep_v"]) + u + c["bias"], -UV_MAX + 1, UV_MAX - 1)
+            v = _decay(v, c["keep_v"]) + u + c["bias"]
+            lo, hi = torch.aminmax(v)
+            if hi > UV_MAX - 1 or lo < -UV_MAX + 1:
+                self.v_clipped += int((v.abs() > UV_MAX - 1).sum())
+                v = torch.clamp(v, -UV_MAX + 1, UV_MAX - 1)
             s = v > c["vth"]
             v = torch.where(s, torch.zeros_like(v), v)
             spikes[:, t] = s.to(torch.uint8)
@@ -255,7 +265,10 @@ class _FloatRun:
             self.links.append((lk.source, lk.target, op))
 
     @torch.no_grad()
-    def observed(self, inputs: dict):
+    def observed(self, inputs: dict, strict: bool = True, outputs: dict | None = None):
+        """{population: (max |a_in|, max |v|)}, or None where strict and a spike
+        decision is within MARGIN of its threshold; ``outputs``: filled with
+        every population's float values [n, T, B] (spikes 0/1, read-out v)."""
         plan = self.plan
         T, B = np.shape(next(iter(inputs.values())))[:2]
         vals, obs = {}, {}
@@ -280,7 +293,8 @@ class _FloatRun:
                 u = u * (1.0 - p.du) + a[:, t]
                 v = v * (1.0 - p.dv) + u + bias
                 if p.spiking:
-                    if bool(((v - p.vth).abs() <= MARGIN * max(abs(p.vth), 1.0)).any()):
+                    if strict and bool(((v - p.vth).abs()
+                                        <= MARGIN * max(abs(p.vth), 1.0)).any()):
                         return None
                     s = v > p.vth
                     v = torch.where(s, torch.zeros_like(v), v)
@@ -290,6 +304,8 @@ class _FloatRun:
                 vmax = max(vmax, float(v.abs().max()) if v.numel() else 0.0)
             vals[name] = out.reshape(p.size, T * B)
             obs[name] = (float(a.abs().max()) if a.numel() else 0.0, vmax)
+            if outputs is not None:
+                outputs[name] = out
         return obs
 
 
@@ -331,6 +347,7 @@ class Emulator:
 
     def __init__(self, weights: str = "single", max_cache: int = 4):
         self.weights, self.max_cache = weights, max_cache
+        self.frozen = {}   # frozen scales: (path, subgraph, record, calibration) -> net
         self.plans, self.nets, self.float_runs = {}, OrderedDict(), {}
         self.exact_calibrations = 0   # calls where the fast float run deferred to the exact one
         self.timing = {"run_s": 0.0, "calibrate_s": 0.0, "build_s": 0.0, "calls": 0}
@@ -375,10 +392,27 @@ class Emulator:
         self.timing["build_s"] += time.perf_counter() - t1
         return net
 
-    def run(self, path, subgraph, inputs: dict, record=None) -> dict:
-        """{node: [T, B, *shape]} in aligned time (see FixedPointNet.run)."""
+    def frozen_net(self, path, subgraph, calibration: dict) -> FixedPointNet:
+        """The net of a calibration (quantise.check_calibration's form): built
+        once, never rescaled, whatever the inputs (what the worker does with it)."""
+        import json
+
+        from hardware.lava.worker.quantise import check_calibration
+        key = (str(path), subgraph, json.dumps(calibration, sort_keys=True))
+        if key not in self.frozen:
+            t0 = time.perf_counter()
+            plan = self.plan(path, subgraph)
+            rng, observed = check_calibration(plan, calibration)
+            self.frozen[key] = FixedPointNet(plan, rng, observed, self.weights)
+            self.timing["build_s"] += time.perf_counter() - t0
+        return self.frozen[key]
+
+    def run(self, path, subgraph, inputs: dict, record=None, calibration=None) -> dict:
+        """{node: [T, B, *shape]} in aligned time (see FixedPointNet.run);
+        ``calibration``: frozen scales, else the worker's per-call calibration."""
         inputs = {k: np.asarray(v, dtype=np.float64) for k, v in inputs.items()}
-        net = self.net(path, subgraph, inputs, record)
+        net = (self.net(path, subgraph, inputs, record) if calibration is None else
+               self.frozen_net(path, subgraph, calibration))
         t0 = time.perf_counter()
         out = net.run(inputs, record)
         self.timing["run_s"] += time.perf_counter() - t0
