@@ -81,9 +81,8 @@ def main(argv=None):
     load = [os.getloadavg()[0]]   # other jobs on the machine slow both back ends
     try:
         if a.lava_scales == "frozen":
-            from hardware.calibration import measure
             t0 = time.perf_counter()
-            cal = measure(tmp.path, a.n, grid=model.grid, mask_id=model.denoiser.mask_id,
+            cal = B.measure(tmp.path, a.n, grid=model.grid, mask_id=model.denoiser.mask_id,
                           diffusion_steps=model.diffusion_steps, steps=a.steps,
                           temperature=model.config.diffusion.temperature, seed=0)
             calibrate_s = time.perf_counter() - t0

@@ -198,7 +198,6 @@ class LavaBackend(Backend):
         self.scales = scales if mode == "fixed_pt" else None
         self.calibration, self.calibration_notes = {}, []
         self.input_clipped = 0
-        self._plans = {}
         self.path, self.mode, self.weights = str(Path(nir_path).resolve()), mode, weights
         self.ex = Exported.read(self.path)
         den, dec = self.ex.graph.nodes["denoiser"], self.ex.graph.nodes["decoder"]
@@ -211,12 +210,8 @@ class LavaBackend(Backend):
             self.set_calibration(calibration)
 
     def plan(self, path, subgraph):
-        from hardware.lava.worker.plan import load_graph, plan_graph
-        key = (str(path), subgraph)
-        if key not in self._plans:
-            g, dt, _T = load_graph(str(path), subgraph)
-            self._plans[key] = plan_graph(g, dt)
-        return self._plans[key]
+        from hardware.emulator import host_plan
+        return host_plan(path, subgraph)
 
     def set_calibration(self, doc: dict, note: str | None = None):
         """Freeze the scales of the subgraphs a calibration document holds
@@ -342,12 +337,12 @@ def check_fit(nir_path):
     """Refuse one 8-bit weight per synapse for a NIR file whose denoiser or
     decoder weights do not fit it (the error names the layers and the fixes),
     before any Lava process starts."""
-    from hardware.lava.worker.plan import MappingError, load_graph, plan_graph
+    from hardware.emulator import host_plan
+    from hardware.lava.worker.plan import MappingError
     from hardware.lava.worker.quantise import check_fits
     for sub in ("denoiser", "decoder"):
         try:
-            g, dt, _T = load_graph(str(nir_path), sub)
-            check_fits(plan_graph(g, dt), f"{sub} of {nir_path}")
+            check_fits(host_plan(nir_path, sub), f"{sub} of {nir_path}")
         except MappingError as e:
             raise BackendError(str(e)) from None
 
@@ -461,14 +456,55 @@ def emulated(model, weights: str = "single", scales: str = "frozen") -> "Backend
                         f"the Lava fixed_pt emulator ({weights} 8-bit weights, {scales} scales)")
 
 
+class FloatPlanBackend(EmulatorBackend):
+    """A back end whose calls run the plan's float network (emulator.FloatRun:
+    what per-call calibration runs at each call) and keep the largest currents
+    and input ranges each subgraph meets: a calibration set's measurement."""
+    name = "float calibration"
+
+    def __init__(self, nir_path):
+        super().__init__(nir_path, record_layers=False, weights="split", scales="per-call")
+        self.runs, self.found = {}, {}
+
+    def run(self, subgraph, x, record):
+        from hardware.emulator import FloatRun
+        from hardware.lava.worker.quantise import input_ranges, merge_calibration
+        plan = self.emu.plan(self.path, subgraph)
+        fr = self.runs.setdefault(subgraph, FloatRun(plan))
+        inputs = {"input": x.numpy()}
+        vals = {}
+        obs = fr.observed(inputs, strict=False, outputs=vals)
+        cal = {"input_range": input_ranges(inputs),
+               "observed": {k: list(v) for k, v in obs.items()}}
+        self.found[subgraph] = merge_calibration(cal, self.found.get(subgraph))
+        T, B = x.shape[:2]
+        out = {}
+        for r in record:
+            base = plan.alias.get(r, r)
+            out[r] = vals[base].permute(1, 2, 0).reshape(T, B, *plan.pops[base].shape).numpy()
+        return _Aligned(out, int(T))
+
+
+@torch.no_grad()
+def measure(nir_path, n: int, *, grid, mask_id: int, diffusion_steps: int, steps=None,
+            temperature=1.0, seed=0, refine=None) -> dict:
+    """The calibration of a float generation of n images (seed, steps as given):
+    a calibration document (hardware.calibration) for the denoiser and decoder."""
+    from hardware.calibration import document
+    fb = FloatPlanBackend(nir_path)
+    generate(fb, n, grid=grid, mask_id=mask_id, diffusion_steps=diffusion_steps, steps=steps,
+             temperature=temperature, seed=seed, refine=refine)
+    return document(fb.found, f"float generation of {n} image(s), {steps or diffusion_steps} "
+                    f"steps, seed {seed}, temperature {temperature:g}")
+
+
 def calibrate(backend, n: int, *, grid, mask_id, diffusion_steps, steps=None, temperature=1.0,
               seed=0, refine=None) -> None:
     """Frozen scales for a fixed-point back end without a calibration: measured
-    on a float generation of n images (hardware.calibration.measure), with a
-    note saying so. Nothing to do for per-call scales or floating_pt."""
+    on a float generation of n images (:func:`measure`), with a note saying so.
+    Nothing to do for per-call scales or floating_pt."""
     if getattr(backend, "scales", None) != "frozen":
         return
-    from hardware.calibration import measure
     doc = measure(backend.path, n, grid=grid, mask_id=mask_id, diffusion_steps=diffusion_steps,
                   steps=steps, temperature=temperature, seed=seed, refine=refine)
     backend.set_calibration(doc, f"note: scales frozen from a calibration measured at the start "

@@ -11,10 +11,10 @@ HEADROOM below the int16 range). Currents a later input drives beyond it are
 counted (emulator: a_in beyond int16, v clipped to 24 bits; both: inputs
 saturated to 16 bits), not silently wrong.
 
-The calibration set here is a float generation: every denoiser call and the
-decoder call of :func:`measure`'s n images, run as the plan's float network
-(what per-call calibration runs at each call, emulator._FloatRun), so the
-tokens are the float model's. A calibration is stored as JSON (``--calibration
+The default calibration set is a float generation: every denoiser call and
+the decoder call of n images, run as the plan's float network (what per-call
+calibration runs at each call, emulator.FloatRun; hardware.backends.measure),
+so the tokens are the float model's. A calibration is stored as JSON (``--calibration
 FILE``, ``--save-calibration FILE``) beside, not inside, the NIR file: it
 depends on the calibration set as well as on the graph, and one export can be
 calibrated more than one way without rewriting the model.
@@ -25,7 +25,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from spikediff.errors import SpikediffError
 
@@ -56,53 +55,6 @@ def write(doc: dict, path) -> None:
     from spikediff.atomic import atomic_path
     with atomic_path(str(path)) as p:
         Path(p).write_text(json.dumps(doc, indent=1))
-
-
-def _float_backend(nir_path):
-    """A back end whose calls run the plan's float network and keep the largest
-    currents each subgraph meets (a LavaBackend in interface)."""
-    from hardware.backends import EmulatorBackend, _Aligned
-    from hardware.emulator import _FloatRun
-    from hardware.lava.worker.quantise import input_ranges, merge_calibration
-
-    class FloatRun(EmulatorBackend):
-        name = "float calibration"
-
-        def __init__(self):
-            super().__init__(nir_path, record_layers=False, weights="split", scales="per-call")
-            self.runs, self.found = {}, {}
-
-        def run(self, subgraph, x, record):
-            plan = self.emu.plan(self.path, subgraph)
-            fr = self.runs.setdefault(subgraph, _FloatRun(plan))
-            inputs = {"input": x.numpy()}
-            vals = {}
-            obs = fr.observed(inputs, strict=False, outputs=vals)
-            cal = {"input_range": input_ranges(inputs),
-                   "observed": {k: list(v) for k, v in obs.items()}}
-            self.found[subgraph] = merge_calibration(cal, self.found.get(subgraph))
-            T, B = x.shape[:2]
-            out = {}
-            for r in record:
-                p = plan.pops[plan.alias.get(r, r)]
-                out[r] = vals[plan.alias.get(r, r)].permute(1, 2, 0).reshape(
-                    T, B, *p.shape).numpy()
-            return _Aligned(out, int(T))
-
-    return FloatRun()
-
-
-@torch.no_grad()
-def measure(nir_path, n: int, *, grid, mask_id: int, diffusion_steps: int, steps=None,
-            temperature=1.0, seed=0, refine=None) -> dict:
-    """The calibration of a float generation of n images (seed, steps as given):
-    a calibration document for the denoiser and the decoder."""
-    from hardware.backends import generate
-    fb = _float_backend(nir_path)
-    generate(fb, n, grid=grid, mask_id=mask_id, diffusion_steps=diffusion_steps, steps=steps,
-             temperature=temperature, seed=seed, refine=refine)
-    return document(fb.found, f"float generation of {n} image(s), {steps or diffusion_steps} "
-                    f"steps, seed {seed}, temperature {temperature:g}")
 
 
 def first_call(plan, inputs: dict) -> dict:

@@ -3,8 +3,8 @@ stand-in for ``--backend lava --lava-mode fixed_pt``.
 
 It runs the same plan (hardware.lava.worker.plan) with the same fixed-point
 parameters (hardware.lava.worker.quantise: scales, 8-bit weight parts, 13-bit
-biases, integer LIF parameters, the worker's re-calibration rule), so "bit
-exact" is about arithmetic only.  The arithmetic is that of the installed Lava
+biases, integer LIF parameters; frozen scales from a calibration, or the
+worker's per-call re-calibration rule), so "bit exact" is about arithmetic only.  The arithmetic is that of the installed Lava
 (lava-nc 0.x, lava/proc/sparse/models.py AbstractPySparseModelBitAcc and
 lava/proc/lif/models.py AbstractPyLifModelFixed / PyLifResetModelBitAcc), in
 its order:
@@ -25,8 +25,9 @@ spike = v > vth << 6; v = 0 where it spiked.  LIFReset zeroes u, v at the
   (network.LavaNet's docstring); links are memoryless, so each link is one
   matrix product over all T*B columns and only the neurons loop over T.
 
-Weights are applied as float64 products of integer mantissas and integer
-inputs (|sums| < 2**53: exact), then rounded to int64 for the shifts. A link
+Integers are held in floats, exactly (FixedPointNet.run says how): products of
+integer mantissas and integer inputs, power-of-two shifts, the truncating
+decays (|v| * 4096 < 2**35 << 2**53). A link
 that is one convolution (plan.Link.conv) is convolved with its mantissa kernel
 instead of multiplied by the composed sparse matrix (several times faster),
 after a check at build time that kernel and matrix give the same integers on
@@ -37,6 +38,7 @@ NNPACK's Winograd transforms: measured inexact on these integers).
 """
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections import OrderedDict
@@ -330,7 +332,7 @@ def _wrap32_if_needed(a: torch.Tensor) -> torch.Tensor:
 MARGIN = 1e-6   # relative distance to a decision boundary below which the fast calibration defers
 
 
-class _FloatRun:
+class FloatRun:
     """quantise.float_currents in torch: convolutions where the link is one
     (plan.Link.conv), float64 throughout. Summation order differs from
     scipy's, so values differ in the last bits; :meth:`observed` returns None
@@ -423,6 +425,22 @@ def _near_boundary(plan, input_range, observed, scales=None, worst=None) -> bool
     return False
 
 
+def host_plan(path, subgraph):
+    """The plan of a NIR (sub)graph, shared by everything on the host side of one
+    process (the fit check, calibration, the emulator): composing the conv
+    matrices takes seconds per graph, so a file is planned once while unchanged."""
+    import os
+    p = os.path.abspath(str(path))
+    return _plan_cached(p, os.path.getmtime(p) if os.path.exists(p) else None, subgraph)
+
+
+@functools.lru_cache(maxsize=4)
+def _plan_cached(path, mtime, subgraph):
+    from hardware.lava.worker.plan import load_graph, plan_graph
+    g, dt, _T = load_graph(path, subgraph)
+    return plan_graph(g, dt)
+
+
 class Emulator:
     """Drop-in for the Lava worker's fixed_pt runs: the same plans, the same
     per-call calibration and the same net cache rule (a net is reused while a
@@ -438,11 +456,9 @@ class Emulator:
         self.timing = {"run_s": 0.0, "calibrate_s": 0.0, "build_s": 0.0, "calls": 0}
 
     def plan(self, path: str, subgraph):
-        from hardware.lava.worker.plan import load_graph, plan_graph
         key = (str(path), subgraph)
         if key not in self.plans:
-            g, dt, T = load_graph(str(path), subgraph)
-            self.plans[key] = plan_graph(g, dt)
+            self.plans[key] = host_plan(path, subgraph)
         return self.plans[key]
 
     def net(self, path, subgraph, inputs: dict, record=None) -> FixedPointNet:
@@ -456,7 +472,7 @@ class Emulator:
         net = self.nets.pop(key, None)
         fast = self.float_runs.get((str(path), subgraph))
         if fast is None:
-            fast = self.float_runs[(str(path), subgraph)] = _FloatRun(plan)
+            fast = self.float_runs[(str(path), subgraph)] = FloatRun(plan)
         observed = fast.observed(inputs)
         worst = fast.worst.setdefault(tuple(sorted(rng.items())), {})
         if observed is None or _near_boundary(
