@@ -208,7 +208,9 @@ class FixedPointNet:
         between layers and each time step of the neuron loop is one contiguous
         [B, n] block. Integers are held in floats, exactly: link outputs in
         the convolution's dtype (float32 where every partial sum stays below
-        2**24, _Conv.of), a_in, u and v in float64 (|values| < 2**36 << 2**53:
+        2**24, _Conv.of; the weight_exp shift is a power-of-two product, exact
+        in float32 too), a_in in that dtype where one link feeds a population
+        (else the float64 sum), u and v in float64 (|values| < 2**36 << 2**53:
         the decays' products |v| * 4096 < 2**35 included), so there are no
         round/int64 copies; Lava's int32 wraps are checked with one min/max
         reduction and applied only where a value leaves the range."""
@@ -244,7 +246,8 @@ class FixedPointNet:
                     acc = _shift(acc, e)
                     if acc.shape[0] != Ta * B:
                         acc = acc.repeat(T, 1)
-                    a = acc.to(torch.float64) if a is None else a.add_(acc)
+                    # one part: its own (exact) float32 values; a sum: float64
+                    a = acc if a is None else a.to(torch.float64).add_(acc)
             if a is None:
                 a = torch.zeros(N, p.size, dtype=torch.float64)
             a = _wrap32_if_needed(a)   # also each part's (|part| < 2**31: _shift)
@@ -282,7 +285,7 @@ class FixedPointNet:
         # int32 overflow of (a_in << 6) + decayed u needs |a_in| >= 2**24: check once
         wrap = _absmax(a) >= 2 ** 30
         if wrap:
-            a = _wrap32(a)
+            a = _wrap32(a.to(torch.float64))
         for t in range(T):
             u.mul_(ku).trunc_().add_(a[t if len(a) > 1 else 0])  # trunc(u*keep/4096) + (a_in << 6)
             if wrap:
@@ -326,7 +329,7 @@ def _absmax(a: torch.Tensor) -> float:
 def _wrap32_if_needed(a: torch.Tensor) -> torch.Tensor:
     """Lava sums a_in over int32 channels: the int32 value, with one reduction
     to see whether any value leaves the range at all."""
-    return _wrap32(a) if _absmax(a) >= 2 ** 31 else a
+    return _wrap32(a.to(torch.float64)) if _absmax(a) >= 2 ** 31 else a
 
 
 MARGIN = 1e-6   # relative distance to a decision boundary below which the fast calibration defers
