@@ -241,7 +241,11 @@ class Generator:
             t0 = time.perf_counter()
             self.tmp = B.TempNir(self.model)
             self.lava = B.LavaBackend(self.tmp.path, self.a.lava_mode, record_layers=False,
-                                      weights=self.a.lava_weights)
+                                      weights=self.a.lava_weights, scales=self.a.lava_scales)
+            g = self.info   # frozen scales: calibrated once, on a float generation of a batch
+            B.calibrate(self.lava, self.a.batch_size, grid=g["grid"], mask_id=g["mask_id"],
+                        diffusion_steps=g["diffusion_steps"], steps=self.a.steps,
+                        temperature=self.a.temperature, seed=self.a.seed)
             self.setup_s["lava_worker"] = time.perf_counter() - t0
         return self.lava
 
@@ -317,6 +321,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed-b", type=int, default=1, help="seed B (norse_b, the noise floor)")
     p.add_argument("--temperature", type=float, help="default: the checkpoint's")
     p.add_argument("--lava-mode", default="fixed_pt", choices=["fixed_pt", "floating_pt"])
+    p.add_argument("--lava-scales", default="frozen", choices=["frozen", "per-call"],
+                   help="fixed_pt: scales frozen from a float generation of one batch "
+                   "(default) or re-calibrated at every call")
     p.add_argument("--lava-weights", default="single", choices=["single", "split"],
                    help="fixed_pt: one 8-bit weight per synapse (a loihi8 checkpoint) or the "
                    "two-synapse split (what benchmarks/results/lava_fid.json was measured with)")
@@ -354,7 +361,7 @@ def main(argv=None) -> int:
     ck_sha = metrics.file_sha256(ck_path)[:16]
     tag = (f"{ck_sha}-s{S}-T{a.temperature:g}-b{a.batch_size}-seed{a.seed}-{a.seed_b}"
            f"-{a.lava_mode}-norse{a.norse_dtype}"
-           + (f"-{a.lava_weights}" if a.lava_mode == "fixed_pt" else ""))
+           + (f"-{a.lava_weights}-{a.lava_scales}" if a.lava_mode == "fixed_pt" else ""))
     cache_dir = Path(a.cache) / tag
     cache_dir.mkdir(parents=True, exist_ok=True)
     info = {"grid": model.grid, "mask_id": model.denoiser.mask_id,
@@ -435,7 +442,7 @@ def main(argv=None) -> int:
         "temperature": a.temperature, "batch_size": a.batch_size,
         "seeds": {"A (lava, norse_a)": a.seed, "B (norse_b)": a.seed_b,
                   "per_batch": "seed * 1000003 + batch index"},
-        "lava_mode": a.lava_mode, "lava_weights": a.lava_weights, "norse_dtype": a.norse_dtype,
+        "lava_mode": a.lava_mode, "lava_weights": a.lava_weights, "lava_scales": a.lava_scales, "norse_dtype": a.norse_dtype,
         "checkpoint": str(ck_path), "checkpoint_sha256_16": ck_sha,
         "fid_network": net.name, "fid_reference": f"all {len(ref)} {d['name']} test images",
         "stopped_by_time_budget": stopped,

@@ -163,9 +163,10 @@ class LavaBackend(Backend):
     name = "lava"
 
     def __init__(self, nir_path, mode="floating_pt", *, record_layers=True, worker=None,
-                 python=None, timeout=600.0, weights="single"):
+                 python=None, timeout=600.0, weights="single", scales="frozen",
+                 calibration=None):
         super().__init__()
-        self._open(nir_path, mode, record_layers, weights)
+        self._open(nir_path, mode, record_layers, weights, scales, calibration)
         from hardware.lava import client
         self.own = worker is None
         try:
@@ -180,14 +181,23 @@ class LavaBackend(Backend):
         self.last_timing = {}
         self.lags = {}      # "subgraph/node" -> Lava steps of delay (synapse layers)
 
-    def _open(self, nir_path, mode, record_layers, weights):
+    def _open(self, nir_path, mode, record_layers, weights, scales="frozen", calibration=None):
         from export.fixed_point import WEIGHT_MODES
         from export.nir_exec import Exported
+        from hardware.calibration import SCALES
         if mode not in LAVA_MODES:
             raise BackendError(f"--lava-mode must be one of {', '.join(LAVA_MODES)}, got {mode!r}")
         if weights not in WEIGHT_MODES:
             raise BackendError(f"--lava-weights must be one of {', '.join(WEIGHT_MODES)}, "
                                f"got {weights!r}")
+        if scales not in SCALES:
+            raise BackendError(f"--lava-scales must be one of {', '.join(SCALES)}, "
+                               f"got {scales!r}")
+        # fixed point: "frozen" scales from one calibration per subgraph (what a
+        # chip holds; hardware/calibration.py) or "per-call" re-calibration
+        self.scales = scales if mode == "fixed_pt" else None
+        self.calibration, self.calibration_notes = {}, []
+        self.input_clipped = 0
         self.path, self.mode, self.weights = str(Path(nir_path).resolve()), mode, weights
         self.ex = Exported.read(self.path)
         den, dec = self.ex.graph.nodes["denoiser"], self.ex.graph.nodes["decoder"]
@@ -196,14 +206,60 @@ class LavaBackend(Backend):
         self.record_layers = record_layers
         if mode == "fixed_pt" and weights == "single":
             check_fit(self.path)
+        if calibration is not None and self.scales == "frozen":
+            self.set_calibration(calibration)
+
+    def plan(self, path, subgraph):
+        from hardware.emulator import host_plan
+        return host_plan(path, subgraph)
+
+    def set_calibration(self, doc: dict, note: str | None = None):
+        """Freeze the scales of the subgraphs a calibration document holds
+        (hardware.calibration), each checked against the graph first."""
+        from hardware.lava.worker.plan import MappingError
+        from hardware.lava.worker.quantise import check_calibration
+        for sub, cal in doc["subgraphs"].items():
+            if sub not in ("denoiser", "decoder"):
+                raise BackendError(f"calibration: {sub!r} is not a part this back end runs "
+                                   "(denoiser, decoder)")
+            try:
+                check_calibration(self.plan(self.path, sub), cal, f"calibration of the {sub}")
+            except MappingError as e:
+                raise BackendError(str(e)) from None
+            self.calibration[sub] = cal
+        self.calibration_notes.append(note or f"scales frozen from a calibration of "
+                                      f"{doc.get('calibration_set', 'unknown data')}")
+
+    def frozen_calibration(self, key, path, subgraph, x):
+        """The calibration a call of this subgraph runs with: None in per-call mode
+        (and floating_pt); frozen without one yet: calibrated on this first call."""
+        if self.scales != "frozen":
+            return None
+        if key not in self.calibration:
+            from hardware.calibration import first_call
+            self.calibration[key] = first_call(self.plan(path, subgraph), {"input": x})
+            self.calibration_notes.append(f"note: {key} scales frozen from its first call "
+                                          f"(batch {x.shape[1]}) alone")
+        return self.calibration[key]
+
+    def fixed_point_report(self) -> dict | None:
+        """Frozen or per-call scales, how they were calibrated, and the values the
+        fixed-point ranges did not hold (None: not counted by this back end)."""
+        if self.scales is None:
+            return None
+        return {"scales": self.scales, "calibration": self.calibration_notes,
+                "input_clipped": self.input_clipped, "a_in_over": None, "v_clipped": None}
 
     def run(self, subgraph, x, record):
         from hardware.lava import client
+        xn = x.numpy()
+        cal = self.frozen_calibration(subgraph, self.path, subgraph, xn)
         try:
-            res = self.worker.run(self.path, subgraph, {"input": x.numpy()}, self.mode, record,
-                                  weights=self.weights)
+            res = self.worker.run(self.path, subgraph, {"input": xn}, self.mode, record,
+                                  weights=self.weights, calibration=cal)
         except client.LavaWorkerError as e:
             raise BackendError(f"Lava ({subgraph}): {e}") from None
+        self.input_clipped += res.input_clipped
         self.last_timing = dict(res.timing)
         self.lags.update({f"{subgraph}/{k}": int(v) for k, v in res.lags.items()})
         self.lava_s += float(res.timing.get("run_s", res.timing.get("first_run_s", 0.0)))
@@ -253,12 +309,16 @@ class LavaBackend(Backend):
             nir.write(self._enc_path, view)
             self._enc_names = [k for k, v in view.nodes.items() if type(v).__name__ == "LIF"]
         x = (images01.to(torch.float64) - 0.5).unsqueeze(0).expand(self.ex.T_vq, *images01.shape)
+        xn = x.contiguous().numpy()
+        cal = self.frozen_calibration("encoder", self._enc_path, None, xn)
         from hardware.lava import client
         try:
-            res = self.worker.run(self._enc_path, None, {"input": x.contiguous().numpy()},
-                                  self.mode, self._enc_names, weights=self.weights)
+            res = self.worker.run(self._enc_path, None, {"input": xn},
+                                  self.mode, self._enc_names, weights=self.weights,
+                                  calibration=cal)
         except client.LavaWorkerError as e:
             raise BackendError(f"Lava (encoder): {e}") from None
+        self.input_clipped += res.input_clipped
         self.lava_s += float(res.timing.get("run_s", res.timing.get("first_run_s", 0.0)))
         self.lags.update({f"encoder/{k}": int(v) for k, v in res.lags.items()})
         return {n: torch.from_numpy(res.aligned(n).astype("float64")) for n in self._enc_names}
@@ -277,12 +337,12 @@ def check_fit(nir_path):
     """Refuse one 8-bit weight per synapse for a NIR file whose denoiser or
     decoder weights do not fit it (the error names the layers and the fixes),
     before any Lava process starts."""
-    from hardware.lava.worker.plan import MappingError, load_graph, plan_graph
+    from hardware.emulator import host_plan
+    from hardware.lava.worker.plan import MappingError
     from hardware.lava.worker.quantise import check_fits
     for sub in ("denoiser", "decoder"):
         try:
-            g, dt, _T = load_graph(str(nir_path), sub)
-            check_fits(plan_graph(g, dt), f"{sub} of {nir_path}")
+            check_fits(host_plan(nir_path, sub), f"{sub} of {nir_path}")
         except MappingError as e:
             raise BackendError(str(e)) from None
 
@@ -303,9 +363,10 @@ class EmulatorBackend(LavaBackend):
     mapping and calibration as the Lava back end, no Lava process."""
     name = "emulator"
 
-    def __init__(self, nir_path, *, record_layers=True, weights="single"):
+    def __init__(self, nir_path, *, record_layers=True, weights="single", scales="frozen",
+                 calibration=None):
         Backend.__init__(self)
-        self._open(nir_path, "fixed_pt", record_layers, weights)
+        self._open(nir_path, "fixed_pt", record_layers, weights, scales, calibration)
         from hardware.emulator import Emulator
         self.emu = Emulator(weights=weights)
         self.lava_s = 0.0
@@ -315,12 +376,21 @@ class EmulatorBackend(LavaBackend):
 
     def run(self, subgraph, x, record):
         from hardware.lava.worker.plan import MappingError
+        xn = x.numpy()
         try:
-            out = self.emu.run(self.path, subgraph, {"input": x.numpy()}, record)
+            cal = self.frozen_calibration(subgraph, self.path, subgraph, xn)
+            out = self.emu.run(self.path, subgraph, {"input": xn}, record, calibration=cal)
         except MappingError as e:
             raise BackendError(f"emulator ({subgraph}): {e}") from None
         self.timing["time_steps"] += int(x.shape[0])
         return _Aligned(out, int(x.shape[0]))
+
+    def fixed_point_report(self) -> dict:
+        rep = super().fixed_point_report()
+        nets = list(self.emu.frozen.values()) + list(self.emu.nets.values())
+        for k in ("input_clipped", "a_in_over", "v_clipped"):
+            rep[k] = sum(getattr(n, k) for n in nets)
+        return rep
 
     def encode_record(self, images01):
         raise BackendError("the emulator back end generates; encoding runs on Lava or Norse")
@@ -364,6 +434,12 @@ class BackendModel:
                  on_step=None, refine=None):
         from spikediff.diffusion import sample_tokens
         d = self.config.diffusion
+        if not self.backend.calibration.keys() >= {"denoiser", "decoder"}:
+            # frozen scales: calibrated once, on a float generation like the first batch
+            calibrate(self.backend, n, grid=self.grid, mask_id=self.denoiser.mask_id,
+                      diffusion_steps=self.diffusion_steps, steps=steps,
+                      temperature=d.temperature if temperature is None else temperature,
+                      refine=d.refinement() if refine is None else refine)
         tokens = sample_tokens(self.backend.denoise, n, self.grid, self.denoiser.mask_id,
                                self.diffusion_steps, steps,
                                d.temperature if temperature is None else temperature, generator,
@@ -371,13 +447,69 @@ class BackendModel:
         return self.vq.decode(tokens), tokens
 
 
-def emulated(model, weights: str = "single") -> "BackendModel":
+def emulated(model, weights: str = "single", scales: str = "frozen") -> "BackendModel":
     """The model as Lava fixed_pt runs it (the emulator on its NIR export)."""
     tmp = TempNir(model)
-    backend = EmulatorBackend(tmp.path, record_layers=False, weights=weights)
+    backend = EmulatorBackend(tmp.path, record_layers=False, weights=weights, scales=scales)
     backend._tmp = tmp   # the export lives as long as the back end
-    return BackendModel(model, backend, f"-emulator-{weights}",
-                        f"the Lava fixed_pt emulator ({weights} 8-bit weights)")
+    return BackendModel(model, backend, f"-emulator-{weights}-{scales}",
+                        f"the Lava fixed_pt emulator ({weights} 8-bit weights, {scales} scales)")
+
+
+class FloatPlanBackend(EmulatorBackend):
+    """A back end whose calls run the plan's float network (emulator.FloatRun:
+    what per-call calibration runs at each call) and keep the largest currents
+    and input ranges each subgraph meets: a calibration set's measurement."""
+    name = "float calibration"
+
+    def __init__(self, nir_path):
+        super().__init__(nir_path, record_layers=False, weights="split", scales="per-call")
+        self.runs, self.found = {}, {}
+
+    def run(self, subgraph, x, record):
+        from hardware.emulator import FloatRun
+        from hardware.lava.worker.quantise import input_ranges, merge_calibration
+        plan = self.emu.plan(self.path, subgraph)
+        fr = self.runs.setdefault(subgraph, FloatRun(plan))
+        inputs = {"input": x.numpy()}
+        vals = {}
+        obs = fr.observed(inputs, strict=False, outputs=vals)
+        cal = {"input_range": input_ranges(inputs),
+               "observed": {k: list(v) for k, v in obs.items()}}
+        self.found[subgraph] = merge_calibration(cal, self.found.get(subgraph))
+        T, B = x.shape[:2]
+        out = {}
+        for r in record:
+            base = plan.alias.get(r, r)
+            out[r] = vals[base].permute(1, 2, 0).reshape(T, B, *plan.pops[base].shape).numpy()
+        return _Aligned(out, int(T))
+
+
+@torch.no_grad()
+def measure(nir_path, n: int, *, grid, mask_id: int, diffusion_steps: int, steps=None,
+            temperature=1.0, seed=0, refine=None) -> dict:
+    """The calibration of a float generation of n images (seed, steps as given):
+    a calibration document (hardware.calibration) for the denoiser and decoder."""
+    from hardware.calibration import document
+    fb = FloatPlanBackend(nir_path)
+    generate(fb, n, grid=grid, mask_id=mask_id, diffusion_steps=diffusion_steps, steps=steps,
+             temperature=temperature, seed=seed, refine=refine)
+    return document(fb.found, f"float generation of {n} image(s), {steps or diffusion_steps} "
+                    f"steps, seed {seed}, temperature {temperature:g}")
+
+
+def calibrate(backend, n: int, *, grid, mask_id, diffusion_steps, steps=None, temperature=1.0,
+              seed=0, refine=None) -> None:
+    """Frozen scales for a fixed-point back end without a calibration: measured
+    on a float generation of n images (:func:`measure`), with a note saying so.
+    Nothing to do for per-call scales or floating_pt."""
+    if getattr(backend, "scales", None) != "frozen":
+        return
+    doc = measure(backend.path, n, grid=grid, mask_id=mask_id, diffusion_steps=diffusion_steps,
+                  steps=steps, temperature=temperature, seed=seed, refine=refine)
+    backend.set_calibration(doc, f"note: scales frozen from a calibration measured at the start "
+                            f"of the run ({doc['calibration_set']})")
+    backend.calibration_doc = doc
 
 
 # -- building ----------------------------------------------------------------------
@@ -403,7 +535,8 @@ class TempNir:
 
 
 def make_backend(name, model=None, nir_path=None, *, mode="floating_pt", dtype=torch.float64,
-                 record_layers=True, worker=None, weights="single"):
+                 record_layers=True, worker=None, weights="single", scales="frozen",
+                 calibration=None):
     if name == "norse":
         if model is None:
             raise BackendError("the norse back end needs a checkpoint (--checkpoint)")
@@ -412,9 +545,10 @@ def make_backend(name, model=None, nir_path=None, *, mode="floating_pt", dtype=t
         return NirBackend(nir_path)
     if name == "lava":
         return LavaBackend(nir_path, mode, record_layers=record_layers, worker=worker,
-                           weights=weights)
+                           weights=weights, scales=scales, calibration=calibration)
     if name == "emulator":
-        return EmulatorBackend(nir_path, record_layers=record_layers, weights=weights)
+        return EmulatorBackend(nir_path, record_layers=record_layers, weights=weights,
+                               scales=scales, calibration=calibration)
     raise BackendError(f"unknown back end {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

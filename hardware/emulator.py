@@ -3,8 +3,8 @@ stand-in for ``--backend lava --lava-mode fixed_pt``.
 
 It runs the same plan (hardware.lava.worker.plan) with the same fixed-point
 parameters (hardware.lava.worker.quantise: scales, 8-bit weight parts, 13-bit
-biases, integer LIF parameters, the worker's re-calibration rule), so "bit
-exact" is about arithmetic only.  The arithmetic is that of the installed Lava
+biases, integer LIF parameters; frozen scales from a calibration, or the
+worker's per-call re-calibration rule), so "bit exact" is about arithmetic only.  The arithmetic is that of the installed Lava
 (lava-nc 0.x, lava/proc/sparse/models.py AbstractPySparseModelBitAcc and
 lava/proc/lif/models.py AbstractPyLifModelFixed / PyLifResetModelBitAcc), in
 its order:
@@ -25,17 +25,20 @@ spike = v > vth << 6; v = 0 where it spiked.  LIFReset zeroes u, v at the
   (network.LavaNet's docstring); links are memoryless, so each link is one
   matrix product over all T*B columns and only the neurons loop over T.
 
-Weights are applied as float64 products of integer mantissas and integer
-inputs (|sums| < 2**53: exact), then rounded to int64 for the shifts. A link
+Integers are held in floats, exactly (FixedPointNet.run says how): products of
+integer mantissas and integer inputs, power-of-two shifts, the truncating
+decays (|v| * 4096 < 2**35 << 2**53). A link
 that is one convolution (plan.Link.conv) is convolved with its mantissa kernel
 instead of multiplied by the composed sparse matrix (several times faster),
 after a check at build time that kernel and matrix give the same integers on
 random inputs; spike-fed kernels whose |row sums| stay below 2**24 convolve in
-float32 (every partial sum an exact integer), as im2col + GEMM (not oneDNN's
-convolution, which may use Winograd transforms with non-integer intermediates).
+float32 (every partial sum an exact integer) with oneDNN's direct convolution
+(else im2col + GEMM; never torch's default conv2d dispatch, which can pick
+NNPACK's Winograd transforms: measured inexact on these integers).
 """
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections import OrderedDict
@@ -76,6 +79,17 @@ def _sparse(M) -> torch.Tensor:
                                    size=M.shape, dtype=torch.float64)
 
 
+def _onednn_exact() -> bool:
+    """oneDNN present and computing float32 as float32 (no TF32/bf16 math mode,
+    which would round the integer products)."""
+    mk = torch.backends.mkldnn
+    if not mk.is_available():
+        return False
+    modes = {str(getattr(getattr(mk, "conv", None), "fp32_precision", "none")),
+             str(getattr(mk, "fp32_precision", "none"))}
+    return modes <= {"none", "ieee"}
+
+
 class _Conv:
     """A link's 8-bit mantissas as a convolution kernel (see the module docstring)."""
 
@@ -114,16 +128,27 @@ class _Conv:
         Wo = (W + 2 * self.padding[1] - kw) // self.stride[1] + 1
         return (N, O, Ho, Wo)
 
-    def __call__(self, x: torch.Tensor, N: int) -> torch.Tensor:
-        """x [n_source, N] (column = sample) -> int64 [n_target, N]."""
-        xi = x.t().reshape(N, *self.in_shape).to(self.dtype)
-        if self.dtype == torch.float32:   # im2col + GEMM: integer partial sums only
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, n_source] (row = sample) -> [N, n_target] in self.dtype, unrounded."""
+        N = x.shape[0]
+        xi = x.reshape(N, *self.in_shape).to(self.dtype)
+        if self.dtype == torch.float32 and _onednn_exact():
+            # oneDNN's direct convolution (torch passes algorithm::convolution_direct;
+            # never Winograd): products and partial sums are integers < 2**24, exact
+            # in any order; 2-4x faster than im2col + GEMM (measured, 1 thread)
+            y = torch.mkldnn_convolution(xi, self.kernel, None, list(self.padding),
+                                         list(self.stride), [1, 1], 1)
+        elif self.dtype == torch.float32:   # im2col + GEMM: integer partial sums only
             O, _, kh, kw = self.kernel.shape
             cols = F.unfold(xi, (kh, kw), padding=self.padding, stride=self.stride)
             y = self.kernel.reshape(O, -1) @ cols                       # [N, O, L]
         else:                             # float64: no Winograd path in torch
             y = F.conv2d(xi, self.kernel, None, self.stride, self.padding)
-        y = y.reshape(N, -1).t()
+        return y.reshape(N, -1)
+
+    def __call__(self, x: torch.Tensor, N: int) -> torch.Tensor:
+        """x [n_source, N] (column = sample) -> [n_target, N] (int64 where rounded)."""
+        y = self.rows(x.t()).t()
         return torch.round(y).to(torch.int64) if self.rounded else y
 
 
@@ -141,7 +166,8 @@ class FixedPointNet:
         self.links = []   # (source, target, [(W8 float64 sparse | _Conv, weight_exp)])
         for lk, parts in zip(plan.links, qlinks):
             ops = [(_sparse(lava_sparse_weights(Mq)), int(e)) for Mq, e in parts]
-            if lk.conv is not None and len(ops) == 1 and lk.relays == 0:
+            # relays only delay (aligned time has no delays): the link is its conv
+            if lk.conv is not None and len(ops) == 1:
                 src = plan.pops[lk.source]
                 ratio = self.scales[lk.target] / (self.scales[lk.source]
                                                   if src.kind == "Input" else 1.0)
@@ -160,7 +186,12 @@ class FixedPointNet:
                 keep_v=2 ** DECAY_SHIFT - kw["dv"],           # dm_offset = 0
                 vth=int(kw["vth"]) << V_SHIFT,
                 bias=bias << int(kw["bias_exp"]))
-        self.a_in_over = 0   # a_in values beyond int16 seen (Loihi would saturate; Lava does not)
+            self.lif[name]["bias_f"] = self.lif[name]["bias"].view(1, -1).to(torch.float64)
+        # values beyond the fixed-point ranges (frozen scales can meet currents
+        # larger than the calibration's): counted, not silently wrong
+        self.a_in_over = 0   # a_in beyond int16 (Loihi would saturate; Lava does not)
+        self.v_clipped = 0   # v clipped to 24 bits (Lava and Loihi do)
+        self.input_clipped = 0   # analog inputs saturated to 16 bits
         self.T_B = None
 
     def covers(self, observed) -> bool:
@@ -170,72 +201,141 @@ class FixedPointNet:
     @torch.no_grad()
     def run(self, inputs: dict, record=None) -> dict:
         """inputs {Input: [T, B, *shape]} -> {node: [T, B, *shape]} in aligned time:
-        uint8 spikes of spiking populations, float64 v / (S * 2**6) of read-outs."""
+        uint8 spikes of spiking populations, float64 v / (S * 2**6) of read-outs.
+
+        Layout: every population's values are [T*B, n] (row t*B + b), the
+        layout of the convolutions' [N, C, H, W], so nothing is transposed
+        between layers and each time step of the neuron loop is one contiguous
+        [B, n] block. Integers are held in floats, exactly: link outputs in
+        the convolution's dtype (float32 where every partial sum stays below
+        2**24, _Conv.of; the weight_exp shift is a power-of-two product, exact
+        in float32 too), a_in in that dtype where one link feeds a population
+        (else the float64 sum), u and v in float64 (|values| < 2**36 << 2**53:
+        the decays' products |v| * 4096 < 2**35 included), so there are no
+        round/int64 copies; Lava's int32 wraps are checked with one min/max
+        reduction and applied only where a value leaves the range."""
+        from hardware.lava.worker.quantise import input_clipped
         plan = self.plan
         T, B = np.shape(next(iter(inputs.values())))[:2]
-        vals = {}
+        N = T * B
+        vals, steps = {}, {}   # steps: 1 where an input is the same at every step
         for name, p in plan.pops.items():
             if p.kind == "Input":
-                x = np.asarray(inputs[name], dtype=np.float64).reshape(T * B, p.size)
-                vals[name] = torch.from_numpy(
-                    quantise_input(x, self.scales[name]).T.astype(np.float64)).contiguous()
+                x = np.asarray(inputs[name], dtype=np.float64).reshape(T, B * p.size)
+                # inputs repeated at every step (the exports' analog inputs): links
+                # are memoryless, so their currents are computed once, not T times
+                steps[name] = 1 if T > 1 and (x[1:] == x[:1]).all() else T
+                x = x[:steps[name]].reshape(-1, p.size)
+                self.input_clipped += input_clipped(x, self.scales[name]) * (T // steps[name])
+                vals[name] = torch.from_numpy(quantise_input(x, self.scales[name]))
         out = {}
         for name, p in plan.pops.items():
             if p.kind == "Input":
                 continue
-            a = torch.zeros(p.size, T * B, dtype=torch.int64)
+            srcs = [src for src, tgt, _ in self.links if tgt == name]
+            Ta = 1 if srcs and all(steps.get(s_, T) == 1 for s_ in srcs) else T
+            a = None
             for src, tgt, parts in self.links:
                 if tgt != name:
                     continue
                 for W, e in parts:
-                    acc = torch.round(W @ vals[src]).to(torch.int64) if not isinstance(
-                        W, _Conv) else W(vals[src], T * B)
-                    acc = acc << e if e > 0 else acc >> -e
-                    a += _wrap32(acc)
-            a = _wrap32(a)
-            self.a_in_over += int((a.abs() > A_IN_LIMIT).sum())
-            spikes, v_out = self._neurons(name, a.view(p.size, T, B), T, B, p.spiking)
-            vals[name] = spikes.reshape(p.size, T * B).to(torch.float64)
-            out[name] = spikes if p.spiking else v_out
+                    if isinstance(W, _Conv):
+                        acc = W.rows(vals[src])
+                    else:   # torch's sparse @ dense wants [n_source, N]
+                        acc = (W @ vals[src].t().to(torch.float64)).t()
+                    acc = _shift(acc, e)
+                    if acc.shape[0] != Ta * B:
+                        acc = acc.repeat(T, 1)
+                    # one part: its own (exact) float32 values; a sum: float64
+                    a = acc if a is None else a.to(torch.float64).add_(acc)
+            if a is None:
+                a = torch.zeros(N, p.size, dtype=torch.float64)
+            a = _wrap32_if_needed(a)   # also each part's (|part| < 2**31: _shift)
+            if _absmax(a) > A_IN_LIMIT:
+                self.a_in_over += int((a.abs() > A_IN_LIMIT).sum()) * (T // Ta)
+            spikes = self._neurons(name, a.view(Ta, B, p.size), p.spiking, T)
+            vals[name] = spikes.view(N, p.size)
+            out[name] = spikes
         names = list(record) if record else [n for n, p in plan.pops.items()
                                              if p.kind != "Input"] + list(plan.alias)
         res = {}
         for r in names:
             base = plan.alias.get(r, r)
             p = plan.pops[base]
-            x = out[base].permute(1, 2, 0).reshape(T, B, *p.shape)   # [n, T, B] -> [T, B, *shape]
+            x = out[base].view(T, B, *p.shape)
             if p.spiking:
                 res[r] = x.to(torch.uint8).numpy()
             else:
                 res[r] = x.numpy() / (self.scales[base] * 2.0 ** V_SHIFT)
         return res
 
-    def _neurons(self, name, a, T, B, spiking):
+    def _neurons(self, name, a, spiking, T):
+        """a [T or 1, B, n] (float64 integers; 1: the same at every step) ->
+        [T, B, n]: float32 0/1 spikes of a spiking population (the next links'
+        input as it is), float64 v of a read-out.  Lava's update (module
+        docstring), in place."""
         c = self.lif[name]
-        n = a.shape[0]
-        u = torch.zeros(n, B, dtype=torch.int64)
-        v = torch.zeros(n, B, dtype=torch.int64)
-        spikes = torch.zeros(n, T, B, dtype=torch.uint8)
-        v_out = None if spiking else torch.zeros(n, T, B, dtype=torch.float64)
+        _, B, n = a.shape
+        ku, kv = c["keep_u"] / 2 ** DECAY_SHIFT, c["keep_v"] / 2 ** DECAY_SHIFT  # exact dyadics
+        u = torch.zeros(B, n, dtype=torch.float64)
+        v = torch.zeros(B, n, dtype=torch.float64)
+        bias, vth = c["bias_f"], float(c["vth"])
+        res = torch.zeros(T, B, n, dtype=torch.float32 if spiking else torch.float64)
+        a = a * 2 ** V_SHIFT
         # int32 overflow of (a_in << 6) + decayed u needs |a_in| >= 2**24: check once
-        wrap = _wrap32 if bool((a.abs() >= 2 ** 24).any()) else (lambda z: z)
+        wrap = _absmax(a) >= 2 ** 30
+        if wrap:
+            a = _wrap32(a.to(torch.float64))
         for t in range(T):
-            cur = wrap(_decay(u, c["keep_u"]) + wrap(a[:, t] << V_SHIFT))
-            cur = torch.where(cur > UV_MAX, cur - 2 * UV_MAX, cur)
-            u = torch.where(cur <= -UV_MAX, cur + 2 * UV_MAX, cur)
-            v = torch.clamp(_decay(v, c["keep_v"]) + u + c["bias"], -UV_MAX + 1, UV_MAX - 1)
-            s = v > c["vth"]
-            v = torch.where(s, torch.zeros_like(v), v)
-            spikes[:, t] = s.to(torch.uint8)
-            if v_out is not None:
-                v_out[:, t] = v.to(torch.float64)
-        return spikes, v_out
+            u.mul_(ku).trunc_().add_(a[t if len(a) > 1 else 0])  # trunc(u*keep/4096) + (a_in << 6)
+            if wrap:
+                u = _wrap32(u)
+            lo, hi = torch.aminmax(u)
+            if float(hi) > UV_MAX or float(lo) <= -UV_MAX:   # 24-bit wrap of u
+                u = torch.where(u > UV_MAX, u - 2 * UV_MAX, u)
+                u = torch.where(u <= -UV_MAX, u + 2 * UV_MAX, u)
+            v.mul_(kv).trunc_().add_(u).add_(bias)
+            lo, hi = torch.aminmax(v)
+            if float(hi) > UV_MAX - 1 or float(lo) < -UV_MAX + 1:
+                self.v_clipped += int((v.abs() > UV_MAX - 1).sum())
+                v.clamp_(-UV_MAX + 1, UV_MAX - 1)
+            if spiking:
+                s = v > vth
+                v.masked_fill_(s, 0.0)
+                res[t] = s
+            else:
+                res[t] = v
+        return res
+
+
+def _shift(acc: torch.Tensor, e: int) -> torch.Tensor:
+    """Lava's weight_exp shift of integer-valued acc: << e, or >> -e (floor), as
+    a product with a power of two: exact in float32 too (only the exponent
+    changes; the range is never near float32's)."""
+    if e == 0:
+        return acc
+    y = acc * 2.0 ** e
+    return y if e > 0 else y.floor_()
+
+
+def _absmax(a: torch.Tensor) -> float:
+    """max |a| in one pass, no temporary (0 for an empty tensor)."""
+    if not a.numel():
+        return 0.0
+    lo, hi = torch.aminmax(a)
+    return max(-float(lo), float(hi))
+
+
+def _wrap32_if_needed(a: torch.Tensor) -> torch.Tensor:
+    """Lava sums a_in over int32 channels: the int32 value, with one reduction
+    to see whether any value leaves the range at all."""
+    return _wrap32(a.to(torch.float64)) if _absmax(a) >= 2 ** 31 else a
 
 
 MARGIN = 1e-6   # relative distance to a decision boundary below which the fast calibration defers
 
 
-class _FloatRun:
+class FloatRun:
     """quantise.float_currents in torch: convolutions where the link is one
     (plan.Link.conv), float64 throughout. Summation order differs from
     scipy's, so values differ in the last bits; :meth:`observed` returns None
@@ -255,7 +355,10 @@ class _FloatRun:
             self.links.append((lk.source, lk.target, op))
 
     @torch.no_grad()
-    def observed(self, inputs: dict):
+    def observed(self, inputs: dict, strict: bool = True, outputs: dict | None = None):
+        """{population: (max |a_in|, max |v|)}, or None where strict and a spike
+        decision is within MARGIN of its threshold; ``outputs``: filled with
+        every population's float values [n, T, B] (spikes 0/1, read-out v)."""
         plan = self.plan
         T, B = np.shape(next(iter(inputs.values())))[:2]
         vals, obs = {}, {}
@@ -280,7 +383,8 @@ class _FloatRun:
                 u = u * (1.0 - p.du) + a[:, t]
                 v = v * (1.0 - p.dv) + u + bias
                 if p.spiking:
-                    if bool(((v - p.vth).abs() <= MARGIN * max(abs(p.vth), 1.0)).any()):
+                    if strict and bool(((v - p.vth).abs()
+                                        <= MARGIN * max(abs(p.vth), 1.0)).any()):
                         return None
                     s = v > p.vth
                     v = torch.where(s, torch.zeros_like(v), v)
@@ -290,6 +394,8 @@ class _FloatRun:
                 vmax = max(vmax, float(v.abs().max()) if v.numel() else 0.0)
             vals[name] = out.reshape(p.size, T * B)
             obs[name] = (float(a.abs().max()) if a.numel() else 0.0, vmax)
+            if outputs is not None:
+                outputs[name] = out
         return obs
 
 
@@ -322,6 +428,22 @@ def _near_boundary(plan, input_range, observed, scales=None, worst=None) -> bool
     return False
 
 
+def host_plan(path, subgraph):
+    """The plan of a NIR (sub)graph, shared by everything on the host side of one
+    process (the fit check, calibration, the emulator): composing the conv
+    matrices takes seconds per graph, so a file is planned once while unchanged."""
+    import os
+    p = os.path.abspath(str(path))
+    return _plan_cached(p, os.path.getmtime(p) if os.path.exists(p) else None, subgraph)
+
+
+@functools.lru_cache(maxsize=4)
+def _plan_cached(path, mtime, subgraph):
+    from hardware.lava.worker.plan import load_graph, plan_graph
+    g, dt, _T = load_graph(path, subgraph)
+    return plan_graph(g, dt)
+
+
 class Emulator:
     """Drop-in for the Lava worker's fixed_pt runs: the same plans, the same
     per-call calibration and the same net cache rule (a net is reused while a
@@ -331,16 +453,15 @@ class Emulator:
 
     def __init__(self, weights: str = "single", max_cache: int = 4):
         self.weights, self.max_cache = weights, max_cache
+        self.frozen = {}   # frozen scales: (path, subgraph, record, calibration) -> net
         self.plans, self.nets, self.float_runs = {}, OrderedDict(), {}
         self.exact_calibrations = 0   # calls where the fast float run deferred to the exact one
         self.timing = {"run_s": 0.0, "calibrate_s": 0.0, "build_s": 0.0, "calls": 0}
 
     def plan(self, path: str, subgraph):
-        from hardware.lava.worker.plan import load_graph, plan_graph
         key = (str(path), subgraph)
         if key not in self.plans:
-            g, dt, T = load_graph(str(path), subgraph)
-            self.plans[key] = plan_graph(g, dt)
+            self.plans[key] = host_plan(path, subgraph)
         return self.plans[key]
 
     def net(self, path, subgraph, inputs: dict, record=None) -> FixedPointNet:
@@ -354,7 +475,7 @@ class Emulator:
         net = self.nets.pop(key, None)
         fast = self.float_runs.get((str(path), subgraph))
         if fast is None:
-            fast = self.float_runs[(str(path), subgraph)] = _FloatRun(plan)
+            fast = self.float_runs[(str(path), subgraph)] = FloatRun(plan)
         observed = fast.observed(inputs)
         worst = fast.worst.setdefault(tuple(sorted(rng.items())), {})
         if observed is None or _near_boundary(
@@ -375,10 +496,27 @@ class Emulator:
         self.timing["build_s"] += time.perf_counter() - t1
         return net
 
-    def run(self, path, subgraph, inputs: dict, record=None) -> dict:
-        """{node: [T, B, *shape]} in aligned time (see FixedPointNet.run)."""
+    def frozen_net(self, path, subgraph, calibration: dict) -> FixedPointNet:
+        """The net of a calibration (quantise.check_calibration's form): built
+        once, never rescaled, whatever the inputs (what the worker does with it)."""
+        import json
+
+        from hardware.lava.worker.quantise import check_calibration
+        key = (str(path), subgraph, json.dumps(calibration, sort_keys=True))
+        if key not in self.frozen:
+            t0 = time.perf_counter()
+            plan = self.plan(path, subgraph)
+            rng, observed = check_calibration(plan, calibration)
+            self.frozen[key] = FixedPointNet(plan, rng, observed, self.weights)
+            self.timing["build_s"] += time.perf_counter() - t0
+        return self.frozen[key]
+
+    def run(self, path, subgraph, inputs: dict, record=None, calibration=None) -> dict:
+        """{node: [T, B, *shape]} in aligned time (see FixedPointNet.run);
+        ``calibration``: frozen scales, else the worker's per-call calibration."""
         inputs = {k: np.asarray(v, dtype=np.float64) for k, v in inputs.items()}
-        net = self.net(path, subgraph, inputs, record)
+        net = (self.net(path, subgraph, inputs, record) if calibration is None else
+               self.frozen_net(path, subgraph, calibration))
         t0 = time.perf_counter()
         out = net.run(inputs, record)
         self.timing["run_s"] += time.perf_counter() - t0

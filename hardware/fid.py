@@ -6,7 +6,10 @@ computes takes minutes, not days.
     python -m hardware.fid --checkpoint QAT_CKPT --n 5000 --json fxp.json
     python -m hardware.fid --checkpoint CKPT --lava-weights split --n 5000
 
-Every flag but --lava-weights is spikediff eval's (same reference features,
+--lava-scales frozen (default) fixes the fixed-point scales once, from a float
+generation of the first sampling batch (hardware/calibration.py); per-call
+re-calibrates at every call. Every flag but --lava-weights/--lava-scales is
+spikediff eval's (same reference features,
 caches, temperature selection); the samples are cached apart from the float
 model's. The VQ-SVAE reconstruction line stays the float model's.
 """
@@ -25,11 +28,12 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own = ArgumentParser(prog="python -m hardware.fid", add_help=False)
     own.add_argument("--lava-weights", choices=["single", "split"], default="single")
+    own.add_argument("--lava-scales", choices=["frozen", "per-call"], default="frozen")
     mine, rest = own.parse_known_args(argv)
     if "-h" in rest or "--help" in rest:
         print(__doc__)
     a = build_parser().parse_args(["eval", *rest])
-    return cmd_eval(a, sampler=lambda model: emulated(model, mine.lava_weights))
+    return cmd_eval(a, sampler=lambda model: emulated(model, mine.lava_weights, mine.lava_scales))
 
 
 if __name__ == "__main__":

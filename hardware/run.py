@@ -61,6 +61,15 @@ def build_parser() -> ArgumentParser:
                    "(default; needs a checkpoint fine-tuned with [train] quantize = \"loihi8\") "
                    "or split: each connection as two 8-bit synapses (~15-bit weights, twice "
                    "the synaptic memory and operations)")
+    p.add_argument("--lava-scales", choices=("frozen", "per-call"), default="frozen",
+                   help="fixed point: frozen (default; what a chip holds: every population's "
+                   "scale fixed once from a calibration, --calibration or else a float "
+                   "generation of this run's batch measured first) or per-call (re-calibrated "
+                   "on a float run of every call's inputs)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="frozen scales from this calibration file (--save-calibration writes one)")
+    p.add_argument("--save-calibration", metavar="FILE",
+                   help="write the calibration the run's frozen scales came from")
     p.add_argument("--norse-dtype", choices=["float64", "float32"], default="float64",
                    help="precision of the Norse model (default float64, what the float64 NIR "
                    "file and Lava floating_pt compute; float32 is the model as trained)")
@@ -116,7 +125,7 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     if a.out is not None and a.json is not None and Path(a.out).resolve() == Path(a.json).resolve():
         raise SpikediffError(f"--out and --json both name {a.out}; give two files")
-    check_outputs([a.out, a.json], a.force)
+    check_outputs([a.out, a.json, a.save_calibration], a.force)
     import torch  # after the checks: --help and usage errors stay fast
 
     from . import backends as B
@@ -141,14 +150,25 @@ def main(argv=None) -> int:
         refine = refine_settings(a, refine0)
         dtype = torch.float64 if a.norse_dtype == "float64" else torch.float32
         t0 = time.perf_counter()
+        fixed = a.backend == "emulator" or (a.backend == "lava" and a.lava_mode == "fixed_pt")
+        frozen = fixed and a.lava_scales == "frozen"
+        if (a.calibration or a.save_calibration) and not frozen:
+            raise SpikediffError("--calibration and --save-calibration need frozen fixed-point "
+                                 "scales (--backend emulator, or lava --lava-mode fixed_pt; "
+                                 "--lava-scales frozen)")
+        from hardware import calibration as C
+        cal = C.read(a.calibration) if a.calibration else None
         primary = B.make_backend(a.backend, model, nir_path, mode=a.lava_mode, dtype=dtype,
-                                 record_layers=a.compare, weights=a.lava_weights)
+                                 record_layers=a.compare, weights=a.lava_weights,
+                                 scales=a.lava_scales, calibration=cal)
+        if frozen and cal is None:   # the default: calibrate on this run's batch, in float
+            B.calibrate(primary, a.n, grid=grid, mask_id=mask_id, diffusion_steps=N,
+                        steps=a.steps, temperature=temperature, seed=a.seed, refine=refine)
         if a.compare:
             ref = B.NorseBackend(model, dtype)
         setup_s = time.perf_counter() - t0
-        fixed = a.backend == "emulator" or (a.backend == "lava" and a.lava_mode == "fixed_pt")
         label = a.backend + (f" ({a.lava_mode})" if a.backend == "lava" else "") + (
-            f", {a.lava_weights} 8-bit weights" if fixed else "")
+            f", {a.lava_weights} 8-bit weights, {a.lava_scales} scales" if fixed else "")
         print(f"model: {source or nir_path}; back end: {label}; n={a.n}, "
               f"steps={a.steps or N}, seed={a.seed}, temperature={temperature:g}"
               + (f", refinement {refine.steps} x {refine.fraction:g} at {refine.temperature:g}"
@@ -170,6 +190,20 @@ def main(argv=None) -> int:
         if isinstance(primary, B.LavaBackend):
             report["lava_run_s"] = primary.lava_s
             report["lags"] = primary.lags
+        if fixed:
+            fxp = report["fixed_point"] = primary.fixed_point_report()
+            for line in fxp["calibration"]:
+                print(line if line.startswith("note:") else f"note: {line}", file=sys.stderr)
+            counts = ", ".join(f"{k} {fxp[k]}" for k in ("a_in_over", "v_clipped",
+                                                        "input_clipped") if fxp[k] is not None)
+            print(f"fixed point ({fxp['scales']} scales), values beyond the ranges: {counts}"
+                  + ("" if fxp["a_in_over"] is not None else
+                     " (Lava does not expose a_in/v overflow; the emulator, bit-exact, counts it)"))
+            if a.save_calibration:
+                C.write(C.document(primary.calibration, "; ".join(
+                    n.removeprefix("note: ") for n in fxp["calibration"])),
+                        a.save_calibration)
+                print(f"wrote {a.save_calibration}")
         print(f"generated {a.n} image(s) in {gen_s:.1f} s ({gen_s / a.n:.2f} s per image; "
               f"set-up {setup_s:.1f} s)")
         if par is not None:

@@ -165,3 +165,119 @@ def test_fast_calibration_defers_at_decision_boundaries(tmp_path):
     edge = dict(obs)   # lif1's current exactly where its scale steps by a factor of 2
     edge["lif1"] = (fp.A_IN_LIMIT / HEADROOM / 2.0 ** 9, 0.0)
     assert _near_boundary(plan, {"input": 1.0}, edge)
+
+
+# -- frozen scales (one calibration per graph, what a chip holds) ---------------------
+
+def calibration_for(path, x):
+    """The calibration of one batch of inputs (quantise's form, JSON-safe)."""
+    from hardware.lava.worker.plan import load_graph, plan_graph
+    from hardware.lava.worker.quantise import calibration_of
+    g, dt, _ = load_graph(str(path))
+    return calibration_of(plan_graph(g, dt), {"input": x})
+
+
+GAINS = (1.0, 4.0, 0.25)   # call c's inputs times GAINS[c]: other ranges than the calibration's
+
+
+def test_frozen_scales_do_not_follow_the_inputs(tmp_path):
+    """Frozen: one net for every call (the scales of the calibration, whatever
+    the inputs); per-call: each call's inputs rescale. Inputs beyond the frozen
+    range are counted, not hidden."""
+    rng = np.random.default_rng(11)
+    g, shp = conv_graph(rng)
+    path = write(tmp_path, on_grid(g))
+    cal = calibration_for(path, inputs_for("conv", rng, g, shp, 3, 0))
+    xs = [inputs_for("conv", rng, g, shp, 3, c) * f for c, f in enumerate(GAINS)]
+    frozen, per_call = Emulator(), Emulator()
+    fs, ps = [], []
+    for x in xs:
+        frozen.run(path, None, {"input": x}, calibration=cal)
+        fs.append(frozen.last_scales)
+        per_call.run(path, None, {"input": x})
+        ps.append(per_call.last_scales)
+    assert fs[0] == fs[1] == fs[2]
+    assert ps[0] != ps[1] and ps[1] != ps[2]
+    assert len(frozen.frozen) == 1 and not frozen.nets
+    net = next(iter(frozen.frozen.values()))
+    assert net.input_clipped > 0       # call 1's inputs are 4x the calibration's range
+
+
+def test_calibration_that_does_not_match_the_graph_is_refused(tmp_path):
+    rng = np.random.default_rng(3)
+    g, shp = conv_graph(rng)
+    path = write(tmp_path, g)
+    x = inputs_for("conv", rng, g, shp, 2, 0)
+    cal = calibration_for(path, x)
+    bad = {"input_range": cal["input_range"], "observed": dict(cal["observed"], nope=[1.0, 1.0])}
+    with pytest.raises(MappingError, match="not in the graph: nope"):
+        Emulator().run(path, None, {"input": x}, calibration=bad)
+    with pytest.raises(MappingError, match="must hold"):
+        Emulator().run(path, None, {"input": x}, calibration={"observed": {}})
+
+
+def test_run_refuses_a_calibration_of_another_graph(tmp_path, capsys):
+    """spikediff-run --calibration FILE whose populations are not the graph's:
+    one error line, exit code 2."""
+    import json
+
+    from hardware.calibration import FORMAT
+    from hardware.run import main
+    f = tmp_path / "cal.json"
+    f.write_text(json.dumps({"format": FORMAT, "subgraphs": {"denoiser": {
+        "input_range": {"input": 1.0}, "observed": {"layers.9.lif": [1.0, 1.0]}}}}))
+    rc = main(["--backend", "emulator", "--random-weights", "tiny", "--lava-weights", "split",
+               "--n", "1", "--steps", "2", "--calibration", str(f), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: calibration of the denoiser does not match")
+    assert sum(line.startswith("error:") for line in err) == 1
+
+
+@needs_lava
+def test_frozen_scales_bit_exact_with_lava_fixed_pt(worker, tmp_path):
+    """Frozen scales: Lava and the emulator build one net from the same
+    calibration and agree on every layer at every step over calls with other
+    inputs (and ranges) than the calibration's; neither rescales; both count
+    the same saturated inputs."""
+    rng = np.random.default_rng(11)
+    g, shp = conv_graph(rng)
+    path = write(tmp_path, on_grid(g))
+    cal = calibration_for(path, inputs_for("conv", rng, g, shp, 3, 0))
+    emu = Emulator()
+    scales, clipped = [], 0
+    for call, f in enumerate(GAINS):
+        x = inputs_for("conv", rng, g, shp, 3, call) * f
+        res = worker.run(path, None, {"input": x}, mode="fixed_pt", calibration=cal)
+        got = emu.run(path, None, {"input": x}, calibration=cal)
+        assert res.scales == emu.last_scales, call
+        scales.append(res.scales)
+        clipped += res.input_clipped
+        assert_identical(res, got, f"frozen call {call}")
+    assert scales[0] == scales[1] == scales[2]
+    assert clipped == next(iter(emu.frozen.values())).input_clipped > 0
+
+
+@needs_lava
+def test_frozen_generation_bit_exact_with_lava(tmp_path):
+    """A tiny loihi8 model generating with frozen scales (a float-generation
+    calibration, the spikediff-run default): Lava and the emulator give the
+    same spikes in every layer at every denoiser call, logits, tokens, images."""
+    from test_qat import qat_model
+
+    from hardware import backends as B
+    m = qat_model()
+    path = B.export_to(m, tmp_path / "q.nir")
+    kw = dict(grid=m.grid, mask_id=m.denoiser.mask_id, diffusion_steps=m.diffusion_steps,
+              steps=3, temperature=1.0)
+    emu = B.EmulatorBackend(path)
+    B.calibrate(emu, 2, seed=1, **kw)
+    doc = emu.calibration_doc
+    for seed in (5, 6):   # seeds other than the calibration's
+        with B.LavaBackend(path, "fixed_pt", calibration=doc) as lava:
+            imgs, toks, par = B.generate(lava, 2, seed=seed, reference=emu, **kw)
+        d = par.to_dict()
+        assert d["all_spikes_identical"], par.format()
+        assert d["max_abs_logit_diff"] == 0 and d["max_abs_image_diff"] == 0
+        assert d["differing_proposals"] == 0
+        assert all(r["spikes"] > 0 for r in d["layers"])
+    assert emu.fixed_point_report()["scales"] == "frozen" and len(emu.emu.frozen) == 2

@@ -103,7 +103,7 @@ def patched(tmp_path, monkeypatch):
     monkeypatch.setattr("spikediff.evaluate.reference_features", lambda *a, **k: (ref, None))
     calls = []
 
-    def fake_lava(path, mode, record_layers=True, weights="single"):  # = Norse in float64
+    def fake_lava(path, mode, record_layers=True, weights="single", scales="frozen"):  # = Norse, float64
         calls.append(mode)
         return B.NirBackend(path)
     monkeypatch.setattr(B, "LavaBackend", fake_lava)

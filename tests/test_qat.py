@@ -191,7 +191,7 @@ def test_eval_samples_through_the_emulator(tiny_mnist, tmp_path, monkeypatch, ca
                       "--fid-weights", str(weights), "--json", str(out), "--no-progress"]) == 0
         res[name] = json.loads(out.read_text())
     assert res["norse"]["backend"] == "norse"
-    assert "emulator (single 8-bit weights)" in res["emulator"]["backend"]
+    assert "emulator (single 8-bit weights, frozen scales)" in res["emulator"]["backend"]
     assert res["emulator"]["fid"]["value"] > 0
     assert res["emulator"]["fid"]["value"] != res["norse"]["fid"]["value"]
     assert "sampled on the Lava fixed_pt emulator" in capsys.readouterr().out

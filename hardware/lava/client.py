@@ -88,10 +88,11 @@ def find_lava_python(python: str | None = None) -> str:
 class LavaResult(dict):
     """Recorded arrays by node name ([steps, B, *shape]) plus lags and timing."""
 
-    def __init__(self, arrays, lags, timing, steps, T, scales=None):
+    def __init__(self, arrays, lags, timing, steps, T, scales=None, input_clipped=0):
         super().__init__(arrays)
         self.lags, self.timing, self.steps, self.T = lags, timing, steps, T
         self.scales = scales        # fixed_pt: {population: S} the worker used
+        self.input_clipped = input_clipped   # frozen scales: inputs saturated to 16 bits
 
     def aligned(self, name):
         """The node's record shifted by its lag: [T, B, *shape], index = reference step."""
@@ -283,9 +284,12 @@ class LavaWorker:
         return self._send(dict(kw, cmd=cmd), time.monotonic() + (timeout or self.timeout))
 
     def run(self, nir_path, subgraph=None, inputs=None, mode="floating_pt", record=None,
-            timeout: float | None = None, weights: str = "single") -> LavaResult:
+            timeout: float | None = None, weights: str = "single",
+            calibration: dict | None = None) -> LavaResult:
         """Run one subgraph on a batch: inputs {Input node: [T, B, *shape]};
-        fixed_pt ``weights``: "single" (one 8-bit synapse per connection) or "split"."""
+        fixed_pt ``weights``: "single" (one 8-bit synapse per connection) or "split";
+        ``calibration`` (quantise.check_calibration's form): frozen scales, else
+        the worker calibrates per call."""
         if not inputs:
             raise ValueError("inputs must map each Input node name to a [T, B, *shape] array")
         self.start()
@@ -300,7 +304,8 @@ class LavaWorker:
             rep = self._send({"cmd": "run", "nir": os.path.abspath(str(nir_path)),
                               "subgraph": subgraph, "mode": mode,
                               "record": list(record) if record else None,
-                              "weights": weights, "inputs": req_path, "output": res_path},
+                              "weights": weights, "calibration": calibration,
+                              "inputs": req_path, "output": res_path},
                              time.monotonic() + (timeout or self.timeout))
             with np.load(res_path) as f:
                 arrays = {k: f[k] for k in f.files}
@@ -309,7 +314,7 @@ class LavaWorker:
                 if os.path.exists(p):
                     os.unlink(p)
         return LavaResult(arrays, rep["lags"], rep["timing"], rep["steps"], T.pop(),
-                          rep.get("scales"))
+                          rep.get("scales"), int(rep.get("input_clipped") or 0))
 
 
 def _group_alive(pgid) -> bool:

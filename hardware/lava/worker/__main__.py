@@ -13,6 +13,8 @@ Requests::
     {"id": 1, "cmd": "run", "nir": "/path/model.nir", "subgraph": "denoiser" | null,
      "mode": "floating_pt" | "fixed_pt", "record": ["lif1", ...] | null,
      "weights": "single" | "split",  # fixed_pt: one 8-bit synapse per connection or two
+     "calibration": {...} | null,   # fixed_pt: frozen scales (quantise.check_calibration);
+                                    # null: per-call calibration
      "inputs": "/tmp/req.npz",      # one array per Input node: [T, B, *input_shape]
      "output": "/tmp/res.npz"}
     {"id": 2, "cmd": "ping"}     {"id": 3, "cmd": "shutdown"}
@@ -21,16 +23,20 @@ Requests::
     {"id": 6, "cmd": "syspath"}   # test hook: {"sys_path": [...], "tmpdir": ..., "modules": {name: file}}
 
 Replies: ``{"id": ..., "ok": true, "output": path, "lags": {node: lag},
-"steps": N, "timing": {...}, "scales": {population: S} (fixed_pt)}`` or ``{"id": ..., "ok": false, "error": msg,
+"steps": N, "timing": {...}, "scales": {population: S} (fixed_pt), "calibration":
+"frozen" | "per-call" (fixed_pt), "input_clipped": analog input values the frozen
+input range saturated}`` or ``{"id": ..., "ok": false, "error": msg,
 "type": "MappingError" | ...}``.  The result npz holds one array per recorded
 node, ``[T + max_lag, B, *shape]``: uint8 spikes for LIF/IF/CubaLIF, float
 voltages for LI and for synapse-fed Output nodes; node X at Lava step k
 corresponds to reference step k - lag[X] (so ``out[lag:lag + T]`` aligns).
 
 Process graphs are cached per (file, mtime, subgraph, mode, B, T, record, input
-range): a later call with the same shapes resets state and re-runs without
-rebuilding; in fixed_pt only while the call's currents (a float run in numpy)
-fit the net's fixed-point scales, else it is rebuilt with smaller ones.
+range or calibration): a later call with the same shapes resets state and
+re-runs without rebuilding.  fixed_pt with a calibration (frozen scales, what a
+chip holds): the net is built from it once and never rescaled.  Without
+(per-call): only while the call's currents (a float run in numpy) fit the net's
+fixed-point scales, else it is rebuilt with smaller ones.
 ``SPIKEDIFF_LAVA_CACHE`` (default 2) bounds the cache.
 """
 
@@ -78,7 +84,8 @@ class Worker:
         import numpy as np
         from hardware.lava.worker.network import LavaNet
         from hardware.lava.worker.plan import MappingError
-        from hardware.lava.worker.quantise import float_currents, input_ranges, merge_observed
+        from hardware.lava.worker.quantise import (check_calibration, float_currents,
+                                                   input_clipped, input_ranges, merge_observed)
         t0 = time.perf_counter()
         key, (plan, _T) = self._graph(req["nir"], req.get("subgraph"))
         with np.load(req["inputs"]) as f:
@@ -90,17 +97,21 @@ class Worker:
         mode = req.get("mode", "floating_pt")
         record = req.get("record") or None
         weights = req.get("weights") or "single"
-        rng, observed = {}, None
-        if mode == "fixed_pt":  # quantisation range per input, powers of two
+        rng, observed, cal = {}, None, req.get("calibration")
+        frozen = mode == "fixed_pt" and cal is not None
+        if frozen:   # scales fixed by the calibration: no float run, never rescaled
+            rng, observed = check_calibration(plan, cal)
+        elif mode == "fixed_pt":  # quantisation range per input, powers of two
             rng = input_ranges(inputs)
             # the currents of a float run of these inputs set (and re-check)
             # the fixed-point scales: see quantise.float_currents
             observed = float_currents(plan, inputs)
         nkey = (key, mode, int(B), int(T), tuple(record) if record else None,
-                tuple(sorted(rng.items())), weights)
+                tuple(sorted(rng.items())), weights,
+                json.dumps(cal, sort_keys=True) if frozen else None)
         t1 = time.perf_counter()
         net = self.nets.pop(nkey, None)
-        if net is not None and observed is not None and not net.covers(observed):
+        if net is not None and not frozen and observed is not None and not net.covers(observed):
             # larger currents than the net was scaled for: rescale (S only
             # shrinks, as the calibration keeps the largest currents seen)
             observed = merge_observed(observed, net.observed)
@@ -121,9 +132,12 @@ class Worker:
         np.savez(req["output"], **out)
         timing = dict(net.timing)
         timing.update({"load_s": t1 - t0, "total_s": time.perf_counter() - t0, "built": built})
+        clipped = sum(input_clipped(x, net.scales[k]) for k, x in inputs.items()) if frozen else 0
         return {"output": req["output"], "lags": net.lags(), "steps": net.N,
                 "max_lag": plan.max_lag, "timing": timing,
-                "scales": dict(net.scales) if net.fixed else None}
+                "scales": dict(net.scales) if net.fixed else None,
+                "calibration": ("frozen" if frozen else "per-call") if net.fixed else None,
+                "input_clipped": clipped}
 
     def close(self):
         while self.nets:

@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.fixed_point import (A_IN_LIMIT, BIAS_LIMIT, DECAY_MAX, FIT_TOL, V_LIMIT, V_SHIFT,
-                                  WEIGHT_MODES, bias_mantissas, decay, grid_error, input_scale,
+from export.fixed_point import (A_IN_LIMIT, BIAS_LIMIT, DECAY_MAX, FIT_TOL, INPUT_BITS, V_LIMIT,
+                                  V_SHIFT, WEIGHT_MODES, bias_mantissas, decay, grid_error, input_scale,
                                   pow2_floor, weight_parts)
 from hardware.lava.worker.plan import MappingError, Plan
 
@@ -176,6 +176,69 @@ def merge_observed(new: dict, old: dict) -> dict:
     """The calibration a rebuilt net gets: the largest currents seen so far
     (so S only shrinks)."""
     return {k: tuple(max(a, b) for a, b in zip(v, old.get(k, v))) for k, v in new.items()}
+
+
+# -- frozen scales ------------------------------------------------------------------
+# A chip holds fixed weights, exponents and thresholds: it cannot re-derive its
+# scales from every input.  A calibration fixes them once for a graph:
+#     {"input_range": {Input: power of two}, "observed": {population: [max |a_in|, max |v|]}}
+# (the largest float currents over a calibration set, e.g. every call of a
+# float generation).  Lava worker and emulator build their nets from the same
+# calibration with fixed_params, so both hold the same integers for every call.
+
+def calibration_of(plan: Plan, inputs: dict) -> dict:
+    """The calibration one call's inputs give on their own (float_currents)."""
+    return {"input_range": input_ranges(inputs),
+            "observed": {k: [a, v] for k, (a, v) in float_currents(plan, inputs).items()}}
+
+
+def merge_calibration(new: dict, old: dict | None) -> dict:
+    """Largest input ranges and currents of two calibrations (of one graph)."""
+    if not old:
+        return {"input_range": dict(new["input_range"]),
+                "observed": {k: list(v) for k, v in new["observed"].items()}}
+    rng = {k: max(v, old["input_range"].get(k, v)) for k, v in new["input_range"].items()}
+    obs = merge_observed({k: tuple(v) for k, v in new["observed"].items()},
+                         {k: tuple(v) for k, v in old["observed"].items()})
+    return {"input_range": rng, "observed": {k: list(v) for k, v in obs.items()}}
+
+
+def check_calibration(plan: Plan, calibration, what: str = "calibration") -> tuple[dict, dict]:
+    """(input_range, observed) of a calibration, checked against the plan: the
+    same Input nodes and populations, finite non-negative numbers; anything
+    else is a MappingError naming the difference."""
+    if not isinstance(calibration, dict) or not isinstance(calibration.get("input_range"), dict) \
+            or not isinstance(calibration.get("observed"), dict):
+        raise MappingError(f"{what} must hold 'input_range' and 'observed' mappings")
+    rng, obs = calibration["input_range"], calibration["observed"]
+    for got, want, kind in ((rng, [n for n, p in plan.pops.items() if p.kind == "Input"], "inputs"),
+                            (obs, [n for n, p in plan.pops.items() if p.kind != "Input"],
+                             "populations")):
+        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        if missing or extra:
+            raise MappingError(
+                f"{what} does not match the graph's {kind}"
+                + (f"; missing: {', '.join(missing[:6])}" if missing else "")
+                + (f"; not in the graph: {', '.join(extra[:6])}" if extra else ""))
+    try:
+        rng = {k: float(v) for k, v in rng.items()}
+        obs = {k: (float(v[0]), float(v[1])) for k, v in obs.items()}
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise MappingError(f"{what}: input ranges must be numbers and currents "
+                           "[max |a_in|, max |v|] pairs") from None
+    vals = list(rng.values()) + [x for pair in obs.values() for x in pair]
+    if not all(np.isfinite(x) and x >= 0 for x in vals) or not all(v > 0 for v in rng.values()):
+        raise MappingError(f"{what}: ranges and currents must be finite and >= 0 "
+                           "(input ranges > 0)")
+    return rng, obs
+
+
+def input_clipped(x, scale: float) -> int:
+    """Analog input values beyond a frozen input range (quantise_input clips them
+    to INPUT_BITS): counted, not silently wrong.  A value at the range itself
+    (2**15 units) loses its last unit to the int16 saturation in any mode: the
+    mapping's own rounding, not counted."""
+    return int((np.abs(np.round(np.asarray(x) * scale)) > 2 ** (INPUT_BITS - 1)).sum())
 
 
 def lif_params(p, S: float, qbias) -> dict:
