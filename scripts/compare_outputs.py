@@ -29,7 +29,7 @@ W = "spikediff/weights"
 COMMANDS = [
     *[(f"sample-{c}", ["-m", "spikediff", "sample", "--checkpoint", f"{W}/{c}.pt", "--n", "8",
                        "--out", f"$OUT/sample-{c}.png", "--npz", f"$OUT/sample-{c}.npz",
-                       "--no-progress"]) for c in ("mnist", "mnist-base", "mnist-sparse")],
+                       "--no-progress"]) for c in ("mnist", "mnist-base", "mnist-lowenergy")],
     ("export-nir", ["-m", "export", "--to", "nir", "--out", "$OUT/model.nir"]),
     ("export-onnx", ["-m", "export", "--to", "onnx", "--out", "$OUT/onnx"]),
     *[(f"run-{b}", ["-m", "hardware.run", "--backend", b, "--n", "2", "--steps", "4",

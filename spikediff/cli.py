@@ -301,6 +301,10 @@ def cmd_info(a) -> int:
     print(f"preset: {ckpt.config['preset']}   stage: {ckpt.stage}   step: {ckpt.step}")
     print(f"data: {d['name']} {d['channels']}x{d['image_size']}x{d['image_size']}, "
           f"{d['n_train']} train images")
+    cfg = ckpt.config  # the time steps set what a call costs on a chip (docs/energy.md)
+    print(f"time steps T: VQ-SVAE {cfg['vq']['T']}, denoiser {cfg['denoiser']['T']}"
+          + (f"; weights quantized for {cfg['train']['quantize']}"
+             if cfg["train"].get("quantize") else ""))
     for stage, rows in ckpt.history.items():
         if rows:
             last = rows[-1]

@@ -554,6 +554,19 @@ def test_finetuned_checkpoint_is_the_shipped_vq_svae_with_its_record():
     assert img.shape == (2, 1, 28, 28) and 0 <= img.min() and img.max() <= 1
 
 
+def test_lowenergy_checkpoint_is_the_best_model_at_one_time_step():
+    """mnist-lowenergy.pt: mnist.pt's whole VQ-SVAE and sampling defaults, its
+    denoiser trained on at T = 1 (what makes it cheap on a chip: docs/energy.md)."""
+    low, best = checkpoint.load(checkpoint.WEIGHTS_DIR / "mnist-lowenergy.pt"), checkpoint.load(None)
+    assert all(torch.equal(v, low.vq[k]) for k, v in best.vq.items())
+    assert low.config["denoiser"] == {**best.config["denoiser"], "T": 1}
+    assert checkpoint.sampling_settings(low) == checkpoint.sampling_settings(best)
+    assert checkpoint.denoiser_training(low)[0] == "30+12+6" and low.optimizer is None
+    model = checkpoint.model_from(low)
+    grid = torch.zeros(2, *model.grid, dtype=torch.long)
+    assert model.denoiser.spikes(grid, torch.zeros(2, dtype=torch.long))[0].shape[0] == 1
+
+
 def test_shipped_default_samples_with_the_settings_it_was_tuned_with():
     """Every command without --checkpoint uses mnist.pt, and with no flags its
     tuned settings: temperature 1.0, 40 refinement steps of 0.1 at 0.3."""
