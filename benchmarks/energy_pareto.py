@@ -114,8 +114,15 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in ((axes[0], "snn_45nm_mj", "SNN at 45 nm (AC 0.9 pJ)"),
                            (axes[1], "loihi_mj", "SNN on Loihi (23.6 pJ per synaptic op, one 8-bit synapse)")):
-        rows_s = sorted(rows, key=lambda r: r[key])
-        ax.plot([r[key] for r in rows_s], [r["heldout_fid"] for r in rows_s], "o-", color="tab:blue")
+        # two families through the unpenalised T = 4 model: fewer time steps, and
+        # a firing penalty at T = 4 (a line joins only the points of one family)
+        for label, color, keep in (
+                ("fewer time steps (w = 0)", "tab:green", lambda r: r["firing_penalty"] == 0),
+                ("firing penalty w (T = 4)", "tab:blue", lambda r: _T(r) == 4)):
+            fam = sorted((r for r in rows if keep(r)), key=lambda r: r[key])
+            if fam:
+                ax.plot([r[key] for r in fam], [r["heldout_fid"] for r in fam], "o-",
+                        color=color, label=label)
         for r in rows:
             ax.annotate(f"T={_T(r)}, w={r['firing_penalty']:g}", (r[key], r["heldout_fid"]),
                         textcoords="offset points", xytext=(4, 4), fontsize=8)
