@@ -195,3 +195,15 @@ def test_eval_samples_through_the_emulator(tiny_mnist, tmp_path, monkeypatch, ca
     assert res["emulator"]["fid"]["value"] > 0
     assert res["emulator"]["fid"]["value"] != res["norse"]["fid"]["value"]
     assert "sampled on the Lava fixed_pt emulator" in capsys.readouterr().out
+
+
+def test_energy_count_refuses_a_quantized_model_instead_of_counting_nothing():
+    """The quantized forward bypasses the synapse modules the counting hooks
+    watch; a report of 0 pJ would be silently wrong."""
+    from hardware.energy.report import measure
+    from spikediff.errors import SpikediffError
+    from spikediff.model import active_random_model
+    model = active_random_model("tiny", 0)
+    qat.enable(model, "loihi8")
+    with pytest.raises(SpikediffError, match="quantize"):
+        measure(model, n=1, steps=1, progress=False)

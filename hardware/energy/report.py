@@ -50,7 +50,17 @@ def measure(model, *, n: int = 16, steps: int | None = None, seed: int = 0,
     refine: a diffusion.Refinement (None: the config's); its steps are denoiser
     passes too, counted like the sampling steps.
     """
+    from spikediff import qat
+    from spikediff.errors import SpikediffError
     from spikediff.progress import bar as progress_bar
+    if qat.enabled(model.denoiser) or qat.enabled(model.vq):
+        # the quantized forward computes currents with F.conv2d on the rounded
+        # folded weights, past the synapse modules the counting hooks sit on:
+        # it would count nothing (0 pJ), so refuse rather than report that
+        raise SpikediffError(
+            "this checkpoint was fine-tuned with [train] quantize = \"loihi8\"; the energy "
+            "count does not follow its quantized layers yet: measure the float checkpoint it "
+            "was fine-tuned from (spikediff info shows it)")
 
     model.eval()
     g = torch.Generator().manual_seed(seed)
