@@ -76,16 +76,11 @@ def measure_one(path: Path, a, refine: Refinement) -> dict:
 
 def settings(a, refine: Refinement) -> dict:
     # lava_weights: Loihi energies at one 8-bit synapse per connection (the
-    # mapping's default since issue 30; rows measured before it were converted
-    # from their recorded one-synapse figures, the split ones kept as *_split)
+    # mapping's default since issue 30)
     return {"temperature": a.temperature, "refine": [refine.steps, refine.fraction,
                                                      refine.temperature],
             "n": a.n, "n_energy": a.n_energy, "seed": a.seed, "lava_weights": "single",
             "draws": DRAWS.strip("-")}  # how a seed becomes draws (rows of another rule differ)
-
-
-def _T(row: dict) -> int:
-    return row.get("denoiser_T", 4)  # rows measured before T was recorded: all at 4
 
 
 def table(rows: list[dict]) -> str:
@@ -94,7 +89,7 @@ def table(rows: list[dict]) -> str:
             + ["SNN 45 nm", "Loihi", "ANN 45 nm", "ANN/SNN 45 nm", "ANN/Loihi"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = ([r["checkpoint"], str(_T(r)), f"{r['firing_penalty']:g}",
+        cells = ([r["checkpoint"], str(r["denoiser_T"]), f"{r['firing_penalty']:g}",
                   f"{r['heldout_fid']:.2f}"]
                  + [f"{r['firing_rate'].get(n, float('nan')):.3f}" for n in layers]
                  + [f"{r['snn_45nm_mj']:.3f} mJ", f"{r['loihi_mj']:.2f} mJ",
@@ -118,13 +113,13 @@ def plot(rows: list[dict], path: Path) -> None:
         # a firing penalty at T = 4 (a line joins only the points of one family)
         for label, color, keep in (
                 ("fewer time steps (w = 0)", "tab:green", lambda r: r["firing_penalty"] == 0),
-                ("firing penalty w (T = 4)", "tab:blue", lambda r: _T(r) == 4)):
+                ("firing penalty w (T = 4)", "tab:blue", lambda r: r["denoiser_T"] == 4)):
             fam = sorted((r for r in rows if keep(r)), key=lambda r: r[key])
             if fam:
                 ax.plot([r[key] for r in fam], [r["heldout_fid"] for r in fam], "o-",
                         color=color, label=label)
         for r in rows:
-            ax.annotate(f"T={_T(r)}, w={r['firing_penalty']:g}", (r[key], r["heldout_fid"]),
+            ax.annotate(f"T={r['denoiser_T']}, w={r['firing_penalty']:g}", (r[key], r["heldout_fid"]),
                         textcoords="offset points", xytext=(4, 4), fontsize=8)
         ann = sum(r["ann_45nm_mj"] for r in rows) / len(rows)
         ax.axvline(ann, color="tab:gray", ls="--", label=f"ANN twin at 45 nm ({ann:.1f} mJ)")

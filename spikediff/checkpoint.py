@@ -123,8 +123,9 @@ def pick(path: str | Path | None, dataset: str | None) -> Path:
         if dataset is None:
             return SHIPPED
         if not shipped(dataset).is_file():
+            from .data import DATASETS
             have = ", ".join(sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt")
-                                    if p.stem in _dataset_names()))
+                                    if p.stem in DATASETS))
             raise CheckpointError(
                 f"no checkpoint is shipped for {dataset} (shipped: {have}); train one "
                 f"(spikediff train --dataset {dataset} --out RUN; docs/usage.md) and pass "
@@ -136,11 +137,6 @@ def pick(path: str | Path | None, dataset: str | None) -> Path:
             raise CheckpointError(f"{path} was trained on {trained_on}, not {dataset}: drop "
                                   f"--dataset, or pass --dataset {trained_on}")
     return Path(path)
-
-
-def _dataset_names() -> tuple[str, ...]:
-    from .data import DATASETS
-    return DATASETS
 
 
 def load(path: str | Path | None) -> Checkpoint:

@@ -37,7 +37,6 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .config import PRESETS
-    from .data import DATASETS
     parser = ArgumentParser(
         prog="spikediff", description=__doc__,
         epilog="Export, hardware and energy tools: spikediff-export, spikediff-run, "

@@ -279,12 +279,10 @@ def add_checkpoint_args(p: argparse.ArgumentParser, dataset_help: str = "") -> N
 
 
 def pick_checkpoint(a) -> None:
-    """a.checkpoint and a.dataset filled in from each other (checkpoint.pick);
+    """a.checkpoint set to what --checkpoint and --dataset name (checkpoint.pick);
+    a.dataset stays None when not given (the tool reads the checkpoint's own);
     with --random-weights nothing is picked."""
     from . import checkpoint
     if getattr(a, "random_weights", None):
         return
-    path = checkpoint.pick(a.checkpoint, a.dataset)
-    a.checkpoint = str(path)
-    if a.dataset is None:
-        a.dataset = checkpoint.load(path).data["name"]
+    a.checkpoint = str(checkpoint.pick(a.checkpoint, a.dataset))

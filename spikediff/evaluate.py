@@ -149,6 +149,7 @@ def evaluate(ckpt_path, dataset, data_root, n=10000, *, temperature=None, temper
     refine = model.config.diffusion.refinement() if refine is None else refine
     check_refine(refine)
     d = ckpt.data
+    dataset = dataset or d["name"]  # None: the data set the checkpoint was trained on
     if d["name"] != dataset:
         raise SpikediffError(f"the checkpoint was trained on {d['name']}, not {dataset}; "
                              f"pass --dataset {d['name']}")
