@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from . import checkpoint, distributed, metrics
+from . import checkpoint, distributed, metrics, spike_conv
 from .atomic import write_text
 from .config import Refinement, check_refine
 from .data import load_images
@@ -68,7 +68,8 @@ def sampled_images(cache, model, n, temperature, steps, seed, batch_size, device
     """n generated images. Their token grids are cached by the denoiser's hash,
     so checkpoints that share a denoiser (a decoder-stage run and the run it
     came from) draw them once and then only decode them."""
-    key = (f"tokens-{denoiser_id(model)}{getattr(model, 'backend_tag', '')}-n{n}-T{temperature}"
+    backend = getattr(model, "backend_tag", "") + spike_conv.tag()
+    key = (f"tokens-{denoiser_id(model)}{backend}-n{n}-T{temperature}"
            f"-s{steps}{_refine_tag(refine)}-seed{seed}{DRAWS}-b{batch_size}")
     hit = cache.shared_get(key)
     if hit is None:  # under torchrun the ranks draw their share of the batches
@@ -100,8 +101,8 @@ def sample_features(net, cache, model, n, temperature, steps, seed, batch_size, 
                     ckpt_id: str, refine: Refinement = Refinement()):
     """FID features of n generated images; the images are cached too, since
     drawing them costs as much CPU time as their features."""
-    key = (f"samples-{ckpt_id}-n{n}-T{temperature}-s{steps}{_refine_tag(refine)}-seed{seed}"
-           f"{DRAWS}-b{batch_size}-net{net.sha256[:16]}")
+    key = (f"samples-{ckpt_id}{spike_conv.tag()}-n{n}-T{temperature}-s{steps}{_refine_tag(refine)}"
+           f"-seed{seed}{DRAWS}-b{batch_size}-net{net.sha256[:16]}")
     hit = cache.shared_get(key + "/images")
     if hit is not None:
         images = torch.from_numpy(hit["images"])

@@ -115,3 +115,9 @@ def _probe() -> bool:
 
 
 _AVAILABLE = _probe()
+
+
+def tag() -> str:
+    """For cache keys of sampled tokens and images: draws made with the int8 path
+    may differ from the float32 path's (near-threshold spikes), so they are kept apart."""
+    return "-spikeconv" if _AVAILABLE else ""

@@ -48,3 +48,25 @@ print("ok")
     if "unavailable" in out.stdout:
         pytest.skip("no oneDNN int8 convolution in this torch")
     assert "ok" in out.stdout
+
+
+def test_eval_caches_keep_int8_draws_apart(monkeypatch):
+    """Draws made with the int8 path may differ from float32 ones, so a cached
+    float32 draw must not answer for an int8 run (or the reverse)."""
+    import numpy as np
+    from spikediff import evaluate
+    from spikediff.config import Refinement, load_config
+    from spikediff.model import build_model
+
+    keys = []
+
+    class Cache:
+        def shared_get(self, key):
+            keys.append(key)
+            return {"tokens": np.zeros((1, 7, 7), dtype=np.int64)}
+
+    model = build_model(load_config("tiny"), 1, 28).eval()
+    for on in (False, True):
+        monkeypatch.setattr(spike_conv, "_AVAILABLE", on)
+        evaluate.sampled_images(Cache(), model, 1, 1.0, None, 0, 1, "cpu", False, Refinement())
+    assert len(keys) == 2 and keys[0] != keys[1]
