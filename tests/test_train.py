@@ -542,12 +542,14 @@ FINETUNED = checkpoint.SHIPPED
 
 @pytest.mark.skipif(not FINETUNED.is_file(), reason="fine-tuned checkpoint not shipped")
 def test_finetuned_checkpoint_is_the_shipped_vq_svae_with_its_record():
-    """The second shipped file: the default model's codes, its own denoiser and decoder."""
+    """The best model: the base model's codes, its own denoiser (annealed 12
+    epochs, then 4 with a firing-rate penalty) and decoder."""
     ck, base = checkpoint.load(FINETUNED), checkpoint.load(checkpoint.WEIGHTS_DIR / "mnist-base.pt")
     encoding = set(base.vq) - set(_decoding_side(base.vq))
     assert all(torch.equal(base.vq[k], ck.vq[k]) for k in encoding)
     assert not torch.equal(base.vq["readout.weight"], ck.vq["readout.weight"])
-    assert checkpoint.denoiser_training(ck)[0] == "30+12"
+    assert checkpoint.denoiser_training(ck)[0] == "30+12+4"
+    assert ck.config["train"]["firing_penalty"] == 0.01
     assert checkpoint.decoder_training(ck)[0] == "6"
     assert checkpoint.vq_train_settings(ck)["adversarial_weight"] == 0.8
     img, _ = checkpoint.model_from(ck).generate(2, steps=2, generator=torch.Generator().manual_seed(0))
