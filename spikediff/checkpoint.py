@@ -246,15 +246,15 @@ def combine(denoiser_path: str | Path, decoder_path: str | Path) -> Checkpoint:
                 f"{resolve(denoiser_path)} was trained on other codes than the decoder of "
                 f"{resolve(decoder_path)} decodes; combine runs built on one VQ-SVAE "
                 "(--vq-from, --finetune, --stage decoder)")
-    # a decoder source that was itself combined passes on its decoder's record
-    bc = b.combined or {"decoder_train": b.config["train"], "decoder_from": b.decoder_from,
-                        "decoder_hardware": b.hardware}
+    # a decoder source that was itself combined passes on its own decoder's record
+    bc = b.combined
     return dataclasses.replace(
         a, vq=b.vq, stage="done", optimizer=None, rng=None, discriminator=None,
         decoder_from=None, earlier_decoder=b.earlier_decoder, code_version=code_version(),
         combined={"denoiser": str(resolve(denoiser_path)), "decoder": str(resolve(decoder_path)),
-                  "decoder_train": bc["decoder_train"], "decoder_from": bc.get("decoder_from"),
-                  "decoder_hardware": bc.get("decoder_hardware")},
+                  "decoder_train": vq_train_settings(b),
+                  "decoder_from": bc.get("decoder_from") if bc else b.decoder_from,
+                  "decoder_hardware": bc.get("decoder_hardware") if bc else b.hardware},
         history={**a.history, "decoder": b.history.get("decoder", [])},
         seconds={**a.seconds, "decoder": b.seconds.get("decoder", 0.0)})
 
