@@ -579,6 +579,22 @@ def test_shipped_default_samples_with_the_settings_it_was_tuned_with():
     assert "held-out" in ck.sampling_note
 
 
+@pytest.mark.parametrize("dataset", ["fashion-mnist", "kmnist", "cifar10"])
+def test_data_set_checkpoint_is_picked_by_its_name_with_its_own_settings(dataset, tmp_path):
+    """spikediff/weights/NAME.pt: a finished run on NAME whose temperature was chosen on
+    held-out images, and `spikediff sample --dataset NAME` draws from it with no other flag."""
+    path = checkpoint.shipped(dataset)
+    if not path.is_file():
+        pytest.skip(f"no {dataset} checkpoint shipped yet")
+    ck = checkpoint.load(path)
+    assert ck.data["name"] == dataset and ck.stage == "done"
+    assert "held-out" in (ck.sampling_note or "")
+    out = tmp_path / "s.png"
+    assert main(["sample", "--dataset", dataset, "--n", "2", "--steps", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert out.is_file()
+
+
 def test_set_sampling_records_defaults_that_flags_override(tiny_mnist, tmp_path, capsys):
     run = train(tiny_cfg(epochs_vq=1, epochs_denoiser=1), "mnist", tiny_mnist, tmp_path / "a",
                 progress=False)
