@@ -249,8 +249,7 @@ def combine(denoiser_path: str | Path, decoder_path: str | Path) -> Checkpoint:
     # a decoder source that was itself combined passes on its own decoder's record
     bc = b.combined
     return dataclasses.replace(
-        a, vq=b.vq, stage="done", optimizer=None, rng=None, discriminator=None,
-        decoder_from=None, earlier_decoder=b.earlier_decoder, code_version=code_version(),
+        weights_only(a), vq=b.vq, stage="done", decoder_from=None, earlier_decoder=b.earlier_decoder, code_version=code_version(),
         combined={"denoiser": str(resolve(denoiser_path)), "decoder": str(resolve(decoder_path)),
                   "decoder_train": vq_train_settings(b),
                   "decoder_from": bc.get("decoder_from") if bc else b.decoder_from,
@@ -278,6 +277,12 @@ def with_sampling(ckpt: Checkpoint, settings: dict, note: str) -> Checkpoint:
     config = {**ckpt.config, "diffusion": {**ckpt.config["diffusion"], **settings}}
     check(Config.from_dict(config))
     return dataclasses.replace(ckpt, config=config, sampling_note=note)
+
+
+def weights_only(ckpt: Checkpoint) -> Checkpoint:
+    """What a shipped file carries: the run's weights and records without the state
+    that only continues it exactly (optimizer, discriminator, random state)."""
+    return dataclasses.replace(ckpt, optimizer=None, rng=None, discriminator=None)
 
 
 def vq_train_settings(ckpt: Checkpoint) -> dict:

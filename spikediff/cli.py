@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_refine_args(p)
     p.add_argument("--note", required=True, help="how the settings were chosen (shown by "
                    "`spikediff info`), e.g. 'held-out FID, N = 1000, temperatures 0.6-1.0'")
+    p.add_argument("--weights-only", action="store_true", help="leave out the optimizer, "
+                   "discriminator and random state (what a shipped file carries; the copy "
+                   "can then be fine-tuned with --finetune but not continued with --resume)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=cmd_set_sampling)
 
@@ -279,6 +282,8 @@ def cmd_set_sampling(a) -> int:
         settings["temperature"] = a.temperature
     if not settings:
         raise SpikediffError("give at least one setting: --temperature or --refine-*")
+    if a.weights_only:
+        ckpt = checkpoint.weights_only(ckpt)
     checkpoint.atomic_save(checkpoint.with_sampling(ckpt, settings, a.note), a.out)
     print(f"checkpoint: {a.out}; samples by default with {_sampling_text(checkpoint.sampling_settings(checkpoint.load(a.out)))}")
     return 0

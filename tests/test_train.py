@@ -625,6 +625,15 @@ def test_set_sampling_records_defaults_that_flags_override(tiny_mnist, tmp_path,
         assert main(["set-sampling", "--checkpoint", str(run), "--out", str(tuned), *args]) == 2
         assert msg in capsys.readouterr().err
     assert checkpoint.sampling_settings(checkpoint.load(tuned))["temperature"] == 0
+    # --weights-only: what a shipped file carries; the weights and records stay
+    slim = tmp_path / "slim.pt"
+    assert main(["set-sampling", "--checkpoint", str(run), "--out", str(slim), "--temperature",
+                 "0.5", "--note", "x", "--weights-only"]) == 0
+    full, shipped = checkpoint.load(tuned), checkpoint.load(slim)
+    assert full.optimizer is not None and full.rng is not None
+    assert shipped.optimizer is None and shipped.rng is None and shipped.discriminator is None
+    assert all(torch.equal(v, shipped.denoiser[k]) for k, v in full.denoiser.items())
+    assert shipped.history == full.history and slim.stat().st_size < tuned.stat().st_size
 
 
 def test_firing_penalty_lowers_firing_and_resumes_exactly(tiny_mnist, tmp_path):
