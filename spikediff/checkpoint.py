@@ -249,7 +249,8 @@ def combine(denoiser_path: str | Path, decoder_path: str | Path) -> Checkpoint:
     # a decoder source that was itself combined passes on its own decoder's record
     bc = b.combined
     return dataclasses.replace(
-        weights_only(a), vq=b.vq, stage="done", decoder_from=None, earlier_decoder=b.earlier_decoder, code_version=code_version(),
+        weights_only(a), vq=b.vq, stage="done", decoder_from=None,
+        earlier_decoder=b.earlier_decoder, code_version=code_version(),
         combined={"denoiser": str(resolve(denoiser_path)), "decoder": str(resolve(decoder_path)),
                   "decoder_train": vq_train_settings(b),
                   "decoder_from": bc.get("decoder_from") if bc else b.decoder_from,
