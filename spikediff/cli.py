@@ -284,8 +284,9 @@ def cmd_set_sampling(a) -> int:
         raise SpikediffError("give at least one setting: --temperature or --refine-*")
     if a.weights_only:
         ckpt = checkpoint.weights_only(ckpt)
-    checkpoint.atomic_save(checkpoint.with_sampling(ckpt, settings, a.note), a.out)
-    print(f"checkpoint: {a.out}; samples by default with {_sampling_text(checkpoint.sampling_settings(checkpoint.load(a.out)))}")
+    tuned = checkpoint.with_sampling(ckpt, settings, a.note)
+    checkpoint.atomic_save(tuned, a.out)
+    print(f"checkpoint: {a.out}; samples by default with {_sampling_text(checkpoint.sampling_settings(tuned))}")
     return 0
 
 
